@@ -1,0 +1,71 @@
+# replicate: one target per figure, one job per training run. Rules only; logic is in replicate/.
+#
+#   snakemake all --cores all                                  # every figure + the scorecard
+#   snakemake figures/gated_attention/attention_sink.png --cores all
+#   snakemake all --cores all --config hardware=gpu scale=full out=/scratch/replicate
+#
+# Figures come from configs/figure/<paper>/<figure>.yaml. Each figure's resolved config is a
+# `params` of its jobs and each run's path carries the hash of its resolved config, so editing
+# one figure's config reruns that figure's jobs only (`snakemake -n all` shows it).
+
+from replicate.pipeline import Plan
+
+HARDWARE = config.get("hardware", "auto")
+SCALE = config.get("scale", "default")
+plan = Plan(hardware=HARDWARE, scale=SCALE, out=str(config.get("out", ".")))
+SETTINGS = f"hardware={plan.hardware} scale={SCALE} out={plan.out}"
+
+wildcard_constraints:
+    paper=r"[a-z0-9_]+",
+    figure=r"[a-z0-9_]+",
+    hash=r"[0-9a-f]{16}",
+
+
+rule all:
+    input:
+        [plan.figure_outputs(f)[0] for f in plan.figures],
+        plan.path("figures", "SCORECARD.md"),
+
+
+rule train:
+    """One sweep point of one figure: a Lightning run in its own process."""
+    input:
+        code=lambda w: plan.paper_code(w.paper),
+    output:
+        plan.path("runs", "{paper}", "{hash}", "metrics.json"),
+    params:
+        job=lambda w: plan.jobs[(w.paper, w.hash)],
+        config=lambda w: plan.jobs[(w.paper, w.hash)].config_yaml,
+    log:
+        plan.path("logs", "runs", "{paper}", "{hash}.log"),
+    threads: plan.hw.threads_per_job
+    resources:
+        gpu=plan.hw.gpus_per_job,
+    shell:
+        "python -m replicate run {params.job.figure} point={params.job.point} {SETTINGS} > {log} 2>&1"
+
+
+rule figure:
+    """Execute the figure's notebook over its finished runs: png, pdf, executed notebook, claims."""
+    input:
+        runs=lambda w: plan.run_metrics(f"{w.paper}/{w.figure}"),
+        notebook="notebooks/{paper}/{figure}.ipynb",
+        code=lambda w: plan.paper_code(w.paper),
+    output:
+        plan.figure_outputs("{paper}/{figure}"),
+    params:
+        config=lambda w: plan.figure_yaml(f"{w.paper}/{w.figure}"),
+    log:
+        plan.path("logs", "figures", "{paper}", "{figure}.log"),
+    shell:
+        "python -m replicate notebook {wildcards.paper}/{wildcards.figure} {SETTINGS} > {log} 2>&1"
+
+
+rule scorecard:
+    """Every claim of every figure in one table."""
+    input:
+        [plan.figure_outputs(f)[3] for f in plan.figures],
+    output:
+        plan.path("figures", "SCORECARD.md"),
+    shell:
+        "python -m replicate scorecard out={plan.out}"

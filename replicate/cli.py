@@ -1,0 +1,97 @@
+"""``python -m replicate <command>``
+
+    list                                   every figure, its sweep size and claims
+    run <paper>/<figure> point=K           train one sweep point (reused when already finished)
+    notebook <paper>/<figure>              execute the figure's notebook (needs its runs)
+    scorecard                              rebuild <out>/figures/SCORECARD.md
+
+Every command takes ``hardware=<auto|cpu|gpu> scale=<smoke|default|full> out=<dir>``; ``run``
+also takes Hydra overrides of the figure (``figure.run.trainer.max_steps=50``). Errors a user can
+fix are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from replicate import config as C
+
+OPTIONS = {"hardware": "auto", "scale": "default", "out": ".", "point": None}
+
+
+def _split(tokens: list[str]) -> tuple[dict, list[str]]:
+    """``key=value`` tokens: our options, then Hydra overrides for everything else."""
+    options, overrides = dict(OPTIONS), []
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise C.ConfigError(f"expected key=value, got '{token}'")
+        if key in options:
+            options[key] = value
+        else:
+            overrides.append(token)
+    return options, overrides
+
+
+def cmd_list(args, options, overrides):
+    for name in C.list_figures():
+        cfg = C.compose(name, options["hardware"], options["scale"], overrides)
+        claims = ", ".join(c.id for c in cfg.figure.claims)
+        print(f"{name:45s} {len(C.points(cfg)):3d} runs   claims: {claims}")
+
+
+def cmd_run(args, options, overrides):
+    from replicate import runs
+
+    if options["point"] is None:
+        raise C.ConfigError("run needs point=<k> (see `python -m replicate list`)")
+    try:
+        point = int(options["point"])
+    except ValueError:
+        raise C.ConfigError(f"point must be an integer, got '{options['point']}'") from None
+    cfg = C.compose(args.figure, options["hardware"], options["scale"], overrides)
+    directory = runs.ensure(C.run_config(cfg, point), options["out"])
+    metrics = runs.read_metrics(directory)
+    print(f"{args.figure} point={point}: {metrics['status']} after {metrics['steps']} steps, "
+          f"val loss {metrics['final_val_loss']:.4f}, {metrics['wall_seconds']:.1f} s -> {directory}")
+
+
+def cmd_notebook(args, options, overrides):
+    from replicate.pipeline import execute_notebook
+
+    if overrides:
+        raise C.ConfigError(f"notebook takes no overrides (got {overrides}): edit the figure config")
+    print(f"figure written: {execute_notebook(args.figure, options['hardware'], options['scale'], options['out'])}")
+
+
+def cmd_scorecard(args, options, overrides):
+    from pathlib import Path
+
+    from replicate import scorecard
+
+    print(f"scorecard written: {scorecard.write(Path(options['out']) / 'figures')}")
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replicate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("figure", nargs="?", help="<paper>/<figure> for run and notebook")
+    parser.add_argument("settings", nargs="*", help="key=value settings and overrides")
+    args = parser.parse_args(argv)
+    if args.figure and "=" in args.figure:
+        args.settings.insert(0, args.figure)
+        args.figure = None
+    try:
+        if args.command in ("run", "notebook") and not args.figure:
+            raise C.ConfigError(f"{args.command} needs a figure: one of {', '.join(C.list_figures())}")
+        options, overrides = _split(args.settings)
+        COMMANDS[args.command](args, options, overrides)
+    except C.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,227 @@
+"""Compose and validate the Hydra config of one figure.
+
+    compose("gated_attention/attention_sink", hardware="cpu", scale="default",
+            overrides=["figure.run.trainer.max_steps=100"])
+
+returns a resolved, read-only DictConfig with three top-level keys:
+
+* ``hardware`` — configs/hardware/<name>.yaml (``auto`` resolved to ``gpu`` or ``cpu`` here),
+* ``scale``    — configs/scale/<name>.yaml,
+* ``figure``   — configs/figure/<paper>/<figure>.yaml with its ``scales.<scale>`` block merged
+  over it and then dropped, validated against :class:`FigureSchema`.
+
+A wrong key, a wrong type or an unknown name raises :class:`ConfigError` whose one-line message
+names the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(os.environ.get("REPLICATE_ROOT", Path(__file__).resolve().parents[1]))
+CONFIG_DIR = REPO_ROOT / "configs"
+FIGURE_DIR = CONFIG_DIR / "figure"
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key and the file."""
+
+
+# --------------------------------------------------------------------------- schemas
+@dataclass
+class HardwareSchema:
+    name: str
+    accelerator: str
+    devices: int = 1
+    precision: str = "32-true"
+    matmul_precision: str = "highest"
+    compile: bool = False
+    deterministic: bool = True
+    threads_per_job: int = 1
+    num_workers: int = 0
+    gpus_per_job: int = 0
+
+
+@dataclass
+class ScaleSchema:
+    name: str
+    description: str = ""
+
+
+@dataclass
+class ClaimSchema:
+    id: str
+    statement: str
+    paper_value: str
+    measured: str  # name of the measurement the figure's notebook reports
+    replicated: str  # verdict rule, e.g. ">= 3" or "in [-0.65, -0.35]" (replicate/claims.py)
+    partial: Optional[str] = None
+
+
+@dataclass
+class TrainerSchema:
+    max_steps: int = 100
+    val_check_interval: int = 50
+    limit_val_batches: int = 4
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 100
+
+
+@dataclass
+class RunSchema:
+    seed: int = 0
+    module: Any = None  # {_target_: LightningModule class, ...kwargs}
+    data: Any = None  # {_target_: LightningDataModule class, ...kwargs}
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+@dataclass
+class FigureSchema:
+    paper: str = ""
+    name: str = ""
+    title: str = ""
+    regime: str = ""  # which regime the figure uses and how it differs from the paper
+    claims: list[ClaimSchema] = field(default_factory=list)
+    run: Optional[RunSchema] = None
+    sweep: dict[str, list[Any]] = field(default_factory=dict)  # dotted key in run -> values
+    measure: dict[str, Any] = field(default_factory=dict)  # cheap notebook-side parameters
+
+
+# --------------------------------------------------------------------------- discovery
+def list_figures() -> list[str]:
+    """Every ``<paper>/<figure>`` under configs/figure, sorted."""
+    return sorted(str(p.relative_to(FIGURE_DIR).with_suffix("")) for p in FIGURE_DIR.glob("*/*.yaml"))
+
+
+def figure_file(figure: str) -> Path:
+    path = FIGURE_DIR / f"{figure}.yaml"
+    if figure not in list_figures():
+        raise ConfigError(f"unknown figure '{figure}': known figures are {', '.join(list_figures())}")
+    return path
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def resolve_hardware_name(name: str) -> str:
+    if name not in _choices("hardware"):
+        raise ConfigError(f"unknown hardware '{name}': choose from {', '.join(_choices('hardware'))}")
+    if name == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_hardware(name: str) -> DictConfig:
+    """One hardware profile, validated, with ``auto`` resolved."""
+    resolved = resolve_hardware_name(name)
+    raw = OmegaConf.load(CONFIG_DIR / "hardware" / f"{resolved}.yaml")
+    return OmegaConf.merge(OmegaConf.structured(HardwareSchema), raw)
+
+
+# --------------------------------------------------------------------------- compose
+def compose(figure: str, hardware: str = "auto", scale: str = "default",
+            overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose, merge the scale block, validate and resolve one figure's config."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    path = figure_file(figure)
+    hardware = resolve_hardware_name(hardware)
+    if scale not in _choices("scale"):
+        raise ConfigError(f"unknown scale '{scale}': choose from {', '.join(_choices('scale'))}")
+    args = [f"figure={figure}", f"hardware={hardware}", f"scale={scale}", *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            raw = hydra_compose("config", overrides=args)
+    except HydraException as err:
+        raise ConfigError(f"{figure}: {_first_line(err)} (overrides: {' '.join(overrides) or 'none'})") from None
+    return _validate(raw, figure, scale, path)
+
+
+def _validate(raw: DictConfig, figure: str, scale: str, path: Path) -> DictConfig:
+    paper, name = figure.split("/")
+    fig = OmegaConf.to_container(raw.figure, resolve=False)
+    scale_blocks = fig.pop("scales", {}) or {}
+    unknown = set(scale_blocks) - set(_choices("scale"))
+    if unknown:
+        raise ConfigError(f"{path}: unknown scale block(s) {sorted(unknown)} under 'scales'")
+    fig = OmegaConf.merge(fig, scale_blocks.get(scale) or {})
+    fig.paper, fig.name = paper, name
+    try:
+        validated = OmegaConf.merge(OmegaConf.structured(FigureSchema), fig)
+        hw = OmegaConf.merge(OmegaConf.structured(HardwareSchema), raw.hardware)
+        sc = OmegaConf.merge(OmegaConf.structured(ScaleSchema), raw.scale)
+        cfg = OmegaConf.create({"hardware": hw, "scale": sc, "figure": validated})
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        raise ConfigError(f"{path}: bad value at '{key}': {_first_line(err)}") from None
+    _check_sweep(cfg.figure, path)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _check_sweep(fig: DictConfig, path: Path) -> None:
+    if fig.sweep and fig.run is None:
+        raise ConfigError(f"{path}: 'sweep' needs a 'run' block to sweep over")
+    for key, values in fig.sweep.items():
+        if OmegaConf.select(fig.run, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{path}: sweep key '{key}' is not a key of 'run'")
+        if len(values) == 0:
+            raise ConfigError(f"{path}: sweep key '{key}' has no values")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+# --------------------------------------------------------------------------- sweep points
+def points(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The figure's sweep points: the cartesian product of ``figure.sweep``, in key order."""
+    grid = OmegaConf.to_container(cfg.figure.sweep)
+    if cfg.figure.run is None:
+        return []
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_config(cfg: DictConfig, point: int) -> DictConfig:
+    """The fully resolved training config of sweep point ``point`` plus the hardware it runs on."""
+    all_points = points(cfg)
+    if not 0 <= point < len(all_points):
+        raise ConfigError(f"{cfg.figure.paper}/{cfg.figure.name}: point={point} out of range "
+                          f"(this figure has {len(all_points)} points)")
+    run = OmegaConf.create(OmegaConf.to_container(cfg.figure.run))
+    for key, value in all_points[point].items():
+        OmegaConf.update(run, key, value, merge=False)
+    return OmegaConf.create({"paper": cfg.figure.paper, "run": run,
+                             "hardware": OmegaConf.to_container(cfg.hardware)})
+
+
+def run_hash(run_cfg: DictConfig) -> str:
+    """Identity of a training run: everything that can change its numbers.
+
+    Hardware fields that only change speed (num_workers) are left out so that a run is reused
+    across them; thread count is kept because it changes CPU float reductions.
+    """
+    hw = {k: v for k, v in run_cfg.hardware.items() if k not in ("num_workers", "name")}
+    payload = {"paper": run_cfg.paper, "run": OmegaConf.to_container(run_cfg.run), "hardware": hw}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_sha256(cfg: DictConfig) -> str:
+    text = json.dumps(OmegaConf.to_container(cfg.figure), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

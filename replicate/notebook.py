@@ -1,0 +1,109 @@
+"""What a figure notebook needs, in one object.
+
+    fig = FigureContext(figure, hardware=hardware, scale=scale, out=out, figure_dir=figure_dir)
+    fig.setup_markdown()           # the regime, the scale, the sweep, as prose for the reader
+    runs = fig.runs()              # one row per sweep point (trains missing ones only when allowed)
+    fig.save(matplotlib_figure)    # <figure_dir>/<name>.png and .pdf
+    fig.report({"sink_ratio_headwise": 5.1, ...})   # verdicts from the config's rules -> .json
+
+Under the pipeline the notebook is executed by ``python -m replicate notebook`` with the
+parameters of the Snakemake job; opened in JupyterLab it runs with its default parameters
+(smoke scale, outputs in a temporary folder) and trains the few seconds of runs it needs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from replicate import claims as claims_lib
+from replicate import config as C
+from replicate import plotting, runs as runs_lib
+
+
+class FigureContext:
+    def __init__(self, figure: str, hardware: str = "auto", scale: str = "smoke", out: str = "",
+                 figure_dir: str = "", overrides: list[str] | tuple[str, ...] = (),
+                 train_missing: bool = True):
+        self._t0 = time.perf_counter()
+        self.started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.cfg = C.compose(figure, hardware=hardware, scale=scale, overrides=list(overrides))
+        self.figure = self.cfg.figure
+        self.out = Path(out) if out else Path(tempfile.mkdtemp(prefix="replicate-"))
+        self.figure_dir = Path(figure_dir) if figure_dir else self.out / "figures" / self.figure.paper
+        self.train_missing = train_missing
+        self._runs: pd.DataFrame | None = None
+        plotting.set_theme()
+
+    @property
+    def measure(self) -> Mapping[str, Any]:
+        """Notebook-side parameters of the figure (``measure:`` in its config)."""
+        return OmegaConf.to_container(self.figure.measure)
+
+    def setup_markdown(self) -> str:
+        f, hw = self.figure, self.cfg.hardware
+        sweep = ", ".join(f"`{k}` ∈ {list(v)}" for k, v in f.sweep.items()) or "none"
+        lines = [f"**{f.title}**", "", f.regime.strip(), "",
+                 f"*Scale* `{self.cfg.scale.name}` ({self.cfg.scale.description}); "
+                 f"*hardware* `{hw.name}` ({hw.accelerator}, {hw.precision}).",
+                 f"*Sweep*: {sweep} — {len(C.points(self.cfg))} training runs."]
+        if f.run is not None:
+            t = f.run.trainer
+            lines.append(f"*Training*: {t.max_steps} steps, validation every {t.val_check_interval}.")
+        return "\n".join(lines)
+
+    def runs(self) -> pd.DataFrame:
+        if self._runs is None:
+            self._runs = runs_lib.figure_runs(self.cfg, self.out, train_missing=self.train_missing)
+        return self._runs
+
+    def save(self, fig) -> list[Path]:
+        return plotting.save(fig, self.figure_dir / f"{self.figure.name}.png")
+
+    def report(self, measurements: Mapping[str, Any]) -> pd.DataFrame:
+        """Judge every claim of the figure and write ``<name>.json``; returns the claims table."""
+        specs = OmegaConf.to_container(self.figure.claims)
+        judged = claims_lib.evaluate(specs, measurements)
+        runs_wall = float(self._runs["wall_seconds"].sum()) if self._runs is not None and len(self._runs) else 0.0
+        notebook_wall = time.perf_counter() - self._t0
+        payload = {
+            "paper": self.figure.paper, "figure": self.figure.name,
+            "scale": self.cfg.scale.name, "hardware": self.cfg.hardware.name,
+            "git_commit": git_commit(), "started": self.started,
+            "wall_seconds": round(runs_wall + notebook_wall, 2),
+            "runs_wall_seconds": round(runs_wall, 2), "notebook_wall_seconds": round(notebook_wall, 2),
+            "config_sha256": C.config_sha256(self.cfg),
+            "data": self._data_provenance(),
+            "measurements": {k: _plain(v) for k, v in measurements.items()},
+            "claims": [c.to_dict() for c in judged],
+        }
+        runs_lib.write_json_atomic(self.figure_dir / f"{self.figure.name}.json", payload)
+        return pd.DataFrame([c.to_dict() for c in judged]).set_index("id")
+
+    def _data_provenance(self) -> dict:
+        if self._runs is None or "data" not in self._runs or not len(self._runs):
+            return {}
+        return self._runs["data"].iloc[0]
+
+
+def git_commit() -> str:
+    """HEAD of the repo the configs come from, with ``-dirty`` when tracked files differ."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(C.REPO_ROOT), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,145 @@
+"""The one place that builds a Lightning Trainer and trains a run.
+
+``fit(run_cfg, run_dir)`` seeds everything, instantiates the run's LightningModule and
+LightningDataModule from their ``_target_`` configs, trains to ``trainer.max_steps`` with a
+checkpoint every ``checkpoint_every_n_steps`` (resuming from ``checkpoints/last.ckpt`` when a
+previous attempt was killed), and returns the run's metrics:
+
+    status            "finished" | "diverged" (a non-finite loss ends the run; it is a result)
+    diverged_at_step  step of the first non-finite loss, else None
+    steps, params     optimizer steps taken, trainable parameters
+    train             [{"step", "train_loss"}] every log_every_n_steps
+    val               [{"step", "val_loss"}] at every validation
+    final_val_loss    last validation loss (nan when diverged)
+    step_seconds      median wall time of a training step (validation excluded)
+    wall_seconds      wall time of the whole run, summed over resumed attempts
+    probes            module.probe_metrics(datamodule) when the module defines it
+    data              datamodule.provenance() (corpus sha256 ...) when the datamodule defines it
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+
+from replicate import hardware
+
+
+class RunRecorder(Callback):
+    """Loss history, divergence detection and step timing; its state rides in the checkpoint
+    so a resumed run reports one continuous history."""
+
+    def __init__(self, log_every: int):
+        self.log_every = log_every
+        self.state: dict[str, Any] = {"train": [], "val": [], "diverged_at_step": None,
+                                      "step_seconds": [], "wall_seconds": 0.0}
+        self._t_step = self._t_fit = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._t_fit = time.perf_counter()
+
+    def wall_seconds(self) -> float:
+        """Wall time of this attempt plus that of the attempts before a resume."""
+        return self.state["wall_seconds"] + time.perf_counter() - self._t_fit
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t_step = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.state["step_seconds"].append(time.perf_counter() - self._t_step)
+        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        step = trainer.global_step
+        if not math.isfinite(loss):
+            self._diverge(trainer, step)
+        if step % self.log_every == 0 or not math.isfinite(loss):
+            self.state["train"].append({"step": step, "train_loss": loss})
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+            return
+        loss = float(trainer.callback_metrics["val_loss"])
+        self.state["val"].append({"step": trainer.global_step, "val_loss": loss})
+        if not math.isfinite(loss):
+            self._diverge(trainer, trainer.global_step)
+
+    def _diverge(self, trainer, step):
+        if self.state["diverged_at_step"] is None:
+            self.state["diverged_at_step"] = step
+        trainer.should_stop = True
+
+    def state_dict(self):
+        saved = {k: v for k, v in self.state.items() if k != "step_seconds"}
+        return {**saved, "wall_seconds": self.wall_seconds()}
+
+    def load_state_dict(self, state_dict):
+        self.state.update(state_dict)
+
+
+def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder) -> L.Trainer:
+    t = run_cfg.run.trainer
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=t.checkpoint_every_n_steps)
+    return L.Trainer(
+        **hardware.trainer_kwargs(run_cfg.hardware),
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        callbacks=[recorder, checkpoint, TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps))],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+
+
+def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one run (resuming if a checkpoint exists) and return its metrics."""
+    hw = run_cfg.hardware
+    hardware.configure_process(hw)
+    L.seed_everything(run_cfg.run.seed, workers=True, verbose=False)
+    module = instantiate(run_cfg.run.module, _convert_="all")
+    datamodule = instantiate(run_cfg.run.data, _convert_="all")
+    recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
+    trainer = build_trainer(run_cfg, run_dir, recorder)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule,
+                ckpt_path=last if last.is_file() else None)
+    trainer.save_checkpoint(last)
+    return _metrics(recorder, module, datamodule, trainer)
+
+
+def _metrics(recorder: RunRecorder, module, datamodule, trainer: L.Trainer) -> dict[str, Any]:
+    state = recorder.state
+    diverged = state["diverged_at_step"] is not None
+    val = state["val"]
+    probes = {}
+    if hasattr(module, "probe_metrics") and not diverged:
+        with torch.no_grad():
+            probes = module.probe_metrics(datamodule)
+    return {
+        "status": "diverged" if diverged else "finished",
+        "diverged_at_step": state["diverged_at_step"],
+        "steps": trainer.global_step,
+        "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "train": state["train"],
+        "val": val,
+        "final_val_loss": val[-1]["val_loss"] if val and not diverged else float("nan"),
+        "step_seconds": statistics.median(state["step_seconds"]) if state["step_seconds"] else float("nan"),
+        "wall_seconds": recorder.wall_seconds(),
+        "probes": probes,
+        "data": datamodule.provenance() if hasattr(datamodule, "provenance") else {},
+    }
