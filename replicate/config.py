@@ -3,7 +3,7 @@
     compose("gated_attention/attention_sink", hardware="cpu", scale="default",
             overrides=["figure.run.trainer.max_steps=100"])
 
-returns a resolved, read-only DictConfig with three top-level keys:
+returns a validated, read-only DictConfig with three top-level keys:
 
 * ``hardware`` — configs/hardware/<name>.yaml (``auto`` resolved to ``gpu`` or ``cpu`` here),
 * ``scale``    — configs/scale/<name>.yaml,
@@ -73,8 +73,7 @@ class TrainerSchema:
     val_check_interval: int = 50
     limit_val_batches: int = 4
     gradient_clip_val: Optional[float] = 1.0
-    log_every_n_steps: int = 10
-    checkpoint_every_n_steps: int = 100
+    log_every_n_steps: int = 10  # checkpoints are written after every validation
 
 
 @dataclass
@@ -134,7 +133,7 @@ def load_hardware(name: str) -> DictConfig:
 # --------------------------------------------------------------------------- compose
 def compose(figure: str, hardware: str = "auto", scale: str = "default",
             overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose, merge the scale block, validate and resolve one figure's config."""
+    """Compose, merge the scale block and validate one figure's config."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -148,10 +147,10 @@ def compose(figure: str, hardware: str = "auto", scale: str = "default",
             raw = hydra_compose("config", overrides=args)
     except HydraException as err:
         raise ConfigError(f"{figure}: {_first_line(err)} (overrides: {' '.join(overrides) or 'none'})") from None
-    return _validate(raw, figure, scale, path)
+    return _validate(raw, figure, scale, path, overrides)
 
 
-def _validate(raw: DictConfig, figure: str, scale: str, path: Path) -> DictConfig:
+def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -> DictConfig:
     paper, name = figure.split("/")
     fig = OmegaConf.to_container(raw.figure, resolve=False)
     scale_blocks = fig.pop("scales", {}) or {}
@@ -159,19 +158,29 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path) -> DictConfi
     if unknown:
         raise ConfigError(f"{path}: unknown scale block(s) {sorted(unknown)} under 'scales'")
     fig = OmegaConf.merge(fig, scale_blocks.get(scale) or {})
+    _reapply_figure_overrides(fig, overrides)  # command-line values beat the scale block
     fig.paper, fig.name = paper, name
     try:
         validated = OmegaConf.merge(OmegaConf.structured(FigureSchema), fig)
         hw = OmegaConf.merge(OmegaConf.structured(HardwareSchema), raw.hardware)
         sc = OmegaConf.merge(OmegaConf.structured(ScaleSchema), raw.scale)
         cfg = OmegaConf.create({"hardware": hw, "scale": sc, "figure": validated})
-        OmegaConf.resolve(cfg)
+        OmegaConf.resolve(cfg.copy())  # interpolation errors now, not inside a job
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "?"
         raise ConfigError(f"{path}: bad value at '{key}': {_first_line(err)}") from None
     _check_sweep(cfg.figure, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _reapply_figure_overrides(fig: DictConfig, overrides) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key.startswith("figure.") and not override.is_delete():
+            OmegaConf.update(fig, key[len("figure."):], override.value(), merge=False, force_add=True)
 
 
 def _check_sweep(fig: DictConfig, path: Path) -> None:
@@ -204,11 +213,12 @@ def run_config(cfg: DictConfig, point: int) -> DictConfig:
     if not 0 <= point < len(all_points):
         raise ConfigError(f"{cfg.figure.paper}/{cfg.figure.name}: point={point} out of range "
                           f"(this figure has {len(all_points)} points)")
-    run = OmegaConf.create(OmegaConf.to_container(cfg.figure.run))
+    full = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     for key, value in all_points[point].items():
-        OmegaConf.update(run, key, value, merge=False)
-    return OmegaConf.create({"paper": cfg.figure.paper, "run": run,
-                             "hardware": OmegaConf.to_container(cfg.hardware)})
+        OmegaConf.update(full, f"figure.run.{key}", value, merge=False)
+    OmegaConf.resolve(full)  # after the point's values, so interpolations see them
+    return OmegaConf.create({"paper": cfg.figure.paper, "run": full.figure.run,
+                             "hardware": full.hardware})
 
 
 def run_hash(run_cfg: DictConfig) -> str:
@@ -223,5 +233,5 @@ def run_hash(run_cfg: DictConfig) -> str:
 
 
 def config_sha256(cfg: DictConfig) -> str:
-    text = json.dumps(OmegaConf.to_container(cfg.figure), sort_keys=True)
+    text = json.dumps(OmegaConf.to_container(cfg.figure, resolve=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

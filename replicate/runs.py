@@ -2,7 +2,7 @@
 
     <out>/runs/<paper>/<run_hash>/
         config.yaml        the resolved run config + hardware (what the hash is of)
-        checkpoints/       last.ckpt, rewritten every `checkpoint_every_n_steps` (resume point)
+        checkpoints/       last.ckpt, rewritten after every validation (the resume point)
         logs/              Lightning CSV logs
         metrics.json       written last and atomically: its presence means "finished"
 

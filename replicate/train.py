@@ -2,7 +2,7 @@
 
 ``fit(run_cfg, run_dir)`` seeds everything, instantiates the run's LightningModule and
 LightningDataModule from their ``_target_`` configs, trains to ``trainer.max_steps`` with a
-checkpoint every ``checkpoint_every_n_steps`` (resuming from ``checkpoints/last.ckpt`` when a
+checkpoint after every validation (resuming from ``checkpoints/last.ckpt`` when a
 previous attempt was killed), and returns the run's metrics:
 
     status            "finished" | "diverged" (a non-finite loss ends the run; it is a result)
@@ -14,7 +14,7 @@ previous attempt was killed), and returns the run's metrics:
     step_seconds      median wall time of a training step (validation excluded)
     wall_seconds      wall time of the whole run, summed over resumed attempts
     probes            module.probe_metrics(datamodule) when the module defines it
-    data              datamodule.provenance() (corpus sha256 ...) when the datamodule defines it
+    data              datamodule.provenance (corpus sha256 ...) when the datamodule has it
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
@@ -85,10 +86,17 @@ class RunRecorder(Callback):
         self.state.update(state_dict)
 
 
+class TrainProgress(TQDMProgressBar):
+    """The training bar only: validation bars would bury it in the job's log."""
+
+    def init_validation_tqdm(self):
+        return Tqdm(disable=True)
+
+
 def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder) -> L.Trainer:
     t = run_cfg.run.trainer
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                 every_n_train_steps=t.checkpoint_every_n_steps)
+    # last.ckpt is rewritten after every validation, so a resumed run keeps its val history
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     return L.Trainer(
         **hardware.trainer_kwargs(run_cfg.hardware),
         max_steps=t.max_steps,
@@ -99,7 +107,7 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder) -> 
         num_sanity_val_steps=0,
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
-        callbacks=[recorder, checkpoint, TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps))],
+        callbacks=[recorder, checkpoint, TrainProgress(refresh_rate=max(1, t.log_every_n_steps))],
         logger=CSVLogger(run_dir, name="logs", version=""),
         default_root_dir=run_dir,
         enable_model_summary=False,
@@ -141,5 +149,5 @@ def _metrics(recorder: RunRecorder, module, datamodule, trainer: L.Trainer) -> d
         "step_seconds": statistics.median(state["step_seconds"]) if state["step_seconds"] else float("nan"),
         "wall_seconds": recorder.wall_seconds(),
         "probes": probes,
-        "data": datamodule.provenance() if hasattr(datamodule, "provenance") else {},
+        "data": getattr(datamodule, "provenance", {}),
     }

@@ -1,0 +1,67 @@
+"""Config composition: scale blocks, sweeps, run hashes and one-line errors naming key and file."""
+
+import pytest
+
+from replicate import config as C
+
+FIG = "gated_attention/attention_sink"
+
+
+def test_figures_are_discovered_from_configs():
+    assert FIG in C.list_figures()
+
+
+def test_scale_block_is_merged_and_dropped():
+    smoke = C.compose(FIG, "cpu", "smoke")
+    default = C.compose(FIG, "cpu", "default")
+    assert smoke.figure.run.trainer.max_steps < default.figure.run.trainer.max_steps
+    assert "scales" not in smoke.figure
+    assert smoke.figure.paper == "gated_attention" and smoke.figure.name == "attention_sink"
+
+
+def test_points_are_the_sweep_product_and_interpolations_follow_them():
+    cfg = C.compose(FIG, "cpu", "default", ["figure.sweep.seed=[4,5]"])
+    pts = C.points(cfg)
+    gates = list(cfg.figure.sweep["module.model.gate"])
+    assert len(pts) == 2 * len(gates)
+    run = C.run_config(cfg, 1)
+    assert run.run.seed == 5 and run.run.data.seed == 5  # ${figure.run.seed} resolved per point
+    assert run.run.module.model.gate == gates[0]
+
+
+def test_run_hash_depends_on_what_changes_numbers_only():
+    a = C.run_config(C.compose(FIG, "cpu", "default"), 0)
+    b = C.run_config(C.compose(FIG, "cpu", "default", ["figure.run.module.optim.lr=0.01"]), 0)
+    c = C.run_config(C.compose(FIG, "cpu", "default", ["hardware.num_workers=3"]), 0)
+    assert C.run_hash(a) != C.run_hash(b)
+    assert C.run_hash(a) == C.run_hash(c)
+
+
+def test_auto_hardware_resolves_to_a_real_profile():
+    assert C.compose(FIG, "auto", "smoke").hardware.name in ("cpu", "gpu")
+
+
+@pytest.mark.parametrize("args,message", [
+    (("gated_attention/nope", "cpu", "smoke", []), "unknown figure 'gated_attention/nope'"),
+    ((FIG, "tpu", "smoke", []), "unknown hardware 'tpu'"),
+    ((FIG, "cpu", "huge", []), "unknown scale 'huge'"),
+    ((FIG, "cpu", "smoke", ["figure.run.trainer.max_stepz=3"]), "max_stepz"),
+    ((FIG, "cpu", "smoke", ["figure.run.trainer.max_steps=many"]), "figure/gated_attention/attention_sink.yaml"),
+    ((FIG, "cpu", "smoke", ["figure.sweep.nonexistent=[1]"]), "Could not override 'figure.sweep.nonexistent'"),
+    ((FIG, "cpu", "smoke", ["+figure.sweep.nonexistent=[1]"]), "sweep key 'nonexistent' is not a key of 'run'"),
+])
+def test_bad_input_is_one_clear_error(args, message):
+    with pytest.raises(C.ConfigError, match=message.replace(".", r"\.")) as err:
+        C.compose(*args[:3], overrides=args[3])
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(C.ConfigError, match="max_steps"):
+        C.compose(FIG, "cpu", "smoke", ["figure.run.trainer.max_steps=many"])
+
+
+def test_point_out_of_range():
+    cfg = C.compose(FIG, "cpu", "smoke")
+    with pytest.raises(C.ConfigError, match="out of range"):
+        C.run_config(cfg, 999)
