@@ -4,8 +4,8 @@
 #   snakemake figures/gated_attention/attention_sink.png --cores all
 #   snakemake all --cores all --config hardware=gpu scale=full out=/scratch/replicate
 #
-# Figures come from configs/figure/<paper>/<figure>.yaml. Each figure's resolved config is a
-# `params` of its jobs and each run's path carries the hash of its resolved config, so editing
+# Figures come from configs/figure/<paper>/<figure>.yaml. A run's path carries the hash of its
+# resolved config and a figure's job has the hash of its resolved config as a param, so editing
 # one figure's config reruns that figure's jobs only (`snakemake -n all` shows it).
 
 from replicate.pipeline import Plan
@@ -33,16 +33,16 @@ rule train:
         code=lambda w: plan.paper_code(w.paper),
     output:
         plan.path("runs", "{paper}", "{hash}", "metrics.json"),
-    params:
-        job=lambda w: plan.jobs[(w.paper, w.hash)],
-        config=lambda w: plan.jobs[(w.paper, w.hash)].config_yaml,
     log:
         plan.path("logs", "runs", "{paper}", "{hash}.log"),
     threads: plan.hw.threads_per_job
     resources:
         gpu=plan.hw.gpus_per_job,
-    shell:
-        "python -m replicate run {params.job.figure} point={params.job.point} {SETTINGS} > {log} 2>&1"
+    run:
+        # which figure/point names this run is looked up here, not passed as a param: the run
+        # is identified by its hash alone, whichever figure asks for it
+        job = plan.jobs[(wildcards.paper, wildcards.hash)]
+        shell(f"python -m replicate run {job.figure} point={job.point} {SETTINGS} > {log} 2>&1")
 
 
 rule figure:
@@ -54,7 +54,7 @@ rule figure:
     output:
         plan.figure_outputs("{paper}/{figure}"),
     params:
-        config=lambda w: plan.figure_yaml(f"{w.paper}/{w.figure}"),
+        config_sha256=lambda w: plan.figure_sha256(f"{w.paper}/{w.figure}"),
     log:
         plan.path("logs", "figures", "{paper}", "{figure}.log"),
     shell:

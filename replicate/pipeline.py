@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from replicate import config as C
 
@@ -26,7 +25,6 @@ class RunJob:
     point: int
     paper: str
     hash: str
-    config_yaml: str
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Plan:
             self._needs[name] = []
             for k in range(len(C.points(cfg))):
                 run_cfg = C.run_config(cfg, k)
-                job = RunJob(name, k, cfg.figure.paper, C.run_hash(run_cfg), OmegaConf.to_yaml(run_cfg))
+                job = RunJob(name, k, cfg.figure.paper, C.run_hash(run_cfg))
                 self.jobs.setdefault((job.paper, job.hash), job)
                 self._needs[name].append(self.path("runs", job.paper, job.hash, "metrics.json"))
 
@@ -63,8 +61,9 @@ class Plan:
     def figure_outputs(self, figure: str) -> list[str]:
         return [self.path("figures", f"{figure}{s}") for s in FIGURE_SUFFIXES]
 
-    def figure_yaml(self, figure: str) -> str:
-        return OmegaConf.to_yaml(self.figures[figure].figure)
+    def figure_sha256(self, figure: str) -> str:
+        """Hash of the figure's resolved config: a Snakemake param, so an edit reruns the figure."""
+        return C.config_sha256(self.figures[figure])
 
     def paper_code(self, paper: str) -> list[str]:
         """The paper package's source files: declared inputs, so editing them reruns its jobs."""

@@ -35,8 +35,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from replicate.data.text import (_attached_trainer, block_generator, consumed_samples,
-                                 load_corpus, total_train_samples)
+from replicate.data.text import (ResumableDataLoader, _attached_trainer, block_generator,
+                                 consumed_samples, load_corpus, total_train_samples)
 from replicate.nn.transformer import BOS
 
 VOCAB = 257
@@ -169,9 +169,9 @@ class BigramBackcopyDataModule(L.LightningDataModule):
         return BackcopySequences(self.table, self.seq_len, self.seed, length, offset)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
-                          drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
+                                   drop_last=True, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def val_dataset(self) -> BackcopySequences:
         self.setup()

@@ -325,6 +325,23 @@ class FixedWindows(Dataset):
         return make_window(self.data, int(self.starts[i]), self.seq_len)
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over ``TrainWindows``-like datasets (attributes ``seed``, ``offset``).
+
+    Its position needs no saved state: the dataset already starts at the samples the restored
+    trainer consumed. ``state_dict``/``load_state_dict`` exist so Lightning knows a mid-epoch
+    resume is exact, and to refuse a checkpoint written with another seed or batch size.
+    """
+
+    def state_dict(self) -> dict:
+        return {"seed": int(self.dataset.seed), "batch_size": int(self.batch_size)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        mine = self.state_dict()
+        if state_dict and state_dict != mine:
+            raise ValueError(f"checkpoint data stream {state_dict} differs from this run's {mine}")
+
+
 def consumed_samples(trainer, batch_size: int) -> int:
     """Training samples a (restored) trainer has already consumed; 0 without a trainer."""
     if trainer is None:
@@ -391,9 +408,9 @@ class TextDataModule(L.LightningDataModule):
         return TrainWindows(self.corpus.train, self.seq_len, self.seed, length, offset)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
-                          drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
+                                   drop_last=True, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def val_dataset(self) -> FixedWindows:
         self.setup()

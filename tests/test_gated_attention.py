@@ -1,0 +1,238 @@
+"""Gated Attention (Qiu et al. 2025): gate equations, gradients, probes, the LightningModule."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from replicate.data.bigram_backcopy import BigramBackcopyDataModule
+from replicate.nn.transformer import BOS, LMConfig, record
+from replicate.papers.gated_attention.model import (ElementwiseGate, HeadwiseGate,
+                                                    InputIndependentGate, build_gated_lm,
+                                                    gate_parameters)
+from replicate.papers.gated_attention.module import GatedAttentionLM, lr_lambda, param_groups
+from replicate.papers.gated_attention.probes import (ProbeAccumulator, first_token_attention,
+                                                     sink_rate, value_norm_sums)
+
+CFG = dict(n_layer=2, d_model=32, n_head=4, max_len=16)
+
+
+def lm(gate, **kw):
+    torch.manual_seed(0)
+    return build_gated_lm(LMConfig(**{**CFG, **kw}), gate).eval()
+
+
+def tokens(B=2, T=12):
+    x = torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(1))
+    x[:, 0] = BOS
+    return x
+
+
+# --------------------------------------------------------------------------- gate equations
+
+
+def test_headwise_gate_with_zero_weights_halves_y_exactly():
+    gate = HeadwiseGate(d_model=32, n_head=4, head_dim=8)
+    assert gate.proj.weight.shape == (4, 32) and gate.proj.bias is None
+    torch.nn.init.zeros_(gate.proj.weight)
+    x, y = torch.randn(2, 5, 32), torch.randn(2, 5, 4, 8)
+    assert torch.equal(gate(x, y), 0.5 * y)
+
+
+def test_gate_scores_match_a_hand_computation():
+    x, y = torch.randn(2, 5, 32), torch.randn(2, 5, 4, 8)
+    head = HeadwiseGate(32, 4, 8)
+    s = torch.sigmoid(x @ head.proj.weight.T)  # (2, 5, 4): one score per head
+    assert torch.allclose(head(x, y), y * s[..., None], atol=1e-6)
+    elem = ElementwiseGate(32, 4, 8)
+    assert elem.proj.weight.shape == (4 * 8, 32)  # W_theta: d_model -> H * d_head
+    s = torch.sigmoid(x @ elem.proj.weight.T).view(2, 5, 4, 8)
+    assert torch.allclose(elem(x, y), y * s, atol=1e-6)
+    free = InputIndependentGate(32, 4, 8)
+    assert torch.equal(free(x, y), 0.5 * y)  # theta starts at 0
+    with torch.no_grad():
+        free.theta.fill_(2.0)
+    assert torch.allclose(free(x, y), y * torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_gate_init_is_normal_002_like_the_official_q_proj():
+    torch.manual_seed(0)
+    g = ElementwiseGate(256, 8, 32)
+    assert abs(g.proj.weight.std().item() - 0.02) < 0.001 and abs(g.proj.weight.mean().item()) < 0.001
+
+
+@pytest.mark.parametrize("kind", ["headwise", "elementwise", "input_independent"])
+def test_output_gate_in_the_model_multiplies_the_sdpa_output(kind):
+    base, gated = lm("none"), lm(kind)
+    # the gates are created after the base model, so the shared weights are identical
+    gated.load_state_dict(base.state_dict(), strict=False)
+    for p in gate_parameters(gated):
+        torch.nn.init.zeros_(p)
+    x = tokens()
+    with torch.no_grad():
+        h = base.blocks[0].norm1(base.embed(x))
+        # o_proj has no bias: a 0.5 gate on y is a 0.5 factor on the attention output
+        assert torch.allclose(gated.blocks[0].attn(h), 0.5 * base.blocks[0].attn(h), atol=1e-6)
+
+
+def test_value_gate_acts_on_values_before_attention():
+    base, gated = lm("none"), lm("value")
+    gated.load_state_dict(base.state_dict(), strict=False)
+    attn = gated.blocks[0].attn
+    assert attn.gate is None and attn.value_gate is not None
+    x = tokens()
+    with torch.no_grad(), record(base) as rb, record(gated) as rg:
+        base(x)
+        gated(x)
+        h = gated.blocks[0].norm1(gated.embed(x))
+        score = torch.sigmoid(attn.value_gate.proj(h)).view(2, 12, 4, 8)
+    assert torch.allclose(rg[0]["v"], rb[0]["v"] * score, atol=1e-6)
+    assert torch.allclose(rg[0]["value_gate"], score, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["headwise", "elementwise", "value", "input_independent"])
+def test_gradients_reach_the_gate_weights(kind):
+    model = lm(kind).train()
+    x = tokens()
+    model.loss(x, torch.roll(x, -1, 1)).backward()
+    params = gate_parameters(model)
+    assert len(params) == CFG["n_layer"]
+    for p in params:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_gated_model_shares_the_baseline_weights_and_adds_few_parameters():
+    base, head, elem = lm("none"), lm("headwise"), lm("elementwise")
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(head) - n(base) == 2 * 32 * 4
+    assert n(elem) - n(base) == 2 * 32 * 32
+    for k, v in base.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v)
+    with pytest.raises(ValueError, match="gate="):
+        lm("sometimes")
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def test_first_token_attention_on_a_hand_built_map():
+    # B=1, H=2, T=3. Head 0 puts 0.5 and 0.2 on token 0 (queries 1, 2); head 1 puts 1.0 and 0.6.
+    attn = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]],
+                          [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.6, 0.2, 0.2]]]])
+    assert torch.allclose(first_token_attention(attn), torch.tensor([0.35, 0.8], dtype=torch.float64))
+    mask = torch.tensor([[False, False, True]])  # only query 2
+    assert torch.allclose(first_token_attention(attn, mask), torch.tensor([0.2, 0.6], dtype=torch.float64))
+    assert sink_rate([[0.35, 0.8], [0.1, 0.29]]) == 0.5
+    assert sink_rate([[0.35, 0.8], [0.1, 0.29]], epsilon=0.9) == 0.0
+
+
+def test_value_norm_sums_by_hand():
+    v = torch.zeros(1, 3, 1, 2)
+    v[0, 0, 0] = torch.tensor([3.0, 4.0])  # BOS norm 5
+    v[0, 1, 0] = torch.tensor([0.0, 1.0])
+    v[0, 2, 0] = torch.tensor([0.0, 3.0])
+    assert value_norm_sums(v) == (5.0, 4.0, 1, 2)
+
+
+def test_probe_accumulator_against_direct_computation():
+    model = lm("headwise")
+    x = tokens(B=3, T=10)
+    acc = ProbeAccumulator()
+    acc.update(model, x, torch.roll(x, -1, 1))
+    out = acc.summary()
+    with torch.no_grad(), record(model) as rec:
+        _, hidden = model(x, return_hidden=True)
+    for layer in range(2):
+        want = rec[layer]["attn"][:, :, 1:, 0].mean().item()
+        assert out["first_token_attention"][layer] == pytest.approx(want, rel=1e-5)
+        assert out["max_abs_hidden"][layer] == pytest.approx(hidden[layer].abs().max().item())
+        assert out["gate_mean"][layer] == pytest.approx(rec[layer]["gate"].mean().item(), rel=1e-5)
+    assert 0.0 < out["gate_quantiles"]["0.5"] < 1.0
+    assert sum(out["gate_hist"]["fraction"]) == pytest.approx(1.0)
+    json.dumps(out)
+
+
+@pytest.fixture(scope="module")
+def bbm(tmp_path_factory):
+    dm = BigramBackcopyDataModule(seq_len=16, batch_size=8, max_steps=4, val_batches=2,
+                                  max_bytes=200_000, cache_dir=str(tmp_path_factory.mktemp("c")))
+    dm.setup()
+    return dm
+
+
+def module(gate="none", **optim):
+    model = dict(CFG, mlp="relu", norm="layer", pos="learned", init="torch_default", gate=gate)
+    return GatedAttentionLM(model, {"lr": 3e-3, "betas": [0.9, 0.99], "weight_decay": 1e-4,
+                                    "max_steps": 4, **optim})
+
+
+@pytest.mark.parametrize("gate", ["none", "headwise", "elementwise", "value", "input_independent"])
+def test_probe_metrics_on_bigram_backcopy(gate, bbm):
+    out = module(gate).probe_metrics(bbm)
+    json.loads(json.dumps(out))
+    assert out["n_batches"] == 2 and out["gate"] == gate and math.isfinite(out["val_loss"])
+    for key in ("first_token_attention", "first_token_attention_trigger",
+                "first_token_attention_non_trigger", "max_abs_hidden", "value_norm_ratio"):
+        assert len(out[key]) == 2 and all(math.isfinite(v) for v in out[key]), key
+    assert len(out["first_token_attention_per_head"][0]) == 4
+    assert 0.0 <= out["sink_rate"] <= 1.0
+    if gate == "none":
+        assert out["gate_mean"] is None and out["gate_hist"] is None
+    else:
+        assert len(out["gate_mean"]) == 2 and len(out["gate_mean_trigger"]) == 2
+        assert len(out["gate_hist"]["fraction"]) == 20
+
+
+# --------------------------------------------------------------------------- module
+
+
+def test_training_and_validation_log_losses(bbm, tmp_path):
+    m = module("headwise")
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, val_check_interval=2, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(m, datamodule=bbm)
+    assert trainer.global_step == 4
+    assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
+    assert math.isfinite(float(trainer.callback_metrics["val_loss"]))
+
+
+def test_nan_loss_does_not_crash(bbm):
+    m = module("headwise")
+    with torch.no_grad():
+        m.model.tok_emb.weight[BOS] = float("nan")
+    x, y = next(iter(bbm.train_dataloader()))
+    m.log = lambda *a, **k: None  # no trainer attached
+    loss = m.training_step((x, y), 0)
+    assert not math.isfinite(loss.item())
+    loss.backward()  # and backward still runs
+    out = m.probe_metrics(bbm)
+    assert not math.isfinite(out["val_loss"])
+    json.dumps(out)
+
+
+def test_optimizer_groups_and_schedule():
+    m = module("input_independent", warmup_steps=10, schedule="cosine", max_steps=110, min_lr_ratio=0.1)
+    opt = m.configure_optimizers()["optimizer"]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731
+    assert id(m.model.blocks[0].attn.q_proj.weight) in ids(decay)
+    assert id(m.model.tok_emb.weight) in ids(decay)
+    assert id(m.model.blocks[0].norm1.weight) in ids(no_decay)
+    assert id(m.model.blocks[0].attn.gate.theta) in ids(no_decay)
+    assert len(ids(decay)) + len(ids(no_decay)) == len(list(m.parameters()))
+    head = module("headwise")
+    groups = param_groups(head.model, 0.1)
+    assert id(head.model.blocks[0].attn.gate.proj.weight) in {id(p) for p in groups[0]["params"]}
+    assert lr_lambda(0, 10, "cosine", 110, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(9, 10, "cosine", 110, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(60, 10, "cosine", 110, 0.1) == pytest.approx(0.55)
+    assert lr_lambda(110, 10, "cosine", 110, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(500, 0, "constant", 110, 0.0) == 1.0
+    with pytest.raises(TypeError, match="unknown optim keys"):
+        module(learning_rate=1.0)
+    with pytest.raises(TypeError, match="unknown LMConfig keys"):
+        GatedAttentionLM({"layers": 2}, {})
