@@ -20,6 +20,7 @@ previous attempt was killed), and returns the run's metrics:
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
@@ -86,6 +87,23 @@ class RunRecorder(Callback):
         self.state.update(state_dict)
 
 
+class CheckpointAfterValidation(Callback):
+    """Rewrite ``last.ckpt`` after every validation (atomically: a kill mid-write leaves the
+    previous checkpoint intact), so a resumed run has its full validation history."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.save(trainer)
+
+    def save(self, trainer):
+        tmp = self.path.with_suffix(".tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
+
+
 class TrainProgress(TQDMProgressBar):
     """The training bar only: validation bars would bury it in the job's log."""
 
@@ -93,10 +111,9 @@ class TrainProgress(TQDMProgressBar):
         return Tqdm(disable=True)
 
 
-def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder) -> L.Trainer:
+def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
+                  checkpoint: CheckpointAfterValidation) -> L.Trainer:
     t = run_cfg.run.trainer
-    # last.ckpt is rewritten after every validation, so a resumed run keeps its val history
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     return L.Trainer(
         **hardware.trainer_kwargs(run_cfg.hardware),
         max_steps=t.max_steps,
@@ -110,6 +127,7 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder) -> 
         callbacks=[recorder, checkpoint, TrainProgress(refresh_rate=max(1, t.log_every_n_steps))],
         logger=CSVLogger(run_dir, name="logs", version=""),
         default_root_dir=run_dir,
+        enable_checkpointing=False,  # CheckpointAfterValidation does it
         enable_model_summary=False,
     )
 
@@ -122,11 +140,13 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = instantiate(run_cfg.run.module, _convert_="all")
     datamodule = instantiate(run_cfg.run.data, _convert_="all")
     recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
-    trainer = build_trainer(run_cfg, run_dir, recorder)
     last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = CheckpointAfterValidation(last)
+    trainer = build_trainer(run_cfg, run_dir, recorder, checkpoint)
     trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule,
                 ckpt_path=last if last.is_file() else None)
-    trainer.save_checkpoint(last)
+    checkpoint.save(trainer)
     return _metrics(recorder, module, datamodule, trainer)
 
 

@@ -25,6 +25,8 @@ gate statistics        mean score per layer, a 20-bin histogram on [0, 1] and qu
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -88,7 +90,19 @@ class ProbeAccumulator:
 
     @torch.no_grad()
     def update(self, model: CausalLM, inputs: torch.Tensor, targets: torch.Tensor,
-               query_mask: torch.Tensor | None = None) -> None:
+               query_mask: torch.Tensor | None = None, max_attn_bytes: int = 2**30) -> None:
+        """Add one batch; split into micro-batches so the recorded attention maps of all layers
+        stay under ``max_attn_bytes`` (at least one sequence at a time)."""
+        B, T = inputs.shape
+        per_seq = 4 * model.cfg.n_layer * model.cfg.n_head * T * T
+        micro = max(1, max_attn_bytes // per_seq)
+        if micro < B:
+            for i in range(0, B, micro):
+                sl = slice(i, i + micro)
+                self.update(model, inputs[sl], targets[sl],
+                            None if query_mask is None else query_mask[sl], max_attn_bytes)
+            self.n_batches -= -(-B // micro) - 1  # count the split batch once
+            return
         with record(model) as rec:
             logits, hidden = model(inputs, return_hidden=True)
         if self.layers is None:
@@ -111,10 +125,10 @@ class ProbeAccumulator:
                 acc["non"] += s.cpu()
                 acc["non_n"] += n
             a = h.detach().abs().float()
-            acc["max_h"] = max(acc["max_h"], float(a.max()))
-            acc["max_h_bos"] = max(acc["max_h_bos"], float(a[:, 0].max()))
+            acc["max_h"] = _nanmax(acc["max_h"], float(a.max()))
+            acc["max_h_bos"] = _nanmax(acc["max_h_bos"], float(a[:, 0].max()))
             if a.shape[1] > 1:
-                acc["max_h_other"] = max(acc["max_h_other"], float(a[:, 1:].max()))
+                acc["max_h_other"] = _nanmax(acc["max_h_other"], float(a[:, 1:].max()))
             vb, vo, nb, no = value_norm_sums(r["v"])
             acc["v_bos"] += vb
             acc["v_other"] += vo
@@ -184,6 +198,11 @@ class ProbeAccumulator:
             out["gate_quantiles"] = {str(q): (int(torch.searchsorted(cdf, torch.tensor(q, dtype=cdf.dtype))) + 0.5) / FINE_BINS
                                      for q in QUANTILES}
         return _plain(out)
+
+
+def _nanmax(a: float, b: float) -> float:
+    """max that propagates NaN (Python's max(0.0, nan) would return 0.0)."""
+    return float("nan") if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def _plain(obj):
