@@ -1,0 +1,116 @@
+"""End to end: the Snakemake pipeline at smoke scale in a scratch copy of the repo.
+
+One smoke run of every configured figure (train jobs + papermill notebooks + scorecard), then
+what a user relies on: outputs per figure, computed verdicts, a no-op rerun, one config edit
+rerunning one figure, a failing notebook leaving no stale figure.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicate import config as C
+from replicate.claims import VERDICTS
+
+pytestmark = pytest.mark.slow
+COPIED = ("Snakefile", "configs", "notebooks", "replicate")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A scratch copy of the pipeline's sources; its own `replicate` is first on PYTHONPATH."""
+    root = tmp_path_factory.mktemp("repo")
+    for name in COPIED:
+        src = C.REPO_ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(
+            src, root / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    return root
+
+
+def snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args, "--config", "scale=smoke", "hardware=cpu"],
+                          cwd=repo, env=env, capture_output=True, text=True)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Counts per rule from a dry run's job table."""
+    table = re.search(r"Job stats:\n(.*?)\n\n", result.stdout + result.stderr, re.S)
+    if table is None:
+        return {}
+    rows = [line.split() for line in table.group(1).splitlines()[2:]]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[0] != "total"}
+
+
+@pytest.fixture(scope="module")
+def built(repo):
+    result = snakemake(repo, "all", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return repo
+
+
+def test_every_figure_has_png_pdf_notebook_and_claims(built):
+    for figure in C.list_figures():
+        for suffix in (".png", ".pdf", ".ipynb", ".json"):
+            assert (built / "figures" / f"{figure}{suffix}").stat().st_size > 0, figure + suffix
+        record = json.loads((built / "figures" / f"{figure}.json").read_text())
+        assert record["scale"] == "smoke" and record["hardware"] == "cpu"
+        assert record["wall_seconds"] > 0 and len(record["config_sha256"]) == 64
+        assert record["claims"] and all(c["verdict"] in VERDICTS for c in record["claims"])
+
+
+def test_scorecard_counts_match_the_jsons(built):
+    claims = [c for p in (built / "figures").glob("*/*.json") for c in json.loads(p.read_text())["claims"]]
+    text = (built / "figures" / "SCORECARD.md").read_text()
+    assert f"**{len(claims)} claims**" in text
+    for verdict in VERDICTS:
+        n = sum(c["verdict"] == verdict for c in claims)
+        assert f"{n} {verdict.replace('_', ' ')}" in text
+
+
+def test_rerun_is_a_no_op(built):
+    result = snakemake(built, "-n", "all")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_editing_one_figure_config_reruns_only_that_figure(built):
+    path = built / "configs" / "figure" / "gated_attention" / "lr_stability.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("spike_jump: 0.5", "spike_jump: 0.4"))  # notebook-only value
+        result = snakemake(built, "-n", "all")
+        assert planned_jobs(result) == {"all": 1, "figure": 1, "scorecard": 1}, result.stdout[-3000:]
+        assert "figure=lr_stability" in result.stdout and "figure=loss" not in result.stdout
+
+        path.write_text(original.replace("max_steps: 10,", "max_steps: 12,"))  # smoke training budget
+        n_points = len(C.points(C.compose("gated_attention/lr_stability", "cpu", "smoke")))
+        result = snakemake(built, "-n", "all")
+        assert planned_jobs(result) == {"all": 1, "figure": 1, "scorecard": 1, "train": n_points}
+    finally:
+        path.write_text(original)
+
+
+def test_failed_notebook_leaves_no_figure_and_keeps_the_traceback(built):
+    notebook = built / "notebooks" / "gated_attention" / "loss.ipynb"
+    original = notebook.read_text()
+    nb = json.loads(original)
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                        "source": "raise RuntimeError('deliberate failure')"})
+    notebook.write_text(json.dumps(nb))
+    try:
+        env = {**os.environ, "PYTHONPATH": str(built)}
+        result = subprocess.run([sys.executable, "-m", "replicate", "notebook", "gated_attention/loss",
+                                 "hardware=cpu", "scale=smoke"], cwd=built, env=env, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert not (built / "figures" / "gated_attention" / "loss.png").exists()
+        failed = built / "logs" / "notebooks" / "gated_attention" / "loss.ipynb"
+        assert "deliberate failure" in failed.read_text()
+        assert not list((built / "figures" / "gated_attention").glob(".loss.*"))  # no staging left
+    finally:
+        notebook.write_text(original)
