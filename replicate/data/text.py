@@ -11,7 +11,8 @@ Sources (``source=``):
   config sample-10BT): from ``path=`` (a ``.jsonl``/``.json`` file of records with a ``"text"``
   field, a ``.txt`` file, a ``.parquet`` file when pyarrow is installed, a directory of those, or
   a directory written by ``datasets.save_to_disk``), otherwise through Hugging Face ``datasets``
-  (streamed; imported only then). Without a local copy and without network this raises
+  (streamed; imported only then). These sources are read until both splits hold 4x their share
+  of ``max_bytes`` (so the hash ordering has documents to choose from), not necessarily to the end. Without a local copy and without network this raises
   ``RuntimeError("dataset 'tinystories' needs network or a local copy: set data.path=...")``:
   there is no silent fallback to another corpus.
 
@@ -152,7 +153,7 @@ def _read_records(path: Path) -> Iterator[tuple[str, str]]:
                         raise KeyError(f"{f}: record without a 'text' field: keys {sorted(rec)}")
                     yield rec["text"], rec["text"]
         elif f.suffix == ".txt":
-            yield f.name, f.read_text(encoding="utf-8")
+            yield (f.relative_to(path).as_posix() if path.is_dir() else f.name), f.read_text(encoding="utf-8")
         else:
             try:
                 import pyarrow.parquet as pq
