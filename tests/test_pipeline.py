@@ -83,7 +83,7 @@ def test_editing_one_figure_config_reruns_only_that_figure(built):
     path = built / "configs" / "figure" / "gated_attention" / "lr_stability.yaml"
     original = path.read_text()
     try:
-        path.write_text(original.replace("spike_jump: 0.5", "spike_jump: 0.4"))  # notebook-only value
+        path.write_text(original.replace("spike_jump: 0.25", "spike_jump: 0.3"))  # notebook-only value
         result = snakemake(built, "-n", "all")
         assert planned_jobs(result) == {"all": 1, "figure": 1, "scorecard": 1}, result.stdout[-3000:]
         assert "figure=lr_stability" in result.stdout and "figure=loss" not in result.stdout
