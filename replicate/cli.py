@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "notebook") and not args.figure:
             raise C.ConfigError(f"{args.command} needs a figure: one of {', '.join(C.list_figures())}")
+        if args.command not in ("run", "notebook") and args.figure:
+            raise C.ConfigError(f"{args.command} takes no figure; expected key=value, got '{args.figure}'")
         options, overrides = _split(args.settings)
         COMMANDS[args.command](args, options, overrides)
     except C.ConfigError as err:

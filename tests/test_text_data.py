@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from replicate.config import ConfigError
 from replicate.data.bigram_backcopy import BigramBackcopyDataModule, BigramTable
 from replicate.data.text import (DOC_SEP, TextDataModule, is_val, load_corpus, stdlib_files,
                                  stdlib_root)
@@ -102,7 +103,7 @@ def test_real_source_without_local_copy_fails_with_a_clear_message(source, tmp_p
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(ConfigError) as err:
         load_corpus(source, max_bytes=10_000, cache_dir=tmp_path)
     assert str(err.value) == f"dataset '{source}' needs network or a local copy: set data.path=..."
 

@@ -13,7 +13,7 @@ Sources (``source=``):
   a directory written by ``datasets.save_to_disk``), otherwise through Hugging Face ``datasets``
   (streamed; imported only then). These sources are read until both splits hold 4x their share
   of ``max_bytes`` (so the hash ordering has documents to choose from), not necessarily to the end. Without a local copy and without network this raises
-  ``RuntimeError("dataset 'tinystories' needs network or a local copy: set data.path=...")``:
+  ``ConfigError("dataset 'tinystories' needs network or a local copy: set data.path=...")``:
   there is no silent fallback to another corpus.
 
 Documents are the unit of the train/val split: a file (stdlib) or a record (text datasets). A
@@ -52,6 +52,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from replicate.config import ConfigError
 from replicate.nn.transformer import BOS
 
 DOC_SEP = b"\n\n"
@@ -78,8 +79,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("REPLICATE_CACHE", Path.home() / ".cache" / "replicate"))
 
 
-def offline_error(source: str) -> RuntimeError:
-    return RuntimeError(f"dataset {source!r} needs network or a local copy: set data.path=...")
+def offline_error(source: str) -> ConfigError:
+    return ConfigError(f"dataset {source!r} needs network or a local copy: set data.path=...")
 
 
 def hash_unit(key: str) -> float:
