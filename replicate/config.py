@@ -213,12 +213,14 @@ def run_config(cfg: DictConfig, point: int) -> DictConfig:
     if not 0 <= point < len(all_points):
         raise ConfigError(f"{cfg.figure.paper}/{cfg.figure.name}: point={point} out of range "
                           f"(this figure has {len(all_points)} points)")
-    full = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    # only what a run may interpolate from: ${figure.run.*} and ${hardware.*}
+    full = OmegaConf.create({"figure": {"run": OmegaConf.to_container(cfg.figure.run)},
+                             "hardware": OmegaConf.to_container(cfg.hardware)})
     for key, value in all_points[point].items():
         OmegaConf.update(full, f"figure.run.{key}", value, merge=False)
-    OmegaConf.resolve(full)  # after the point's values, so interpolations see them
-    return OmegaConf.create({"paper": cfg.figure.paper, "run": full.figure.run,
-                             "hardware": full.hardware})
+    resolved = OmegaConf.to_container(full, resolve=True)  # after the point's values
+    return OmegaConf.create({"paper": cfg.figure.paper, "run": resolved["figure"]["run"],
+                             "hardware": resolved["hardware"]})
 
 
 def run_hash(run_cfg: DictConfig) -> str:
