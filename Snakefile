@@ -1,6 +1,6 @@
 # replicate: one target per figure, one job per training run. Rules only; logic is in replicate/.
 #
-#   snakemake all --cores all                                  # every figure + the scorecard
+#   snakemake all --cores all                                  # every figure + scorecard + report
 #   snakemake figures/gated_attention/attention_sink.png --cores all
 #   snakemake all --cores all --config hardware=gpu scale=full out=/scratch/replicate
 #
@@ -25,6 +25,7 @@ rule all:
     input:
         [plan.figure_outputs(f)[0] for f in plan.figures],
         plan.path("figures", "SCORECARD.md"),
+        plan.path("figures", "index.html"),
 
 
 rule train:
@@ -62,10 +63,12 @@ rule figure:
 
 
 rule scorecard:
-    """Every claim of every figure in one table."""
+    """Every claim of every figure: the Markdown scorecard and the HTML report (one static page)."""
     input:
-        [plan.figure_outputs(f)[3] for f in plan.figures],
+        json=[plan.figure_outputs(f)[3] for f in plan.figures],
+        png=[plan.figure_outputs(f)[0] for f in plan.figures],
     output:
         plan.path("figures", "SCORECARD.md"),
+        plan.path("figures", "index.html"),
     shell:
-        "python -m replicate scorecard out={plan.out}"
+        "python -m replicate scorecard out={plan.out} && python -m replicate report out={plan.out}"

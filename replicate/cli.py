@@ -4,6 +4,8 @@
     run <paper>/<figure> point=K           train one sweep point (reused when already finished)
     notebook <paper>/<figure>              execute the figure's notebook (needs its runs)
     scorecard                              rebuild <out>/figures/SCORECARD.md
+    report                                 rebuild <out>/figures/index.html (every figure, one page)
+    new-paper <name> [figure=<figure>]     scaffold a paper: package, figure config, notebook, test
 
 Every command takes ``hardware=<auto|cpu|gpu> scale=<smoke|default|full> out=<dir>``; ``run``
 also takes Hydra overrides of the figure (``figure.run.trainer.max_steps=50``). Errors a user can
@@ -73,14 +75,45 @@ def cmd_scorecard(args, options, overrides):
     print(f"scorecard written: {scorecard.write(Path(options['out']) / 'figures')}")
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard}
+def cmd_new_paper(args, options, overrides):
+    from replicate import scaffold
+
+    if not args.figure:
+        raise C.ConfigError("new-paper needs a name: python -m replicate new-paper <name> [figure=<figure>]")
+    extra = [t for t in args.settings if not t.startswith("figure=")]
+    if extra:
+        raise C.ConfigError(f"new-paper takes only figure=<figure>, got {' '.join(extra)}")
+    figure = next((t.partition("=")[2] for t in args.settings if t.startswith("figure=")), "main")
+    paper = args.figure
+    written = scaffold.new_paper(paper, figure)
+    root = C.REPO_ROOT
+    print(f"created paper '{paper}' with figure '{paper}/{figure}':")
+    for path in written:
+        print(f"  {path.relative_to(root)}")
+    print(f"""next:
+  snakemake -n all                      # lists {paper}/{figure} and its training jobs
+  snakemake /tmp/{paper}-smoke/figures/{paper}/{figure}.png --cores all --config scale=smoke out=/tmp/{paper}-smoke
+  pytest tests/test_{paper}.py
+then replace every TEMPLATE:  grep -rn TEMPLATE replicate/papers/{paper} configs/figure/{paper} notebooks/{paper} tests/test_{paper}.py""")
+
+
+def cmd_report(args, options, overrides):
+    from pathlib import Path
+
+    from replicate import report
+
+    print(f"report written: {report.write(Path(options['out']) / 'figures')}")
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard,
+            "report": cmd_report, "new-paper": cmd_new_paper}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replicate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("figure", nargs="?", help="<paper>/<figure> for run and notebook")
+    parser.add_argument("figure", nargs="?", help="<paper>/<figure> for run and notebook; <name> for new-paper")
     parser.add_argument("settings", nargs="*", help="key=value settings and overrides")
     args = parser.parse_args(argv)
     if args.figure and "=" in args.figure:
@@ -89,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "notebook") and not args.figure:
             raise C.ConfigError(f"{args.command} needs a figure: one of {', '.join(C.list_figures())}")
-        if args.command not in ("run", "notebook") and args.figure:
+        if args.command not in ("run", "notebook", "new-paper") and args.figure:
             raise C.ConfigError(f"{args.command} takes no figure; expected key=value, got '{args.figure}'")
         options, overrides = _split(args.settings)
         COMMANDS[args.command](args, options, overrides)

@@ -1,51 +1,363 @@
-"""figures/SCORECARD.md: every claim of every figure, from the figures' claims json."""
+"""figures/SCORECARD.md: every claim of every figure, from the figures' claims json.
+
+    python -m replicate scorecard            # <out>/figures/SCORECARD.md (rule `scorecard`)
+
+:func:`collect` reads every ``<figures>/<paper>/<figure>.json`` and returns one :class:`Entry`
+per figure: the json record, the figure's title and regime (from its config, composed at the
+json's own scale and hardware), and the reasons it is *stale*, if any. The scorecard and the
+HTML report (replicate/report.py) are both rendered from that one list.
+
+Verdicts are never typed. Every claim's verdict is re-derived here from its measured value and
+its criterion text (``replicated if measured >= 3; partial if >= 1.5``, written by
+replicate/claims.py); a json whose verdict does not follow from its own numbers stops the
+scorecard with a one-line error naming the file and the claim.
+
+Staleness. A figure is stale when something that made it changed after it was made:
+
+* its figure config: the config is composed again (same figure, scale and hardware as the json)
+  and its ``config_sha256`` compared with the json's. This covers the training and part configs
+  it includes, and ignores edits that change nothing (comments);
+* its paper's code (``replicate/papers/<paper>/**/*.py``) or its source notebook
+  (``notebooks/<paper>/<figure>.ipynb``): stale when one of them is newer than the json. "Newer"
+  compares *version times*: in a git checkout a file that is committed and unmodified dates from
+  the last commit that touched it (committer time), so a fresh clone, whose file times are all the
+  checkout time, still dates its files correctly and a json committed together with (or after)
+  the code it came from is not stale; a file with uncommitted changes, an untracked file, and
+  every file outside a git checkout date from their modification time.
+
+Staleness is judged when the scorecard is generated; ``python -m replicate scorecard`` judges
+again without running anything.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
+import os
+import re
+import subprocess
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from replicate import claims as claims_lib
+from replicate import config as C
 from replicate.claims import VERDICTS
 
 BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial",
          "not_replicated": "❌ not replicated", "inconclusive": "⚪ inconclusive"}
+STALE = "⚠️ stale"
+_CRITERION = re.compile(r"^replicated if measured (?P<replicated>.+?)(?:; partial if (?P<partial>.+))?$")
 
 
+class ScorecardError(C.ConfigError):
+    """A claims json the scorecard cannot vouch for (one line: the file and the claim)."""
+
+
+@dataclass
+class Entry:
+    """One figure: its claims json, its caption (from its config) and whether it is stale."""
+
+    record: dict
+    json_path: Path
+    title: str = ""
+    regime: str = ""
+    config_path: Path | None = None
+    stale: list[str] = field(default_factory=list)  # reasons; empty when up to date
+
+    @property
+    def paper(self) -> str:
+        return self.record["paper"]
+
+    @property
+    def name(self) -> str:
+        return self.record["figure"]
+
+    @property
+    def key(self) -> str:
+        return f"{self.paper}/{self.name}"
+
+    @property
+    def claims(self) -> list[dict]:
+        return self.record.get("claims", [])
+
+    def output(self, suffix: str) -> Path:
+        """``<figures>/<paper>/<figure><suffix>``: the png, pdf or executed notebook beside the json."""
+        return self.json_path.with_suffix(suffix)
+
+
+# --------------------------------------------------------------------------- reading
 def load(figures_dir: Path) -> list[dict]:
+    """Every claims json under ``figures_dir`` (``<paper>/<figure>.json``), sorted by path."""
     return [json.loads(p.read_text()) for p in sorted(Path(figures_dir).glob("*/*.json"))]
 
 
-def _fmt(value) -> str:
+def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bool = True) -> list[Entry]:
+    """Every figure under ``figures_dir``: record, caption, stale reasons; verdicts re-checked.
+
+    ``root`` is the repository whose code, notebooks and configs the figures came from (default:
+    the one this package belongs to). ``compose=False`` skips composing the figure configs (no
+    caption, and the config is judged by the file's version time instead of its hash).
+    """
+    root = Path(root) if root is not None else C.REPO_ROOT
+    clock = VersionClock(root)
+    entries = []
+    for path in sorted(Path(figures_dir).glob("*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ScorecardError(f"{path}: not valid JSON ({err})") from None
+        for key in ("paper", "figure", "claims"):
+            if key not in record:
+                raise ScorecardError(f"{path}: missing '{key}' (not a figure's claims json?)")
+        check_verdicts(record, path)
+        entry = Entry(record, path)
+        hashed = _caption_and_config(entry, root, compose)
+        entry.stale += _newer_inputs(entry, root, clock, config_by_time=not hashed)
+        entries.append(entry)
+    return entries
+
+
+def check_verdicts(record: dict, path: Path | str = "?") -> None:
+    """Raise :class:`ScorecardError` unless every verdict follows from its measured value."""
+    for claim in record["claims"]:
+        cid = claim.get("id", "?")
+        if claim.get("verdict") not in VERDICTS:
+            raise ScorecardError(f"{path}: claim '{cid}' has verdict {claim.get('verdict')!r}; "
+                                 f"expected one of {', '.join(VERDICTS)}")
+        rules = _CRITERION.match(str(claim.get("criterion", "")).strip())
+        if rules is None:
+            raise ScorecardError(f"{path}: claim '{cid}' has criterion {claim.get('criterion')!r}, "
+                                 "not one written by replicate/claims.py")
+        measured = claim.get("measured")
+        try:
+            expected = claims_lib.verdict(measured, rules["replicated"], rules["partial"])
+        except ValueError as err:
+            raise ScorecardError(f"{path}: claim '{cid}': {err}") from None
+        if expected != claim["verdict"]:
+            raise ScorecardError(f"{path}: claim '{cid}' says '{claim['verdict']}' but measured "
+                                 f"{measured!r} under '{claim['criterion']}' gives '{expected}' "
+                                 "(verdicts are computed by the notebook, never edited)")
+
+
+def _caption_and_config(entry: Entry, root: Path, compose: bool) -> bool:
+    """Title and regime from the figure's config; a config that changed makes the figure stale.
+
+    Returns whether the config was judged by its hash (else it is judged by its file's time).
+    """
+    path = root / "configs" / "figure" / entry.paper / f"{entry.name}.yaml"
+    if not path.is_file():
+        entry.stale.append(f"its figure config {_rel(path, root)} no longer exists")
+        return True
+    entry.config_path = path
+    if not compose:
+        return False
+    try:
+        cfg = C.compose(entry.key, hardware=entry.record.get("hardware", "cpu"),
+                        scale=entry.record.get("scale", "default"))
+    except C.ConfigError as err:
+        entry.stale.append(f"its figure config no longer composes: {err}")
+        return True
+    entry.title, entry.regime = str(cfg.figure.title), str(cfg.figure.regime).strip()
+    if not entry.record.get("config_sha256"):
+        return False
+    if entry.record["config_sha256"] != C.config_sha256(cfg):
+        entry.stale.append(f"its figure config changed after it was made ({_rel(path, root)} "
+                           f"now composes to another config_sha256 at scale "
+                           f"{entry.record.get('scale')}, hardware {entry.record.get('hardware')})")
+    return True
+
+
+def inputs(paper: str, figure: str, root: Path, with_config: bool = False) -> list[Path]:
+    """The files whose change makes a figure stale by time: paper code and source notebook."""
+    files = sorted((root / "replicate" / "papers" / paper).rglob("*.py"))
+    files.append(root / "notebooks" / paper / f"{figure}.ipynb")
+    if with_config:
+        files.append(root / "configs" / "figure" / paper / f"{figure}.yaml")
+    return [f for f in files if f.is_file() and "__pycache__" not in f.parts]
+
+
+def _newer_inputs(entry: Entry, root: Path, clock: "VersionClock", config_by_time: bool) -> list[str]:
+    made = clock.time(entry.json_path)
+    newer = [(clock.time(f), f) for f in inputs(entry.paper, entry.name, root, with_config=config_by_time)]
+    newer = sorted((t, f) for t, f in newer if t > made)
+    if not newer:
+        return []
+    kinds = sorted({"notebook" if f.suffix == ".ipynb" else "figure config" if f.suffix == ".yaml"
+                    else "paper code" for _, f in newer})
+    latest_t, latest = newer[-1]
+    return [f"its {' and '.join(kinds)} changed after it was made: "
+            + ", ".join(_rel(f, root) for _, f in newer[:3]) + (" ..." if len(newer) > 3 else "")
+            + f" (latest {_when(latest_t)}; the json dates from {_when(made)})"]
+
+
+class VersionClock:
+    """When a file's current content came to be: last commit time if committed and unmodified
+    in a git checkout, else its modification time (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.top: Path | None = None
+        self.commit_time: dict[str, float] = {}
+        self.dirty: set[str] = set()
+        top = _git(root, "rev-parse", "--show-toplevel")
+        if top is None:
+            return
+        self.top = Path(top.strip()).resolve()
+        status = _git(self.top, "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames")
+        for item in (status or "").split("\0"):
+            if len(item) > 3:
+                self.dirty.add(item[3:])
+        log = _git(self.top, "-c", "core.quotepath=off", "log", "--no-renames", "--format=@%ct",
+                   "--name-only", "--", "replicate/papers", "notebooks", "configs", "figures")
+        when = 0.0
+        for line in (log or "").splitlines():
+            if line.startswith("@"):
+                when = float(line[1:])
+            elif line and line not in self.commit_time:
+                self.commit_time[line] = when  # log runs newest first: the first time seen is the last change
+
+    def time(self, path: Path) -> float:
+        path = Path(path).resolve()
+        if self.top is not None:
+            try:
+                rel = path.relative_to(self.top).as_posix()
+            except ValueError:
+                rel = None
+            if rel is not None and rel not in self.dirty and rel in self.commit_time:
+                return self.commit_time[rel]
+        return path.stat().st_mtime
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# --------------------------------------------------------------------------- counting
+def counts(entries: list[Entry]) -> Counter:
+    """Claims per verdict, plus ``stale``: claims of stale figures (whatever their verdict)."""
+    total = Counter(c["verdict"] for e in entries for c in e.claims)
+    total["stale"] = sum(len(e.claims) for e in entries if e.stale)
+    return total
+
+
+def papers(entries: list[Entry]) -> dict[str, list[Entry]]:
+    out: dict[str, list[Entry]] = {}
+    for e in sorted(entries, key=lambda e: (e.paper, e.name)):
+        out.setdefault(e.paper, []).append(e)
+    return out
+
+
+def fmt(value) -> str:
+    """A measured value as the scorecard prints it (4 significant digits)."""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
 
 
-def render(records: list[dict]) -> str:
-    counts = Counter(c["verdict"] for r in records for c in r["claims"])
-    total = sum(counts.values())
+def summary_line(total: Counter) -> str:
+    n = sum(total[v] for v in VERDICTS)
+    return (f"**{n} claims**: " + ", ".join(f"{total[v]} {v.replace('_', ' ')}" for v in VERDICTS)
+            + f"; {total['stale']} stale")
+
+
+def relative_link(target: Path, page_dir: Path) -> str:
+    """``target`` as a link from a page in ``page_dir`` (forward slashes, works from file://)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())).as_posix()
+
+
+def short_commit(record: dict) -> str:
+    commit = str(record.get("git_commit", "unknown"))
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "") if commit != "unknown" else commit
+
+
+# --------------------------------------------------------------------------- markdown
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render(entries: list[Entry], page_dir: Path | None = None) -> str:
+    """The scorecard as Markdown; links are relative to ``page_dir`` (the figures folder)."""
+    page_dir = Path(page_dir) if page_dir is not None else (
+        entries[0].json_path.parent.parent if entries else Path("."))
+    total = counts(entries)
     lines = ["# Scorecard", "",
-             "Generated by `snakemake all` from `figures/<paper>/<figure>.json`; every verdict is "
-             "computed from the measured number by the rule in the figure's config.", "",
-             f"**{total} claims**: " + ", ".join(f"{counts[v]} {v.replace('_', ' ')}" for v in VERDICTS), ""]
-    for paper in sorted({r["paper"] for r in records}):
+             "<!-- Generated by `python -m replicate scorecard` (rule `scorecard` of `snakemake all`) "
+             "from figures/<paper>/<figure>.json. Do not edit: regenerate. -->", "",
+             "Every claim of every figure. Each verdict was computed by the figure's notebook from "
+             "the measured number and the rule in the figure's config, and is re-derived from those "
+             "two when this page is generated: none is typed. How to read it: README, "
+             "\"Reading the results\". Browse the figures: [index.html](index.html) (open the file "
+             "in a browser; it works offline).", "",
+             summary_line(total), ""]
+    if not entries:
+        return "\n".join(lines + ["No figures yet: run `snakemake all --cores all`.", ""])
+    grouped = papers(entries)
+    lines += ["| paper | figures | claims | " + " | ".join(BADGE[v] for v in VERDICTS) + f" | {STALE} |",
+              "|---|---:|---:|" + "---:|" * (len(VERDICTS) + 1)]
+    for paper, group in grouped.items():
+        c = counts(group)
+        lines.append(f"| [{paper}](#{paper}) | {len(group)} | {sum(c[v] for v in VERDICTS)} | "
+                     + " | ".join(str(c[v]) for v in VERDICTS) + f" | {c['stale']} |")
+    lines += [f"| **all** | {len(entries)} | {sum(total[v] for v in VERDICTS)} | "
+              + " | ".join(f"**{total[v]}**" for v in VERDICTS) + f" | {total['stale']} |", ""]
+    for paper, group in grouped.items():
         lines += [f"## {paper}", "",
                   "| figure | claim | paper | measured | rule | verdict | scale / hardware |",
                   "|---|---|---|---|---|---|---|"]
-        for r in (r for r in records if r["paper"] == paper):
-            fig = f"[{r['figure']}]({paper}/{r['figure']}.png) ([notebook]({paper}/{r['figure']}.ipynb))"
-            for c in r["claims"]:
-                lines.append(f"| {fig} | {c['statement']} | {c['paper_value']} | {_fmt(c['measured'])} "
-                             f"| {c['criterion']} | {BADGE[c['verdict']]} | {r['scale']} / {r['hardware']} |")
+        for e in group:
+            fig = (f"[{e.name}]({relative_link(e.output('.png'), page_dir)}) "
+                   f"([notebook]({relative_link(e.output('.ipynb'), page_dir)}))")
+            mark = f" {STALE}" if e.stale else ""
+            for c in e.claims:
+                lines.append(f"| {fig} | `{c.get('id', '')}` {_cell(c.get('statement', ''))} "
+                             f"| {_cell(c.get('paper_value', ''))} | {_cell(fmt(c.get('measured')))} "
+                             f"| {_cell(c.get('criterion', ''))} | {BADGE[c['verdict']]}{mark} "
+                             f"| {e.record.get('scale', '?')} / {e.record.get('hardware', '?')} |")
         lines.append("")
+        lines += ["Made by:", ""] + [f"- {_provenance_md(e, page_dir)}" for e in group] + [""]
+        stale = [e for e in group if e.stale]
+        if stale:
+            lines += [f"{STALE}: made before a change to what makes it; its numbers may no longer "
+                      "be what the code gives (rerun: `snakemake <its png> --cores all`).", ""]
+            lines += [f"- **{e.name}**: " + "; ".join(e.stale) for e in stale]
+            lines.append("")
     return "\n".join(lines)
 
 
-def write(figures_dir: str | Path) -> Path:
+def _provenance_md(e: Entry, page_dir: Path) -> str:
+    config = (f", [config]({relative_link(e.config_path, page_dir)})" if e.config_path else "")
+    started = str(e.record.get("started", ""))[:10]
+    wall = e.record.get("wall_seconds")
+    wall = f", {wall:.0f} s" if isinstance(wall, (int, float)) else ""
+    return (f"**{e.name}** — {e.title or e.name}: scale {e.record.get('scale', '?')}, hardware "
+            f"{e.record.get('hardware', '?')}, commit `{short_commit(e.record)}`, {started}{wall}{config}")
+
+
+def write(figures_dir: str | Path, entries: list[Entry] | None = None) -> Path:
+    """Write ``<figures_dir>/SCORECARD.md`` (atomically) and return its path."""
     figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    entries = collect(figures_dir) if entries is None else entries
     target = figures_dir / "SCORECARD.md"
     tmp = target.with_suffix(".md.tmp")
-    tmp.write_text(render(load(figures_dir)))
+    tmp.write_text(render(entries, figures_dir))
     tmp.replace(target)
     return target

@@ -3,7 +3,8 @@
 Sources (``source=``):
 
 * ``"digits"`` (default): ``sklearn.datasets.load_digits`` — 1797 grey 8×8 images of the digits
-  0-9, shipped inside scikit-learn (no network). Pixels 0..16 are scaled to [0, 1]. Split: a
+  0-9, shipped inside scikit-learn (no network; cached as tensors under ``$REPLICATE_CACHE/digits``
+  keyed by the scikit-learn version). Pixels 0..16 are scaled to [0, 1]. Split: a
   fixed pseudo-random permutation (a generator seeded by sha256 of ``"digits-split"``, independent
   of the run's seed) puts ``val_fraction`` of the images in validation.
 * ``"mnist"``: the 28×28 MNIST train (60k) and test (10k) files in torchvision's on-disk layout,
@@ -12,7 +13,8 @@ Sources (``source=``):
   split. The IDX files are read here (a documented, trivial format), so reading needs no
   torchvision; ``download=True`` fetches missing files through ``torchvision.datasets.MNIST``
   (imported only then). Missing files without ``download``, or ``download`` without torchvision,
-  raise a one-line error naming what is missing: there is no silent fallback to digits.
+  raise a one-line ``ConfigError`` naming what is missing (the CLI prints it and exits 2): there
+  is no silent fallback to digits.
   ``path`` defaults to ``$REPLICATE_CACHE/mnist`` (``~/.cache/replicate/mnist``).
 
 Images are float32 tensors (N, 1, H, W); labels int64. ``provenance`` records the source, the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from replicate.config import ConfigError
 from replicate.data.text import (ResumableDataLoader, _attached_trainer, block_generator,
                                  consumed_samples, default_cache_dir, total_train_samples)
 
@@ -72,22 +76,40 @@ def _splits(train_x, train_y, val_x, val_y, **meta) -> ImageSplits:
     return ImageSplits(train_x, train_y, val_x, val_y, meta)
 
 
+def _sklearn_digits() -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(images (1797, 1, 8, 8) in [0, 1], labels, sklearn version), cached as tensors in
+    ``$REPLICATE_CACHE/digits`` under the sklearn version: importing sklearn.datasets costs a
+    second per training job, reading the cache a few milliseconds."""
+    from importlib.metadata import version
+
+    sk_version = version("scikit-learn")
+    cache = default_cache_dir() / "digits" / f"digits-sklearn{sk_version}.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        return saved["x"], saved["y"], sk_version
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    raw = sk_load_digits()
+    x = torch.tensor(raw.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    y = torch.tensor(raw.target, dtype=torch.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"x": x, "y": y}, tmp)
+    os.replace(tmp, cache)  # atomic: parallel jobs never read half a file
+    return x, y, sk_version
+
+
 def load_digits(val_fraction: float = 0.2) -> ImageSplits:
     """scikit-learn's 8×8 digits, scaled to [0, 1], split by a fixed permutation."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    import sklearn
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    raw = sk_load_digits()
-    x = torch.tensor(raw.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # (1797, 1, 8, 8)
-    y = torch.tensor(raw.target, dtype=torch.int64)
+    x, y, sk_version = _sklearn_digits()
     digest = hashlib.sha256(b"digits-split").digest()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1))
     n_val = int(round(val_fraction * len(y)))
     val, train = perm[:n_val], perm[n_val:]
     return _splits(x[train], y[train], x[val], y[val], source="digits",
-                   sklearn=sklearn.__version__, val_fraction=val_fraction)
+                   sklearn=sk_version, val_fraction=val_fraction)
 
 
 # --------------------------------------------------------------------------- MNIST (IDX files)
@@ -126,7 +148,7 @@ def _download_mnist(root: Path) -> None:
     try:
         from torchvision.datasets import MNIST
     except ImportError:
-        raise RuntimeError("data.download=true for MNIST needs torchvision, which is not installed: "
+        raise ConfigError("data.download=true for MNIST needs torchvision, which is not installed: "
                            "pip install torchvision, or put the IDX files under "
                            f"{root / 'MNIST' / 'raw'}") from None
     for train in (True, False):
@@ -143,7 +165,7 @@ def load_mnist(path: str | Path | None = None, download: bool = False) -> ImageS
         raw = mnist_raw_dir(root)
         missing = [s for pair in MNIST_FILES.values() for s in pair if _find_idx(raw, s) is None]
     if missing:
-        raise FileNotFoundError(f"MNIST files {', '.join(missing)} not found under {raw}: set "
+        raise ConfigError(f"MNIST files {', '.join(missing)} not found under {raw}: set "
                                 "data.path to a folder in torchvision's layout (MNIST/raw/*-ubyte[.gz]) "
                                 "or data.download=true (needs torchvision and network)")
     arrays = {}

@@ -10,7 +10,8 @@ hyper    hidden (list), activation (relu | leakyrelu | tanh | gelu | silu), norm
          (hyperlight | torch)
 primary  arch (mlp | cnn), in_shape [C, H, W], classes, hidden (mlp), channels (cnn), activation
 task     kind, input_dim (k, the dimension of γ), noise_scale, l2_coef, val_gammas, probe_gammas
-optim    name (adam | sgd), lr, momentum (sgd), betas (adam), weight_decay
+optim    name (adam | sgd), lr, momentum (sgd), betas (adam), weight_decay, fused (PyTorch's
+         fused single-kernel update: same algorithm, ~4x faster on CPU for this many parameters)
 setting  a partial dict of the above sections (and ``variant``) deep-merged over them: one cell
          of an ablation grid. It lets one sweep key vary several settings together (e.g.
          optimiser *and* learning rate); the effective config is ``self.config`` and lands in
@@ -51,10 +52,11 @@ DEFAULTS = {
               "init": "hyperlight"},
     "primary": {"arch": "mlp", "in_shape": [1, 8, 8], "classes": 10, "hidden": [64, 64, 64],
                 "channels": [8, 16], "activation": "relu"},
-    "task": {"kind": "noise", "input_dim": 1, "noise_scale": 2.0, "l2_coef": 0.01,
+    "task": {"kind": "noise", "input_dim": 1, "noise_scale": 1.0, "l2_coef": 0.01,
              "val_gammas": [0.0, 0.25, 0.5, 0.75, 1.0],
              "probe_gammas": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
-    "optim": {"name": "adam", "lr": 3e-4, "momentum": 0.9, "betas": [0.9, 0.999], "weight_decay": 0.0},
+    "optim": {"name": "adam", "lr": 3e-4, "momentum": 0.9, "betas": [0.9, 0.999], "weight_decay": 0.0,
+              "fused": True},
 }
 TASKS = ("noise", "l2")
 VAL_STREAM = 1_000_003  # the validation noise's generator stream (independent of the run seed)
@@ -71,6 +73,16 @@ def deep_merge(base: dict, patch: dict, where: str = "") -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def effective_config(variant: str = "mip", hyper: dict | None = None, primary: dict | None = None,
+                     task: dict | None = None, optim: dict | None = None, setting: dict | None = None,
+                     **_ignored) -> dict:
+    """The config a module actually uses: DEFAULTS ⊕ the given sections ⊕ ``setting``."""
+    given = {"variant": variant, **{k: deep_merge(DEFAULTS[k], v or {}, f"{k}.")
+                                    for k, v in (("hyper", hyper), ("primary", primary),
+                                                 ("task", task), ("optim", optim))}}
+    return deep_merge(given, setting or {}, "setting.")
 
 
 def step_generator(seed: int, step: int, stream: str = "train") -> torch.Generator:
@@ -93,10 +105,7 @@ class HypernetMIP(L.LightningModule):
                  setting: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        given = {"variant": variant, **{k: deep_merge(DEFAULTS[k], v or {}, f"{k}.")
-                                          for k, v in (("hyper", hyper), ("primary", primary),
-                                                       ("task", task), ("optim", optim))}}
-        self.config = deep_merge(given, setting or {}, "setting.")
+        self.config = effective_config(variant, hyper, primary, task, optim, setting)
         self.seed = int(seed)
         c = self.config
         if c["variant"] not in VARIANTS:
@@ -162,9 +171,9 @@ class HypernetMIP(L.LightningModule):
         o = self.config["optim"]
         if o["name"] == "adam":
             return torch.optim.Adam(self.parameters(), lr=o["lr"], betas=tuple(o["betas"]),
-                                    weight_decay=o["weight_decay"])
+                                    weight_decay=o["weight_decay"], fused=o["fused"])
         return torch.optim.SGD(self.parameters(), lr=o["lr"], momentum=o["momentum"],
-                               weight_decay=o["weight_decay"])
+                               weight_decay=o["weight_decay"], fused=o["fused"])
 
     # ------------------------------------------------------------------ probes
     @torch.no_grad()

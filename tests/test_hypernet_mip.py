@@ -1,0 +1,246 @@
+"""Hypernetwork MIP (Ortiz et al. 2024): shapes, the proportionality at init, MIP's residual and
+encoding, gradients, the tasks, the LightningModule and the notebook measurements."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from replicate import config as C
+from replicate import runs
+from replicate.papers.hypernet_mip.analysis import loglog_slope, steps_to_threshold
+from replicate.papers.hypernet_mip.model import (VARIANTS, HyperModel, HyperNet, PrimaryModule,
+                                                 PrimaryNet, encode)
+from replicate.papers.hypernet_mip.module import HypernetMIP, band_sigma, effective_config
+
+MLP = dict(arch="mlp", in_shape=(1, 8, 8), hidden=(16, 16, 16))
+CNN = dict(arch="cnn", in_shape=(1, 8, 8), channels=(4, 8))
+
+
+def model(variant, primary=MLP, seed=0, **kw):
+    torch.manual_seed(seed)
+    return HyperModel(PrimaryNet(**primary), variant, hidden=(32, 32), **kw)
+
+
+def images(n=6, shape=(1, 8, 8)):
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(3))
+
+
+def reference_net(spec: PrimaryNet) -> nn.Module:
+    """The primary network written as ordinary nn.Modules, named like the spec."""
+    if spec.arch == "mlp":
+        widths = [math.prod(spec.in_shape), *spec.hidden, spec.classes]
+        return nn.ModuleDict({f"fc{i}": nn.Linear(a, b) for i, (a, b) in enumerate(zip(widths, widths[1:]))})
+    chans = [spec.in_shape[0], *spec.channels]
+    layers = {f"conv{i}": nn.Conv2d(a, b, 3, padding=1) for i, (a, b) in enumerate(zip(chans, chans[1:]))}
+    return nn.ModuleDict({**layers, "fc": nn.Linear(chans[-1] * spec.pool ** 2, spec.classes)})
+
+
+def reference_forward(net: nn.ModuleDict, spec: PrimaryNet, x):
+    if spec.arch == "mlp":
+        h = x.flatten(1)
+        for i in range(len(spec.hidden) + 1):
+            h = net[f"fc{i}"](h)
+            h = torch.relu(h) if i < len(spec.hidden) else h
+        return h
+    h = x
+    for i in range(len(spec.channels)):
+        h = torch.relu(net[f"conv{i}"](h))
+    return net["fc"](nn.functional.adaptive_avg_pool2d(h, spec.pool).flatten(1))
+
+
+# --------------------------------------------------------------------------- shapes, forward
+
+
+@pytest.mark.parametrize("primary", [MLP, CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_predicted_parameters_have_the_primary_networks_shapes(primary, variant):
+    m = model(variant, primary)
+    ref = reference_net(m.primary)
+    params = m.params(torch.tensor([0.3]))
+    assert {n: tuple(p.shape) for n, p in params.items()} == {n: tuple(p.shape) for n, p in ref.named_parameters()}
+    assert m.hyper.out.out_features == sum(p.numel() for p in ref.parameters()) == m.primary.n_params
+
+
+@pytest.mark.parametrize("primary", [MLP, CNN], ids=["mlp", "cnn"])
+def test_functional_forward_equals_the_module_with_the_predicted_weights(primary):
+    m = model("mip", primary)
+    x = images()
+    params = m.params(torch.tensor([0.7]))
+    ref = reference_net(m.primary)
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.copy_(params[n])
+    torch.testing.assert_close(m(torch.tensor([0.7]), x), reference_forward(ref, m.primary, x))
+    with pytest.raises(ValueError, match="in_shape"):
+        m(torch.tensor([0.7]), images(shape=(1, 9, 9)))
+
+
+# --------------------------------------------------------------------------- proportionality
+
+
+@pytest.mark.parametrize("activation", ["relu", "leakyrelu"])
+def test_default_hypernetwork_is_exactly_proportional_to_its_input(activation):
+    m = model("default", activation=activation)
+    gamma = torch.tensor([0.8, 0.3, 0.5])
+    m3 = HyperModel(PrimaryNet(**MLP), "default", input_dim=3, hidden=(32, 32), activation=activation)
+    for c in (0.01, 0.1, 0.5):
+        torch.testing.assert_close(m3.flat_params(c * gamma), c * m3.flat_params(gamma), rtol=1e-5, atol=1e-7)
+    lo, hi = (float(m.flat_params(torch.tensor([g])).norm()) for g in (0.01, 1.0))
+    assert hi / lo == pytest.approx(100.0, rel=1e-4)
+    assert torch.count_nonzero(m.flat_params(torch.tensor([0.0]))) == 0  # theta0 = 0, zero biases
+
+
+def test_pytorch_default_init_already_breaks_the_proportionality():
+    m = model("default", init="torch")
+    assert m.flat_params(torch.tensor([0.0])).norm() > 0.1  # uniform biases: theta(0) != 0
+
+
+def test_mip_weights_are_theta0_plus_a_term_whose_norm_does_not_scale_with_gamma():
+    m = model("mip")
+    theta0 = m.hyper.theta0.detach().clone()
+    norms = {}
+    for g in (0.01, 0.1, 1.0):
+        gamma = torch.tensor([g])
+        torch.testing.assert_close(m.flat_params(gamma), theta0 + m.hyper.delta(gamma))
+        norms[g] = m.hyper.delta(gamma).norm().item()
+    assert 0.5 < norms[1.0] / norms[0.01] < 2.0  # the default's ratio is 100 (test above)
+    assert loglog_slope(list(norms), list(norms.values())) == pytest.approx(0.0, abs=0.25)
+    # and the whole theta is flat: theta0 dominates
+    full = [float(m.flat_params(torch.tensor([g])).norm()) for g in (0.01, 1.0)]
+    assert full[1] / full[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_theta0_is_initialised_like_the_primary_network():
+    m = model("residual", primary=dict(arch="mlp", in_shape=(1, 16, 16), hidden=(256,)))
+    theta0 = m.primary.unflatten(m.hyper.theta0.detach())
+    gain = nn.init.calculate_gain("leaky_relu")
+    assert theta0["fc0.weight"].std().item() == pytest.approx(gain / math.sqrt(256), rel=0.05)
+    assert theta0["fc1.weight"].std().item() == pytest.approx(gain / math.sqrt(256), rel=0.1)
+    assert all(torch.count_nonzero(theta0[n]) == 0 for n in ("fc0.bias", "fc1.bias"))
+    assert torch.count_nonzero(model("encoding").hyper.theta0) == 0  # no residual: output bias 0
+
+
+def test_hyperlight_initialisation_of_the_hypernetwork():
+    torch.manual_seed(0)
+    h = HyperNet(1, 4000, hidden=(512, 512), activation="leakyrelu")
+    first, second = h.body[0], h.body[2]
+    gain = nn.init.calculate_gain("leaky_relu")
+    assert first.weight.std().item() == pytest.approx(gain / math.sqrt(512), rel=0.1)  # fan-out
+    assert second.weight.std().item() == pytest.approx(gain / math.sqrt(512), rel=0.05)
+    assert h.out.weight.std().item() == pytest.approx(1 / math.sqrt(4000), rel=0.05)  # linear gain, fan-out
+    assert all(torch.count_nonzero(b) == 0 for b in (first.bias, second.bias, h.out.bias))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def test_encodings_have_constant_norm():
+    gamma = torch.rand(200, 3, generator=torch.Generator().manual_seed(0))
+    cs = encode(gamma, "cos|sin")
+    assert cs.shape == (200, 6)
+    torch.testing.assert_close(cs.norm(dim=-1), torch.full((200,), math.sqrt(3)))
+    torch.testing.assert_close(cs[:, :3], torch.cos(math.pi * gamma / 2))
+    zz = encode(gamma, "z|1-z")
+    torch.testing.assert_close(zz.abs().sum(-1), torch.full((200,), 3.0))
+    assert torch.equal(encode(gamma, "none"), gamma)
+    with pytest.raises(ValueError, match="encoding"):
+        encode(gamma, "fourier")
+
+
+def test_encoding_only_removes_the_scaling_of_the_predicted_term():
+    m = model("encoding")
+    lo, hi = (float(m.flat_params(torch.tensor([g])).norm()) for g in (0.01, 1.0))
+    assert 0.5 < hi / lo < 2.0
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("primary", [MLP, CNN], ids=["mlp", "cnn"])
+def test_gradients_reach_every_hypernetwork_parameter(variant, primary):
+    m = model(variant, primary)
+    x, y = images(), torch.arange(6) % 10
+    nn.functional.cross_entropy(m(torch.tensor([0.4]), x), y).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# --------------------------------------------------------------------------- module and tasks
+
+
+def module(**kw):
+    torch.manual_seed(0)
+    base = dict(hyper={"hidden": [16, 16]}, primary={"hidden": [16, 16]})
+    return HypernetMIP(**{**base, **kw})
+
+
+def test_noise_bands_and_per_step_gamma_are_deterministic():
+    torch.testing.assert_close(band_sigma(torch.tensor([0.1, 0.5]), 8, 2.0),
+                               torch.tensor([0.2] * 4 + [1.0] * 4))
+    torch.testing.assert_close(band_sigma(torch.tensor([0.3]), 8, 1.0), torch.full((8,), 0.3))
+    m = module(seed=3)
+    assert torch.equal(m.train_gamma(17)[0], module(seed=3).train_gamma(17)[0])
+    assert not torch.equal(m.train_gamma(17)[0], m.train_gamma(18)[0])
+    assert not torch.equal(m.train_gamma(17)[0], module(seed=4).train_gamma(17)[0])
+    x, y = images(), torch.arange(6)
+    a = m.task_loss(x, y, torch.tensor([0.0]), torch.Generator().manual_seed(0))[0]
+    b = m.task_loss(x, y, torch.tensor([0.0]), torch.Generator().manual_seed(1))[0]
+    assert torch.equal(a, b)  # gamma = 0: no noise at all
+
+
+def test_l2_task_weighs_cross_entropy_against_the_weight_norm():
+    m = module(task={"kind": "l2", "l2_coef": 0.5})
+    x, y, gen = images(), torch.arange(6), torch.Generator()
+    params = m.model.params(torch.tensor([1.0]))
+    l2 = sum(params[n].pow(2).sum() for n in m.spec.weight_names)
+    torch.testing.assert_close(m.task_loss(x, y, torch.tensor([1.0]), gen)[0], 0.5 * l2)
+    ce = nn.functional.cross_entropy(m.spec(m.model.params(torch.tensor([0.0])), x), y)
+    torch.testing.assert_close(m.task_loss(x, y, torch.tensor([0.0]), gen)[0], ce)
+    with pytest.raises(ValueError, match="input_dim=1"):
+        module(task={"kind": "l2", "input_dim": 2})
+
+
+def test_setting_is_merged_over_the_base_and_unknown_keys_fail():
+    m = module(setting={"optim": {"name": "sgd", "lr": 0.1}, "hyper": {"activation": "tanh"}, "variant": "default"})
+    assert isinstance(m.configure_optimizers(), torch.optim.SGD) and m.config["optim"]["lr"] == 0.1
+    assert m.model.variant == "default" and m.config["hyper"]["hidden"] == [16, 16]
+    assert isinstance(m.model.hyper.body[1], nn.Tanh)
+    assert effective_config(setting={"task": {"input_dim": 4}})["task"]["noise_scale"] == 1.0
+    with pytest.raises(TypeError, match="setting.optim.learning_rate"):
+        module(setting={"optim": {"learning_rate": 0.1}})
+
+
+def test_pipeline_run_is_deterministic_and_records_probes(tmp_path):
+    cfg = C.compose("hypernet_mip/convergence", "cpu", "smoke", ["figure.run.trainer.max_steps=6",
+                                                                 "figure.run.trainer.val_check_interval=3"])
+    run_cfg = C.run_config(cfg, 1)  # noise regime, MIP, seed 0
+    a = runs.read_metrics(runs.ensure(run_cfg, tmp_path / "a"))
+    b = runs.read_metrics(runs.ensure(run_cfg, tmp_path / "b"))
+    assert a["status"] == "finished" and a["steps"] == 6 and [v["step"] for v in a["val"]] == [3, 6]
+    for key in ("train", "val", "probes"):
+        assert a[key] == b[key], key
+    p = a["probes"]
+    assert len(p["val_loss_by_gamma"]) == len(p["gammas"]) == len(p["theta_norm"])
+    assert p["effective"]["variant"] == "mip" and p["primary_params"] == 13130
+    assert a["data"]["source"] == "digits" and len(a["data"]["sha256"]) == 64
+
+
+# --------------------------------------------------------------------------- notebook measurements
+
+
+def test_steps_to_threshold_interpolates_and_reports_never():
+    val = [{"step": 25, "val_loss": 2.0}, {"step": 50, "val_loss": 1.2}, {"step": 75, "val_loss": 0.8}]
+    assert steps_to_threshold(val, 1.0) == pytest.approx(62.5)
+    assert steps_to_threshold(val, 2.5) == 25
+    assert math.isnan(steps_to_threshold(val, 0.5))
+    assert math.isnan(steps_to_threshold([{"step": 5, "val_loss": float("nan")}], 1.0))
+    assert loglog_slope([0.1, 1, 10], [0.01, 1, 100]) == pytest.approx(2.0)
+
+
+def test_primary_module_baseline_trains_the_same_functional_network():
+    spec = PrimaryNet(**MLP)
+    net = PrimaryModule(spec, torch.Generator().manual_seed(0))
+    assert net.flat.numel() == spec.n_params and net(images()).shape == (6, 10)

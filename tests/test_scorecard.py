@@ -1,0 +1,220 @@
+"""figures/SCORECARD.md: counts equal the jsons', every claim is shown, verdicts are re-derived
+(a hand-edited verdict is refused), and a figure older than its code, notebook or config is stale."""
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from replicate import claims as claims_lib
+from replicate import config as C
+from replicate import scorecard as S
+from replicate.cli import main
+from replicate.claims import VERDICTS
+
+SPECS = [  # one spec per verdict, so that every verdict is counted
+    {"id": "big_cut", "statement": "cuts the sink at least 3x | a pipe", "paper_value": "6.4x (Table 4)",
+     "measured": "cut", "replicated": ">= 3", "partial": ">= 1.5"},
+    {"id": "small_gain", "statement": "lowers the loss", "paper_value": "-0.045 nats",
+     "measured": "gain", "replicated": ">= 0.01", "partial": "> 0"},
+    {"id": "sparse", "statement": "gate scores are sparse", "paper_value": "mean 0.116",
+     "measured": "gate", "replicated": "< 0.25"},
+    {"id": "never_measured", "statement": "a claim the notebook did not measure", "paper_value": "1",
+     "measured": "absent", "replicated": "> 0"},
+]
+
+
+def write_figure(figures: Path, paper: str, figure: str, measurements: dict, specs=SPECS, **extra) -> Path:
+    """A claims json as FigureContext.report writes it; verdicts computed by replicate.claims."""
+    record = {"paper": paper, "figure": figure, "scale": "smoke", "hardware": "cpu",
+              "git_commit": "0123456789abcdef", "started": "2026-01-02T03:04:05+00:00",
+              "wall_seconds": 12.5, "config_sha256": "", "measurements": measurements,
+              "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)], **extra}
+    path = figures / paper / f"{figure}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    for suffix in (".png", ".pdf", ".ipynb"):
+        path.with_suffix(suffix).write_bytes(b"x")
+    return path
+
+
+def fake_repo(root: Path, figures: list[tuple[str, str]]) -> None:
+    """Paper code, notebook and config files of each figure, dated an hour ago."""
+    old = time.time() - 3600
+    for paper, figure in figures:
+        for rel in (f"replicate/papers/{paper}/module.py", f"notebooks/{paper}/{figure}.ipynb",
+                    f"configs/figure/{paper}/{figure}.yaml"):
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("# " + rel)
+            os.utime(path, (old, old))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A fake checkout (not a git repo: files are dated by mtime) with three figures' jsons."""
+    figs = [("alpha", "one"), ("alpha", "two"), ("beta", "three")]
+    fake_repo(tmp_path, figs)
+    figures = tmp_path / "figures"
+    write_figure(figures, "alpha", "one", {"cut": 4.0, "gain": 0.02, "gate": 0.1})  # replicated x3
+    write_figure(figures, "alpha", "two", {"cut": 2.0, "gain": -1.0, "gate": float("nan")})
+    write_figure(figures, "beta", "three", {"cut": 1.0, "gain": 0.005, "gate": 0.5, "absent": 1.0})
+    return tmp_path
+
+
+def parse_rows(text: str) -> list[list[str]]:
+    """Claim rows of the per-paper tables: cells of lines that carry a verdict badge."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| [") and any(S.BADGE[v] in line for v in VERDICTS) and "](#" not in line:
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def verdict_of(cell: str) -> str:
+    return next(v for v in VERDICTS if S.BADGE[v] in cell)
+
+
+def test_counts_equal_the_counts_over_the_jsons(repo):
+    text = S.render(S.collect(repo / "figures", root=repo, compose=False), repo / "figures")
+    claims = [c for p in (repo / "figures").glob("*/*.json") for c in json.loads(p.read_text())["claims"]]
+    expected = Counter(c["verdict"] for c in claims)
+    assert set(expected) == set(VERDICTS)  # the fixture exercises every verdict
+    assert S.summary_line(Counter({**expected, "stale": 0})) in text
+    assert f"**{len(claims)} claims**: " + ", ".join(f"{expected[v]} {v.replace('_', ' ')}" for v in VERDICTS) in text
+    rows = parse_rows(text)
+    assert len(rows) == len(claims)
+    assert Counter(verdict_of(r[5]) for r in rows) == expected
+    all_row = next(line for line in text.splitlines() if line.startswith("| **all** |"))
+    assert [int(x.strip("* ")) for x in all_row.split("|")[2:-1]] == [
+        3, len(claims), *(expected[v] for v in VERDICTS), 0]
+
+
+def test_every_claim_row_has_its_numbers_provenance_and_links(repo):
+    figures = repo / "figures"
+    entries = S.collect(figures, root=repo, compose=False)
+    rows = parse_rows(S.render(entries, figures))
+    for entry in entries:
+        for claim, row in zip(entry.claims, [r for r in rows if f"[{entry.name}](" in r[0]]):
+            assert claim["id"] in row[1] and claim["statement"].replace("|", "\\|") in row[1]
+            assert row[2] == claim["paper_value"] and row[3] == S.fmt(claim["measured"])
+            assert row[4] == claim["criterion"] and verdict_of(row[5]) == claim["verdict"]
+            assert row[6] == "smoke / cpu"
+            links = re.findall(r"\]\(([^)]+)\)", row[0])
+            assert [Path(link).suffix for link in links] == [".png", ".ipynb"]
+            assert all((figures / link).is_file() for link in links)
+
+
+def test_a_hand_edited_verdict_is_refused_with_the_file_and_claim_named(repo, capsys):
+    path = repo / "figures" / "beta" / "three.json"
+    record = json.loads(path.read_text())
+    record["claims"][0]["verdict"] = "replicated"  # measured 1.0 under ">= 3" is not_replicated
+    path.write_text(json.dumps(record))
+    with pytest.raises(S.ScorecardError, match=r"three.json: claim 'big_cut' says 'replicated' but .* gives 'not_replicated'"):
+        S.collect(repo / "figures", root=repo, compose=False)
+    assert main(["scorecard", f"out={repo}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "big_cut" in err[0]
+    assert not (repo / "figures" / "SCORECARD.md").exists()
+
+
+def test_a_criterion_not_written_by_the_claims_module_is_refused(repo):
+    path = repo / "figures" / "alpha" / "one.json"
+    record = json.loads(path.read_text())
+    record["claims"][1]["criterion"] = "looks good to me"
+    path.write_text(json.dumps(record))
+    with pytest.raises(S.ScorecardError, match="small_gain"):
+        S.collect(repo / "figures", root=repo, compose=False)
+
+
+@pytest.mark.parametrize("changed,kind", [
+    ("replicate/papers/alpha/module.py", "paper code"),
+    ("notebooks/alpha/one.ipynb", "notebook"),
+    ("configs/figure/alpha/one.yaml", "figure config"),
+])
+def test_a_figure_older_than_its_code_notebook_or_config_is_stale_by_mtime(repo, changed, kind):
+    assert not any(e.stale for e in S.collect(repo / "figures", root=repo, compose=False))
+    (repo / changed).write_text("# edited after the figure was made")
+    entries = {e.key: e for e in S.collect(repo / "figures", root=repo, compose=False)}
+    assert kind in entries["alpha/one"].stale[0] and changed in entries["alpha/one"].stale[0]
+    assert entries["beta/three"].stale == []
+    assert bool(entries["alpha/two"].stale) == (kind == "paper code")  # the code is the paper's
+    text = S.render(list(entries.values()), repo / "figures")
+    stale_claims = sum(len(e.claims) for e in entries.values() if e.stale)
+    assert text.count(S.STALE) == stale_claims + 2  # each stale claim, the header and the footnote
+    assert f"; {stale_claims} stale" in text and changed in text
+
+
+def git(root: Path, *args: str, when: int | None = None) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    if when is not None:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{when} +0000"
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, env=env)
+
+
+def test_in_a_git_checkout_committed_files_are_dated_by_their_last_commit(repo):
+    stale = lambda: {e.key: bool(e.stale) for e in S.collect(repo / "figures", root=repo, compose=False)}  # noqa: E731
+    t0 = int(time.time()) - 86400
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "code and figures together", when=t0)
+    # a fresh clone dates files by checkout time: make the json look older than the code on disk
+    json_path, code = repo / "figures" / "alpha" / "one.json", repo / "replicate" / "papers" / "alpha" / "module.py"
+    os.utime(json_path, (t0 - 500, t0 - 500))
+    os.utime(code, (time.time(), time.time()))
+    assert not any(stale().values())  # committed together: same version time
+    code.write_text("# an uncommitted edit")  # dirty: dated by mtime, newer than the json's commit
+    assert stale()["alpha/one"] and stale()["alpha/two"] and not stale()["beta/three"]
+    git(repo, "commit", "-qam", "change alpha's code", when=t0 + 100)  # committed later: still stale
+    assert stale()["alpha/one"] and not stale()["beta/three"]
+    json_path.write_text(json_path.read_text() + "\n")  # the figure remade and committed after it
+    git(repo, "commit", "-qam", "rerun alpha/one", when=t0 + 200)
+    assert not stale()["alpha/one"] and stale()["alpha/two"]
+
+
+def test_the_figure_config_is_judged_by_its_hash_and_gives_the_caption(tmp_path):
+    figure = "gated_attention/loss"
+    cfg = C.compose(figure, hardware="cpu", scale="smoke")
+    specs = OmegaConf.to_container(cfg.figure.claims)
+    figures = tmp_path / "figures"
+    measurements = {s["measured"]: 0.0 for s in specs}
+    write_figure(figures, "gated_attention", "loss", measurements, specs=specs,
+                 config_sha256=C.config_sha256(cfg))
+    (entry,) = S.collect(figures)
+    assert entry.stale == [] and entry.title == cfg.figure.title and entry.regime == cfg.figure.regime.strip()
+    assert entry.config_path == C.REPO_ROOT / "configs" / "figure" / "gated_attention" / "loss.yaml"
+    assert f"[config]({S.relative_link(entry.config_path, figures)})" in S.render([entry], figures)
+    write_figure(figures, "gated_attention", "loss", measurements, specs=specs, config_sha256="0" * 64)
+    (entry,) = S.collect(figures)
+    assert len(entry.stale) == 1 and "figure config changed" in entry.stale[0]
+    write_figure(figures, "gated_attention", "gone", measurements, specs=specs)
+    gone = {e.key: e for e in S.collect(figures)}["gated_attention/gone"]
+    assert "no longer exists" in gone.stale[0]
+
+
+def test_no_figures_yet_is_a_scorecard_that_says_so(tmp_path):
+    path = S.write(tmp_path / "figures")
+    text = path.read_text()
+    assert "**0 claims**" in text and "No figures yet" in text
+
+
+def test_the_shipped_scorecard_counts_equal_the_shipped_jsons():
+    figures = C.REPO_ROOT / "figures"
+    jsons = sorted(figures.glob("*/*.json"))
+    if not jsons:
+        pytest.skip("no shipped figures yet (figures/*/*.json)")
+    claims = [c for p in jsons for c in json.loads(p.read_text())["claims"]]
+    expected = Counter(c["verdict"] for c in claims)
+    assert (figures / "SCORECARD.md").is_file(), "figures/ ships jsons but no SCORECARD.md: python -m replicate scorecard"
+    text = (figures / "SCORECARD.md").read_text()
+    assert f"**{len(claims)} claims**: " + ", ".join(f"{expected[v]} {v.replace('_', ' ')}" for v in VERDICTS) in text
+    assert Counter(verdict_of(r[5]) for r in parse_rows(text)) == expected
+    for p in jsons:  # and every shipped verdict follows from its number
+        S.check_verdicts(json.loads(p.read_text()), p)
