@@ -106,6 +106,9 @@ def new_paper(paper: str, figure: str = "main", root: str | Path | None = None) 
     """Create a paper from the template under ``root`` (default: this repository); return the
     files written. Refuses (ScaffoldError) before writing anything when the name is bad or in use."""
     root = Path(root) if root is not None else C.REPO_ROOT
+    if not (TEMPLATES / "figure.yaml.tmpl").is_file():
+        raise ScaffoldError(f"paper templates not found in {TEMPLATES}: new-paper needs the package "
+                            "installed from a source checkout (pip install -e .)")
     check_name(paper, "paper")
     check_name(figure, "figure")
     if not (root / "configs" / "figure").is_dir() or not (root / "replicate" / "papers").is_dir():

@@ -96,9 +96,10 @@ def load(figures_dir: Path) -> list[dict]:
 def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bool = True) -> list[Entry]:
     """Every figure under ``figures_dir``: record, caption, stale reasons; verdicts re-checked.
 
-    ``root`` is the repository whose code, notebooks and configs the figures came from (default:
-    the one this package belongs to). ``compose=False`` skips composing the figure configs (no
-    caption, and the config is judged by the file's version time instead of its hash).
+    ``root`` is the repository whose code, notebooks and config files are dated (default: the one
+    this package belongs to); configs are composed from this package's ``configs/``.
+    ``compose=False`` skips composing them (no caption; the config file is then judged by its
+    version time instead of its hash).
     """
     root = Path(root) if root is not None else C.REPO_ROOT
     clock = VersionClock(root)
@@ -208,8 +209,7 @@ class VersionClock:
         for item in (status or "").split("\0"):
             if len(item) > 3:
                 self.dirty.add(item[3:])
-        log = _git(self.top, "-c", "core.quotepath=off", "log", "--no-renames", "--format=@%ct",
-                   "--name-only", "--", "replicate/papers", "notebooks", "configs", "figures")
+        log = _git(self.top, "-c", "core.quotepath=off", "log", "--no-renames", "--format=@%ct", "--name-only")
         when = 0.0
         for line in (log or "").splitlines():
             if line.startswith("@"):
@@ -332,7 +332,7 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
                              f"| {_cell(c.get('criterion', ''))} | {BADGE[c['verdict']]}{mark} "
                              f"| {e.record.get('scale', '?')} / {e.record.get('hardware', '?')} |")
         lines.append("")
-        lines += ["Made by:", ""] + [f"- {_provenance_md(e, page_dir)}" for e in group] + [""]
+        lines += ["Figures:", ""] + [f"- {_provenance_md(e, page_dir)}" for e in group] + [""]
         stale = [e for e in group if e.stale]
         if stale:
             lines += [f"{STALE}: made before a change to what makes it; its numbers may no longer "
