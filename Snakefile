@@ -39,11 +39,10 @@ rule train:
     threads: plan.hw.threads_per_job
     resources:
         gpu=plan.hw.gpus_per_job,
-    run:
-        # which figure/point names this run is looked up here, not passed as a param: the run
-        # is identified by its hash alone, whichever figure asks for it
-        job = plan.jobs[(wildcards.paper, wildcards.hash)]
-        shell(f"python -m replicate run {job.figure} point={job.point} {SETTINGS} > {log} 2>&1")
+    shell:
+        # the run is named by its hash alone, whichever figure asks for it (no params: a run
+        # shared by two figures must not rerun when one of them changes)
+        "python -m replicate run {wildcards.paper} hash={wildcards.hash} {SETTINGS} > {log} 2>&1"
 
 
 rule figure:

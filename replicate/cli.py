@@ -2,6 +2,7 @@
 
     list                                   every figure, its sweep size and claims
     run <paper>/<figure> point=K           train one sweep point (reused when already finished)
+    run <paper> hash=H                     the same, naming the run by its hash (the Snakefile's form)
     notebook <paper>/<figure>              execute the figure's notebook (needs its runs)
     scorecard                              rebuild <out>/figures/SCORECARD.md
     report                                 rebuild <out>/figures/index.html (every figure, one page)
@@ -19,7 +20,7 @@ import sys
 
 from replicate import config as C
 
-OPTIONS = {"hardware": "auto", "scale": "default", "out": ".", "point": None}
+OPTIONS = {"hardware": "auto", "scale": "default", "out": ".", "point": None, "hash": None}
 
 
 def _split(tokens: list[str]) -> tuple[dict, list[str]]:
@@ -43,19 +44,26 @@ def cmd_list(args, options, overrides):
         print(f"{name:45s} {len(C.points(cfg)):3d} runs   claims: {claims}")
 
 
-def cmd_run(args, options, overrides):
-    from replicate import runs
-
+def _requested_run(args, options, overrides):
+    """The run asked for: a figure's sweep point, or (as the Snakefile asks) a paper's run hash."""
+    if options["hash"] is not None:
+        return C.find_run(args.figure, options["hash"], options["hardware"], options["scale"])
     if options["point"] is None:
         raise C.ConfigError("run needs point=<k> (see `python -m replicate list`)")
     try:
         point = int(options["point"])
     except ValueError:
         raise C.ConfigError(f"point must be an integer, got '{options['point']}'") from None
-    cfg = C.compose(args.figure, options["hardware"], options["scale"], overrides)
-    directory = runs.ensure(C.run_config(cfg, point), options["out"])
+    return C.run_config(C.compose(args.figure, options["hardware"], options["scale"], overrides), point)
+
+
+def cmd_run(args, options, overrides):
+    from replicate import runs
+
+    directory = runs.ensure(_requested_run(args, options, overrides), options["out"])
     metrics = runs.read_metrics(directory)
-    print(f"{args.figure} point={point}: {metrics['status']} after {metrics['steps']} steps, "
+    which = f"hash={options['hash']}" if options["hash"] else f"point={options['point']}"
+    print(f"{args.figure} {which}: {metrics['status']} after {metrics['steps']} steps, "
           f"val loss {metrics['final_val_loss']:.4f}, {metrics['wall_seconds']:.1f} s -> {directory}")
 
 

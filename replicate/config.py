@@ -223,6 +223,18 @@ def run_config(cfg: DictConfig, point: int) -> DictConfig:
                              "hardware": resolved["hardware"]})
 
 
+def find_run(paper: str, wanted: str, hardware: str = "auto", scale: str = "default") -> DictConfig:
+    """The run config whose hash is ``wanted`` among the sweep points of ``paper``'s figures."""
+    for figure in (f for f in list_figures() if f.split("/")[0] == paper):
+        cfg = compose(figure, hardware, scale)
+        for k in range(len(points(cfg))):
+            run_cfg = run_config(cfg, k)
+            if run_hash(run_cfg) == wanted:
+                return run_cfg
+    raise ConfigError(f"no sweep point of paper '{paper}' has run hash {wanted} "
+                      f"(hardware={hardware}, scale={scale})")
+
+
 def run_hash(run_cfg: DictConfig) -> str:
     """Identity of a training run: everything that can change its numbers.
 

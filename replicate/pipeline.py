@@ -1,7 +1,8 @@
 """What the Snakefile asks of the package: the job plan, and executing one figure notebook.
 
 The Snakefile holds rules only; this module decides which training runs each figure needs
-(by run hash, so figures that ask for the same run share one job) and runs notebooks with
+(by run hash, so figures that ask for the same run share one job; the job itself finds its
+config again with ``python -m replicate run <paper> hash=<h>``) and runs notebooks with
 papermill so that a failed notebook leaves no figure behind.
 """
 
@@ -20,14 +21,6 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".ipynb", ".json")
 
 
 @dataclass
-class RunJob:
-    figure: str
-    point: int
-    paper: str
-    hash: str
-
-
-@dataclass
 class Plan:
     """Every configured figure composed at one hardware and scale, and the runs they need."""
 
@@ -35,21 +28,14 @@ class Plan:
     scale: str = "default"
     out: str = "."
     figures: dict = field(init=False)
-    jobs: dict[tuple[str, str], RunJob] = field(init=False)
 
     def __post_init__(self):
         self.hardware = C.resolve_hardware_name(self.hardware)
         self.hw = C.load_hardware(self.hardware)
         self.figures = {f: C.compose(f, self.hardware, self.scale) for f in C.list_figures()}
-        self.jobs = {}
-        self._needs: dict[str, list[str]] = {}
-        for name, cfg in self.figures.items():
-            self._needs[name] = []
-            for k in range(len(C.points(cfg))):
-                run_cfg = C.run_config(cfg, k)
-                job = RunJob(name, k, cfg.figure.paper, C.run_hash(run_cfg))
-                self.jobs.setdefault((job.paper, job.hash), job)
-                self._needs[name].append(self.path("runs", job.paper, job.hash, "metrics.json"))
+        self._needs = {name: [self.path("runs", cfg.figure.paper, C.run_hash(C.run_config(cfg, k)), "metrics.json")
+                              for k in range(len(C.points(cfg)))]
+                       for name, cfg in self.figures.items()}
 
     def path(self, *parts: str) -> str:
         """A path under ``out`` spelled the way a user types it (no leading ``./``)."""

@@ -65,3 +65,9 @@ def test_point_out_of_range():
     cfg = C.compose(FIG, "cpu", "smoke")
     with pytest.raises(C.ConfigError, match="out of range"):
         C.run_config(cfg, 999)
+
+
+def test_a_run_is_found_again_by_its_hash():
+    cfg = C.compose(FIG, "cpu", "smoke")
+    wanted = C.run_config(cfg, 3)
+    assert C.find_run("gated_attention", C.run_hash(wanted), "cpu", "smoke") == wanted

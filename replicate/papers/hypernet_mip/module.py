@@ -149,7 +149,6 @@ class HypernetMIP(L.LightningModule):
         gamma, gen = self.train_gamma(self.global_step)
         loss, _ = self.task_loss(x, y, gamma, gen)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("gamma", gamma.mean(), on_step=True, on_epoch=False)
         return loss
 
     def grid_losses(self, x, y, batch_idx: int, gammas) -> list[tuple[torch.Tensor, torch.Tensor]]:
