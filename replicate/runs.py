@@ -40,6 +40,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=1, allow_nan=True)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for every reader
     os.replace(tmp, path)
 
 
