@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from replicate.config import ConfigError
-from replicate.data.digits import (BLOCK, DigitsDataModule, load_digits, load_mnist, read_idx)
+from replicate.data.digits import DigitsDataModule, TrainSamples, load_digits, load_mnist, read_idx
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mnist_tiny"
 
@@ -65,7 +65,8 @@ def test_resumed_offset_yields_identical_later_samples():
     full = dm.train_dataset()
     k = 500 * 8  # crosses the generator's block boundary below
     resumed = dm.train_dataset(offset=k)
-    for i in (0, 1, BLOCK - k, BLOCK - k + 3, 9000):
+    block = TrainSamples.block_size
+    for i in (0, 1, block - k, block - k + 3, 9000):
         assert torch.equal(resumed[i][0], full[k + i][0]) and resumed[i][1] == full[k + i][1]
     assert len(full) == len(resumed) == 2000 * 8
 

@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import hashlib
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from replicate.data.text import (ResumableDataLoader, _attached_trainer, block_generator,
-                                 consumed_samples, load_corpus, total_train_samples)
+from replicate.data.resumable import BlockStream, ResumableDataModule
+from replicate.data.text import load_corpus
 from replicate.nn.transformer import BOS
 
 VOCAB = 257
-BLOCK = 1024
+BLOCK = 1024  # sequences drawn per seeded generator block
 
 
 class BigramTable:
@@ -87,35 +86,25 @@ class BigramTable:
         return float((self.first * h).sum())
 
 
-class BackcopySequences(Dataset):
+class BackcopySequences(BlockStream):
     """Sample i = sequence ``offset + i`` of the stream ``(stream, seed)``: (input, target)."""
+
+    block_size = BLOCK
 
     def __init__(self, table: BigramTable, seq_len: int, seed: int, length: int, offset: int = 0,
                  stream: str = "bbm-train"):
-        self.table, self.seq_len, self.seed = table, seq_len, seed
-        self.length, self.offset, self.stream = length, offset, stream
-        self._block, self._seqs = None, None
+        super().__init__(seed, length, offset, stream)
+        self.table, self.seq_len = table, seq_len
 
-    def __len__(self) -> int:
-        return self.length
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        uniforms = torch.rand(self.block_size, self.seq_len, generator=generator, dtype=torch.float64)
+        return self.table.sample(uniforms)
 
-    def block(self, block: int) -> torch.Tensor:
-        if block != self._block:
-            g = block_generator(self.seed, block, self.stream)
-            uniforms = torch.rand(BLOCK, self.seq_len, generator=g, dtype=torch.float64)
-            self._block, self._seqs = block, self.table.sample(uniforms)
-        return self._seqs
-
-    def sequence(self, i: int) -> torch.Tensor:
-        j = self.offset + i
-        return self.block(j // BLOCK)[j % BLOCK]
-
-    def __getitem__(self, i: int):
-        seq = self.sequence(i)
-        return seq[:-1], seq[1:]
+    def sample(self, raw: torch.Tensor):
+        return raw[:-1], raw[1:]
 
 
-class BigramBackcopyDataModule(L.LightningDataModule):
+class BigramBackcopyDataModule(ResumableDataModule):
     """Bigram-Backcopy batches (input, target), int64 (batch_size, seq_len), input[:, 0] == BOS.
 
     ``table`` holds the bigram statistics and ``triggers``; ``trigger_mask(inputs)`` gives the
@@ -160,18 +149,8 @@ class BigramBackcopyDataModule(L.LightningDataModule):
                 "bigram_sha256": self.table.sha256, "bigram_entropy": self.table.entropy(),
                 "corpus": self.corpus_meta}
 
-    def train_dataset(self, offset: int | None = None) -> BackcopySequences:
-        self.setup()
-        trainer = _attached_trainer(self)
-        if offset is None:
-            offset = consumed_samples(trainer, self.batch_size)
-        length = total_train_samples(trainer, self.max_steps, self.batch_size)
+    def train_stream(self, length: int, offset: int) -> BackcopySequences:
         return BackcopySequences(self.table, self.seq_len, self.seed, length, offset)
-
-    def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
-                                   drop_last=True, num_workers=self.num_workers,
-                                   persistent_workers=self.num_workers > 0)
 
     def val_dataset(self) -> BackcopySequences:
         self.setup()

@@ -21,7 +21,7 @@ Images are float32 tensors (N, 1, H, W); labels int64. ``provenance`` records th
 split sizes and the sha256 of the arrays (it lands in every run's metrics and claims json).
 
 Training stream (resumable, like ``replicate.data.text``): sample ``i`` is the image at an index
-drawn (uniformly, with replacement) from a generator seeded by sha256(stream, seed, i // BLOCK),
+drawn (uniformly, with replacement) from a generator seeded by sha256(stream, seed, i // 4096),
 so a batch is a pure function of (seed, sample index). ``train_dataloader`` starts at sample
 ``trainer.global_step * accumulate_grad_batches * batch_size * world_size``: a resumed run sees
 exactly the batches the uninterrupted run would have seen. Validation: the first
@@ -38,17 +38,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from replicate.config import ConfigError
-from replicate.data.text import (ResumableDataLoader, _attached_trainer, block_generator,
-                                 consumed_samples, default_cache_dir, total_train_samples)
+from replicate.data.resumable import BlockStream, ResumableDataModule
+from replicate.data.text import default_cache_dir
 
 SOURCES = ("digits", "mnist")
-BLOCK = 4096  # samples drawn per seeded generator block
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -190,34 +188,24 @@ def load_images(source: str = "digits", val_fraction: float = 0.2, path: str | N
 # --------------------------------------------------------------------------- datasets
 
 
-class TrainSamples(Dataset):
+class TrainSamples(BlockStream):
     """Sample i (i = 0..length-1) is sample ``offset + i`` of the seeded stream over the images."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int, length: int, offset: int = 0,
                  stream: str = "digits-train"):
         if len(y) == 0:
             raise ValueError("empty training split")
-        self.x, self.y, self.seed, self.length, self.offset = x, y, int(seed), int(length), int(offset)
-        self.stream = stream
-        self._block, self._index = None, None
+        super().__init__(seed, length, offset, stream)
+        self.x, self.y = x, y
 
-    def __len__(self) -> int:
-        return self.length
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.y), (self.block_size,), generator=generator)
 
-    def index(self, i: int) -> int:
-        j = self.offset + i
-        block = j // BLOCK
-        if block != self._block:
-            g = block_generator(self.seed, block, self.stream)
-            self._block, self._index = block, torch.randint(0, len(self.y), (BLOCK,), generator=g)
-        return int(self._index[j % BLOCK])
-
-    def __getitem__(self, i: int):
-        k = self.index(i)
-        return self.x[k], self.y[k]
+    def sample(self, raw: torch.Tensor):
+        return self.x[int(raw)], self.y[int(raw)]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(ResumableDataModule):
     """Batches ``(images (B, 1, H, W) float32 in [0, 1], labels (B,) int64)``; see the module
     docstring for sources, splits and the resumable training stream."""
 
@@ -250,20 +238,9 @@ class DigitsDataModule(L.LightningDataModule):
         self.setup()
         return tuple(self.data.train_x.shape[1:])
 
-    def train_dataset(self, offset: int | None = None) -> TrainSamples:
-        self.setup()
-        trainer = _attached_trainer(self)
-        if offset is None:
-            offset = consumed_samples(trainer, self.batch_size)
-        length = total_train_samples(trainer, self.max_steps, self.batch_size)
-        # the length stays that of the whole run when resuming (see replicate.data.text)
+    def train_stream(self, length: int, offset: int) -> TrainSamples:
         return TrainSamples(self.data.train_x, self.data.train_y, self.seed, length, offset,
                             stream=f"{self.source}-train")
-
-    def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
-                                   drop_last=True, num_workers=self.num_workers,
-                                   persistent_workers=self.num_workers > 0)
 
     def val_dataset(self) -> TensorDataset:
         self.setup()

@@ -28,7 +28,8 @@ version) is cached in ``cache_dir`` (default ``$REPLICATE_CACHE`` or ``~/.cache/
 under a key of the source, Python version, the listing (names and sizes) and the settings.
 
 Windows: a training sample ``i`` is the window of ``seq_len`` bytes starting at a position drawn
-from a generator seeded by sha256(seed, i // BLOCK): a pure function of (seed, sample index).
+from a generator seeded by sha256(seed, i // 4096): a pure function of (seed, sample index)
+(``replicate.data.resumable``).
 The model input is BOS followed by the first ``seq_len - 1`` bytes, the target the ``seq_len``
 bytes (so BOS is always at position 0, and position t predicts byte t). ``train_dataloader``
 starts at sample ``trainer.global_step * accumulate_grad_batches * batch_size * world_size``:
@@ -48,15 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from replicate.config import ConfigError
+from replicate.data.resumable import BlockStream, ResumableDataModule
 from replicate.nn.transformer import BOS
 
 DOC_SEP = b"\n\n"
-BLOCK = 4096  # samples drawn per seeded generator block
 CACHE_VERSION = 1
 SOURCES = ("stdlib", "tinystories", "fineweb_edu")
 HF_IDS = {"tinystories": ("roneneldan/TinyStories", None),
@@ -277,43 +277,26 @@ def load_corpus(source: str = "stdlib", max_bytes: int | None = 4_000_000,
 # --------------------------------------------------------------------------- windows
 
 
-def block_generator(seed: int, block: int, stream: str = "train") -> torch.Generator:
-    """A CPU generator seeded by sha256(stream, seed, block)."""
-    digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(block)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
-
-
 def make_window(data: torch.Tensor, start: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target): input = BOS + data[start : start+seq_len-1], target = data[start : start+seq_len]."""
     w = data[start : start + seq_len].long()
     return torch.cat([torch.tensor([BOS]), w[:-1]]), w
 
 
-class TrainWindows(Dataset):
-    """Sample i (i = 0..length-1) is window ``offset + i`` of the seeded stream."""
+class TrainWindows(BlockStream):
+    """Sample i (i = 0..length-1) is window ``offset + i`` of the seeded stream of start positions."""
 
     def __init__(self, data: torch.Tensor, seq_len: int, seed: int, length: int, offset: int = 0):
         if len(data) < seq_len + 1:
             raise ValueError(f"training split has {len(data)} bytes < seq_len + 1 = {seq_len + 1}")
-        self.data, self.seq_len, self.seed = data, seq_len, seed
-        self.length, self.offset = length, offset
-        self.n_positions = len(data) - seq_len + 1
-        self._block, self._starts = None, None
+        super().__init__(seed, length, offset, stream="train")
+        self.data, self.seq_len = data, seq_len
 
-    def __len__(self) -> int:
-        return self.length
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, len(self.data) - self.seq_len + 1, (self.block_size,), generator=generator)
 
-    def start(self, i: int) -> int:
-        j = self.offset + i
-        block = j // BLOCK
-        if block != self._block:
-            g = block_generator(self.seed, block)
-            self._block = block
-            self._starts = torch.randint(0, self.n_positions, (BLOCK,), generator=g)
-        return int(self._starts[j % BLOCK])
-
-    def __getitem__(self, i: int):
-        return make_window(self.data, self.start(i), self.seq_len)
+    def sample(self, raw: torch.Tensor):
+        return make_window(self.data, int(raw), self.seq_len)
 
 
 class FixedWindows(Dataset):
@@ -327,49 +310,7 @@ class FixedWindows(Dataset):
         return make_window(self.data, int(self.starts[i]), self.seq_len)
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over ``TrainWindows``-like datasets (attributes ``seed``, ``offset``).
-
-    Its position needs no saved state: the dataset already starts at the samples the restored
-    trainer consumed. ``state_dict``/``load_state_dict`` exist so Lightning knows a mid-epoch
-    resume is exact, and to refuse a checkpoint written with another seed or batch size.
-    """
-
-    def state_dict(self) -> dict:
-        return {"seed": int(self.dataset.seed), "batch_size": int(self.batch_size)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        mine = self.state_dict()
-        if state_dict and state_dict != mine:
-            raise ValueError(f"checkpoint data stream {state_dict} differs from this run's {mine}")
-
-
-def consumed_samples(trainer, batch_size: int) -> int:
-    """Training samples a (restored) trainer has already consumed; 0 without a trainer."""
-    if trainer is None:
-        return 0
-    accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
-    world = getattr(trainer, "world_size", 1) or 1
-    return int(trainer.global_step) * int(accumulate) * int(batch_size) * int(world)
-
-
-def _attached_trainer(dm: L.LightningDataModule):
-    try:
-        return dm.trainer
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def total_train_samples(trainer, max_steps: int, batch_size: int) -> int:
-    steps = max_steps
-    if trainer is not None and getattr(trainer, "max_steps", -1) and trainer.max_steps > 0:
-        steps = trainer.max_steps
-    accumulate = getattr(trainer, "accumulate_grad_batches", 1) if trainer is not None else 1
-    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
-    return int(steps) * int(batch_size) * int(accumulate or 1) * int(world or 1)
-
-
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(ResumableDataModule):
     """Byte-level LM windows from a text corpus; see the module docstring for the contract.
 
     Batches are tuples (input, target) of int64 tensors (batch_size, seq_len), input[:, 0] == BOS.
@@ -399,20 +340,8 @@ class TextDataModule(L.LightningDataModule):
         self.setup()
         return {k: v for k, v in self.corpus.meta.items() if k not in ("train_docs", "val_docs")}
 
-    def train_dataset(self, offset: int | None = None) -> TrainWindows:
-        self.setup()
-        trainer = _attached_trainer(self)
-        if offset is None:
-            offset = consumed_samples(trainer, self.batch_size)
-        length = total_train_samples(trainer, self.max_steps, self.batch_size)
-        # the length stays that of the whole run even when resuming, so Lightning's restored
-        # batch counter and the dataloader agree on where the epoch ends
+    def train_stream(self, length: int, offset: int) -> TrainWindows:
         return TrainWindows(self.corpus.train, self.seq_len, self.seed, length, offset)
-
-    def train_dataloader(self) -> DataLoader:
-        return ResumableDataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False,
-                                   drop_last=True, num_workers=self.num_workers,
-                                   persistent_workers=self.num_workers > 0)
 
     def val_dataset(self) -> FixedWindows:
         self.setup()
