@@ -100,7 +100,7 @@ class CheckpointAfterValidation(Callback):
 
     def save(self, trainer):
         tmp = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
         os.replace(tmp, self.path)
 
 
