@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from replicate import config as C
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".ipynb", ".json")
@@ -33,13 +32,16 @@ class Plan:
         self.hardware = C.resolve_hardware_name(self.hardware)
         self.hw = C.load_hardware(self.hardware)
         self.figures = {f: C.compose(f, self.hardware, self.scale) for f in C.list_figures()}
-        self._needs = {name: [self.path("runs", cfg.figure.paper, C.run_hash(C.run_config(cfg, k)), "metrics.json")
-                              for k in range(len(C.points(cfg)))]
+        self._needs = {name: [self.run_path(C.run_config(cfg, k)) for k in range(len(C.points(cfg)))]
                        for name, cfg in self.figures.items()}
 
     def path(self, *parts: str) -> str:
         """A path under ``out`` spelled the way a user types it (no leading ``./``)."""
         return os.path.normpath(os.path.join(self.out, *parts))
+
+    def run_path(self, run_cfg) -> str:
+        """The metrics.json that marks the run finished (replicate.runs.run_dir)."""
+        return self.path("runs", run_cfg.paper, C.run_hash(run_cfg), "metrics.json")
 
     def run_metrics(self, figure: str) -> list[str]:
         return self._needs[figure]
