@@ -223,12 +223,15 @@ def run_config(cfg: DictConfig, point: int) -> DictConfig:
                              "hardware": resolved["hardware"]})
 
 
+def run_configs(cfg: DictConfig) -> list[DictConfig]:
+    """``run_config`` of every sweep point, in point order."""
+    return [run_config(cfg, k) for k in range(len(points(cfg)))]
+
+
 def find_run(paper: str, wanted: str, hardware: str = "auto", scale: str = "default") -> DictConfig:
     """The run config whose hash is ``wanted`` among the sweep points of ``paper``'s figures."""
     for figure in (f for f in list_figures() if f.split("/")[0] == paper):
-        cfg = compose(figure, hardware, scale)
-        for k in range(len(points(cfg))):
-            run_cfg = run_config(cfg, k)
+        for run_cfg in run_configs(compose(figure, hardware, scale)):
             if run_hash(run_cfg) == wanted:
                 return run_cfg
     raise ConfigError(f"no sweep point of paper '{paper}' has run hash {wanted} "

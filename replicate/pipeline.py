@@ -32,7 +32,7 @@ class Plan:
         self.hardware = C.resolve_hardware_name(self.hardware)
         self.hw = C.load_hardware(self.hardware)
         self.figures = {f: C.compose(f, self.hardware, self.scale) for f in C.list_figures()}
-        self._needs = {name: [self.run_path(C.run_config(cfg, k)) for k in range(len(C.points(cfg)))]
+        self._needs = {name: [self.run_path(run_cfg) for run_cfg in C.run_configs(cfg)]
                        for name, cfg in self.figures.items()}
 
     def path(self, *parts: str) -> str:

@@ -68,8 +68,7 @@ def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -
     ``run_dir``, ``status``, and every key of the run's metrics.json.
     """
     rows = []
-    for k, values in enumerate(C.points(cfg)):
-        run_cfg = C.run_config(cfg, k)
+    for k, (values, run_cfg) in enumerate(zip(C.points(cfg), C.run_configs(cfg))):
         directory = run_dir(out, run_cfg)
         if not is_finished(directory):
             if not train_missing:

@@ -93,15 +93,20 @@ class CheckpointAfterValidation(Callback):
 
     def __init__(self, path: Path):
         self.path = path
+        self.saved_step: int | None = None
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.save(trainer)
 
     def save(self, trainer):
+        """Write the checkpoint unless this step's is already written (the final validation)."""
+        if trainer.global_step == self.saved_step:
+            return
         tmp = self.path.with_suffix(".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
         os.replace(tmp, self.path)
+        self.saved_step = trainer.global_step
 
 
 class TrainProgress(TQDMProgressBar):
