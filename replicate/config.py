@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 REPO_ROOT = Path(os.environ.get("REPLICATE_ROOT", Path(__file__).resolve().parents[1]))
@@ -92,7 +92,8 @@ class FigureSchema:
     regime: str = ""  # which regime the figure uses and how it differs from the paper
     claims: list[ClaimSchema] = field(default_factory=list)
     run: Optional[RunSchema] = None
-    sweep: dict[str, list[Any]] = field(default_factory=dict)  # dotted key in run -> values
+    # a grid {dotted key in run: values}, or a list of such grids whose points are concatenated
+    sweep: Any = field(default_factory=dict)
     measure: dict[str, Any] = field(default_factory=dict)  # cheap notebook-side parameters
 
 
@@ -157,11 +158,16 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
     unknown = set(scale_blocks) - set(_choices("scale"))
     if unknown:
         raise ConfigError(f"{path}: unknown scale block(s) {sorted(unknown)} under 'scales'")
-    fig = OmegaConf.merge(fig, scale_blocks.get(scale) or {})
+    block = dict(scale_blocks.get(scale) or {})
+    if isinstance(block.get("sweep"), list) or isinstance(fig.get("sweep"), list):
+        fig["sweep"] = block.pop("sweep", fig.get("sweep"))  # a list of grids replaces, never merges
+    fig = OmegaConf.merge(fig, block)
     _reapply_figure_overrides(fig, overrides)  # command-line values beat the scale block
     fig.paper, fig.name = paper, name
     try:
+        sweep = fig.pop("sweep", {})
         validated = OmegaConf.merge(OmegaConf.structured(FigureSchema), fig)
+        validated.sweep = sweep  # a grid or a list of grids: assigned, since merging cannot change type
         hw = OmegaConf.merge(OmegaConf.structured(HardwareSchema), raw.hardware)
         sc = OmegaConf.merge(OmegaConf.structured(ScaleSchema), raw.scale)
         cfg = OmegaConf.create({"hardware": hw, "scale": sc, "figure": validated})
@@ -184,13 +190,18 @@ def _reapply_figure_overrides(fig: DictConfig, overrides) -> None:
 
 
 def _check_sweep(fig: DictConfig, path: Path) -> None:
+    if not isinstance(fig.sweep, (DictConfig, ListConfig)):
+        raise ConfigError(f"{path}: 'sweep' must be a grid (key: [values]) or a list of grids")
     if fig.sweep and fig.run is None:
         raise ConfigError(f"{path}: 'sweep' needs a 'run' block to sweep over")
-    for key, values in fig.sweep.items():
-        if OmegaConf.select(fig.run, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{path}: sweep key '{key}' is not a key of 'run'")
-        if len(values) == 0:
-            raise ConfigError(f"{path}: sweep key '{key}' has no values")
+    for grid in grids(fig):
+        if not isinstance(grid, dict):
+            raise ConfigError(f"{path}: each grid of a sweep list must be a mapping key: [values]")
+        for key, values in grid.items():
+            if OmegaConf.select(fig.run, key, default="__missing__") == "__missing__":
+                raise ConfigError(f"{path}: sweep key '{key}' is not a key of 'run'")
+            if not isinstance(values, list) or len(values) == 0:
+                raise ConfigError(f"{path}: sweep key '{key}' needs a non-empty list of values")
 
 
 def _first_line(err: Exception) -> str:
@@ -198,13 +209,18 @@ def _first_line(err: Exception) -> str:
 
 
 # --------------------------------------------------------------------------- sweep points
+def grids(fig: DictConfig) -> list[dict[str, list[Any]]]:
+    """``figure.sweep`` as a list of grids (a single grid is a list of one)."""
+    sweep = OmegaConf.to_container(fig.sweep)
+    return sweep if isinstance(sweep, list) else [sweep]
+
+
 def points(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The figure's sweep points: the cartesian product of ``figure.sweep``, in key order."""
-    grid = OmegaConf.to_container(cfg.figure.sweep)
+    """The figure's sweep points: each grid's cartesian product in key order, grids in order."""
     if cfg.figure.run is None:
         return []
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(grid, values)) for grid in grids(cfg.figure)
+            for values in itertools.product(*grid.values())]
 
 
 def run_config(cfg: DictConfig, point: int) -> DictConfig:

@@ -49,7 +49,8 @@ class FigureContext:
 
     def setup_markdown(self) -> str:
         f, hw = self.figure, self.cfg.hardware
-        sweep = ", ".join(f"`{k}` ∈ {list(v)}" for k, v in f.sweep.items()) or "none"
+        sweep = " + ".join(", ".join(f"`{k}` ∈ {v}" for k, v in grid.items()) or "one point"
+                           for grid in C.grids(f)) if f.sweep else "none"
         lines = [f"**{f.title}**", "", f.regime.strip(), "",
                  f"*Scale* `{self.cfg.scale.name}` ({self.cfg.scale.description}); "
                  f"*hardware* `{hw.name}` ({hw.accelerator}, {hw.precision}).",
