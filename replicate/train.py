@@ -19,10 +19,13 @@ previous attempt was killed), and returns the run's metrics:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import statistics
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +119,38 @@ class TrainProgress(TQDMProgressBar):
         return Tqdm(disable=True)
 
 
+class LogProgress(Callback):
+    """Progress for a log file (stderr is not a terminal): one line per tenth of the run."""
+
+    def __init__(self, max_steps: int):
+        self.every = max(1, max_steps // 10)
+        self.max_steps = max_steps
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every and step != self.max_steps:
+            return
+        losses = "  ".join(f"{k} {float(v):.4f}" for k, v in trainer.callback_metrics.items()
+                           if k in ("train_loss", "val_loss"))
+        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        print(f"step {step:>6}/{self.max_steps} ({100 * step // self.max_steps:3d}%)  {losses}  "
+              f"{rate:.1f} steps/s", file=sys.stderr, flush=True)
+
+
+def progress_callback(max_steps: int) -> Callback:
+    """A live bar in a terminal, plain lines in a job's log."""
+    if sys.stderr.isatty():
+        return TrainProgress(refresh_rate=1)
+    return LogProgress(max_steps)
+
+
+def quiet_lightning() -> None:
+    """Keep a job's log to what a reader needs: no Lightning banners, tips or upstream deprecations."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
                   checkpoint: CheckpointAfterValidation) -> L.Trainer:
     t = run_cfg.run.trainer
@@ -129,7 +164,8 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
         num_sanity_val_steps=0,
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
-        callbacks=[recorder, checkpoint, TrainProgress(refresh_rate=max(1, t.log_every_n_steps))],
+        callbacks=[recorder, checkpoint, progress_callback(t.max_steps)],
+        enable_progress_bar=sys.stderr.isatty(),  # else LogProgress writes plain lines
         logger=CSVLogger(run_dir, name="logs", version=""),
         default_root_dir=run_dir,
         enable_checkpointing=False,  # CheckpointAfterValidation does it
@@ -141,6 +177,7 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one run (resuming if a checkpoint exists) and return its metrics."""
     hw = run_cfg.hardware
     hardware.configure_process(hw)
+    quiet_lightning()
     L.seed_everything(run_cfg.run.seed, workers=True, verbose=False)
     module = instantiate(run_cfg.run.module, _convert_="all")
     datamodule = instantiate(run_cfg.run.data, _convert_="all")
@@ -149,6 +186,9 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     last.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = CheckpointAfterValidation(last)
     trainer = build_trainer(run_cfg, run_dir, recorder, checkpoint)
+    resume = f", resuming from {last}" if last.is_file() else ""
+    print(f"training {run_cfg.run.trainer.max_steps} steps on {hw.accelerator} ({hw.precision}){resume}",
+          file=sys.stderr, flush=True)
     trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule,
                 ckpt_path=last if last.is_file() else None)
     checkpoint.save(trainer)
