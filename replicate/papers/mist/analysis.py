@@ -1,0 +1,211 @@
+"""What the MIST notebooks measure: batched predictions, the evaluation table, error summaries,
+calibration, and the export of trained weights for :func:`replicate.papers.mist.estimate`."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from replicate.papers.mist import baselines
+from replicate.papers.mist.data import EvalDataset, evaluation_sets
+from replicate.papers.mist.model import MISTNet
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+TAU_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+# --------------------------------------------------------------------------- predictions
+@torch.no_grad()
+def predict(net: MISTNet, datasets: list[EvalDataset], tau=None, batch: int = 64) -> np.ndarray:
+    """Estimates (N,) for an MSE net, quantiles (N, T) at ``tau`` for a quantile net; datasets
+    of the same (n, d) are stacked into batches (no padding needed)."""
+    groups = defaultdict(list)
+    for i, ds in enumerate(datasets):
+        groups[(ds.x.shape, ds.y.shape)].append(i)
+    tau_t = None if tau is None else torch.tensor(tau, dtype=torch.float32)
+    out = np.zeros((len(datasets),) if tau is None else (len(datasets), len(tau)))
+    for idx in groups.values():
+        for start in range(0, len(idx), batch):
+            chunk = idx[start:start + batch]
+            x = torch.from_numpy(np.stack([datasets[i].x for i in chunk])).float()
+            y = torch.from_numpy(np.stack([datasets[i].y for i in chunk])).float()
+            out[chunk] = net(x, y, tau=tau_t).numpy()
+    return out
+
+
+def eval_datasets(spec: dict, mi_max: float) -> dict[str, list[EvalDataset]]:
+    """The in- and out-of-meta-distribution evaluation sets of a figure's ``measure.eval``."""
+    return {split: evaluation_sets(split, spec["n_grid"], spec["d_grid"], spec["per_cell"], mi_max)
+            for split in ("in", "out")}
+
+
+def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet], ksg_k: int = 5,
+                    tau=TAU_GRID) -> pd.DataFrame:
+    """One row per evaluation dataset: split, family, n, d, true MI, the MIST estimate, MIST-QR's
+    quantiles ``q_<τ>`` (its median is ``mist_qr``), KSG and the Gaussian (CCA) estimate."""
+    rows = []
+    for split, datasets in sets.items():
+        table = pd.DataFrame({"split": split, "family": [ds.family for ds in datasets],
+                              "n": [ds.n for ds in datasets], "d": [ds.d for ds in datasets],
+                              "mi": [ds.mi for ds in datasets]})
+        table["mist"] = predict(nets["mse"], datasets)
+        quantiles = predict(nets["quantile"], datasets, tau=tau)
+        for j, t in enumerate(tau):
+            table[f"q_{t:g}"] = quantiles[:, j]
+        table["mist_qr"] = predict(nets["quantile"], datasets, tau=(0.5,))[:, 0]
+        table["ksg"] = [baselines.ksg(ds.x, ds.y, ksg_k) for ds in datasets]
+        table["cca"] = [baselines.gaussian_mi_estimate(ds.x, ds.y) for ds in datasets]
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True)
+
+
+def subset_per_bin(table: pd.DataFrame, per_bin: int) -> pd.Index:
+    """Row labels of the first ``per_bin`` datasets of every (split, n, d) bin (families in turn)."""
+    picked = []
+    for _, group in table.groupby(["split", "n", "d"], sort=True):
+        picked.extend(group.index[:: max(1, len(group) // per_bin)][:per_bin])
+    return pd.Index(picked)
+
+
+def dataset_of(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], row: int) -> EvalDataset:
+    """The evaluation dataset behind row ``row`` of an ``estimates_table`` (splits in order)."""
+    split = table.at[row, "split"]
+    return sets[split][row - int(np.flatnonzero(table.split.to_numpy() == split)[0])]
+
+
+def add_infonce(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], spec: dict) -> pd.DataFrame:
+    """Column ``infonce`` on a per-bin subset (NaN elsewhere): neural estimators are slow."""
+    table = table.copy()
+    table["infonce"] = np.nan
+    for row in subset_per_bin(table, spec["per_bin"]):
+        ds = dataset_of(table, sets, row)
+        table.at[row, "infonce"] = baselines.infonce(ds.x, ds.y, spec["steps"], spec["lr"], spec["hidden"],
+                                                     spec["embed"])
+    return table
+
+
+def add_bootstrap(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], spec: dict, ksg_k: int,
+                  seed: int = 0) -> pd.DataFrame:
+    """Columns ``boot_lo``/``boot_hi``: percentile bootstrap interval of KSG on a per-bin subset."""
+    table = table.copy()
+    table["boot_lo"] = table["boot_hi"] = np.nan
+    rng = np.random.default_rng(seed)
+    estimator = lambda x, y: baselines.ksg(x, y, ksg_k)
+    for row in subset_per_bin(table, spec["per_bin"]):
+        ds = dataset_of(table, sets, row)
+        lo, hi = baselines.bootstrap_interval(ds.x, ds.y, rng, spec["resamples"], spec["levels"], estimator)
+        table.at[row, "boot_lo"], table.at[row, "boot_hi"] = lo, hi
+    return table
+
+
+def error_summary(table: pd.DataFrame, by: str, methods: dict[str, str]) -> pd.DataFrame:
+    """Long table: split, ``by``, method (label), MSE and count over the rows with an estimate."""
+    out = []
+    for column, label in methods.items():
+        sq = (table[column] - table["mi"]) ** 2
+        grouped = table.assign(sq=sq).dropna(subset=["sq"]).groupby(["split", by])["sq"]
+        frame = grouped.agg(["mean", "count"]).rename(columns={"mean": "mse"}).reset_index()
+        out.append(frame.assign(method=label))
+    return pd.concat(out, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- calibration
+def calibration_curve(table: pd.DataFrame, tau=TAU_GRID) -> pd.DataFrame:
+    """Empirical P(true MI ≤ q̂_τ) per split and τ."""
+    return pd.DataFrame([{"split": split, "tau": t, "empirical": float((g["mi"] <= g[f"q_{t:g}"]).mean())}
+                         for split, g in table.groupby("split") for t in tau])
+
+
+def crossing_rate(table: pd.DataFrame, tau=TAU_GRID) -> float:
+    """Fraction of datasets whose quantiles decrease anywhere along the τ grid."""
+    q = table[[f"q_{t:g}" for t in tau]].to_numpy()
+    return float((np.diff(q, axis=1) < -1e-9).any(axis=1).mean())
+
+
+def coverage(table: pd.DataFrame, lo: str, hi: str) -> pd.Series:
+    """Per row: 1 if lo <= true MI <= hi, NaN where the interval is missing."""
+    inside = ((table[lo] <= table["mi"]) & (table["mi"] <= table[hi])).astype(float)
+    return inside.where(table[lo].notna())
+
+
+# --------------------------------------------------------------------------- timing
+def seconds_per_call(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def runtime_table(net: MISTNet, spec: dict, infonce_spec: dict, ksg_k: int = 5) -> pd.DataFrame:
+    """Seconds per estimate for MIST (batched, single), KSG and InfoNCE at each n of ``spec``,
+    on Gaussian data with d = ``spec["d"]`` (timing does not depend on the distribution)."""
+    rows = []
+    for n in spec["n_grid"]:
+        rng = np.random.default_rng(int(n))
+        x = rng.standard_normal((spec["batch"], n, spec["d"])).astype(np.float32)
+        y = (0.7 * x + rng.standard_normal(x.shape)).astype(np.float32)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        with torch.no_grad():
+            batched = seconds_per_call(lambda: net(xt, yt), spec["repeats"]) / spec["batch"]
+            single = seconds_per_call(lambda: net(xt[:1], yt[:1]), spec["repeats"])
+        timings = {"MIST (batched)": batched, "MIST (one at a time)": single,
+                   "KSG (k=5)": seconds_per_call(lambda: baselines.ksg(x[0], y[0], ksg_k), spec["repeats"]),
+                   f"InfoNCE ({infonce_spec['steps']} steps)": seconds_per_call(
+                       lambda: baselines.infonce(x[0], y[0], infonce_spec["steps"], infonce_spec["lr"],
+                                                 infonce_spec["hidden"], infonce_spec["embed"]), spec["repeats"])}
+        rows.extend({"n": int(n), "method": k, "seconds": v} for k, v in timings.items())
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def load_net(run_dir: str | Path) -> MISTNet:
+    """The trained network of a finished MIST run (its last checkpoint), in eval mode."""
+    from replicate.runs import load_module
+
+    return load_module(run_dir).net.eval()
+
+
+def export_net(net: MISTNet, path: str | Path, provenance: dict) -> Path:
+    """Write the network's weights and constructor arguments (what ``estimate`` loads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"init": net_init_args(net), "state_dict": net.state_dict(), "provenance": provenance}, path)
+    return path
+
+
+def net_init_args(net: MISTNet) -> dict:
+    head = net.head
+    quantile = net.objective == "quantile"
+    return {"objective": net.objective, "d_max": net.d_max, "dim": net.embed[-1].out_features,
+            "heads": net.mix.attn.num_heads, "inducing": net.encoder[0].points.shape[1],
+            "encoder_blocks": len(net.encoder), "seeds": net.pool.seeds.shape[1],
+            "head_hidden": (head.net[0] if quantile else head[0]).out_features,
+            "knots": head.knots if quantile else 20}
+
+
+def import_net(path: str | Path) -> MISTNet:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    net = MISTNet(**saved["init"])
+    net.load_state_dict(saved["state_dict"])
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- notebooks
+def trained_nets(runs: pd.DataFrame) -> dict[str, MISTNet]:
+    """{objective: trained network} from a figure's runs table (one run per objective)."""
+    return {r.objective: load_net(r.run_dir) for r in runs.itertuples()}
+
+
+def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float) -> tuple[pd.DataFrame, dict]:
+    """(estimates table, evaluation sets) of a figure's runs on its ``measure.eval`` sets."""
+    sets = eval_datasets(measure["eval"], mi_max)
+    return estimates_table(sets, trained_nets(runs), measure["ksg_k"]), sets

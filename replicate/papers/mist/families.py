@@ -1,0 +1,194 @@
+"""Synthetic joint distributions with closed-form mutual information (MIST's meta-dataset).
+
+MIST (Gritsai et al. 2025, arXiv 2511.18945, Sec. 3 "meta-dataset") trains on samples from the
+families of the "Beyond Normal" benchmark (Czyż et al. 2023, the ``bmi`` package): a base
+distribution with known MI, then a coordinate-wise bijection of X and of Y, which leaves MI
+unchanged. A family is named ``<base>-<structure>-<transform>``:
+
+bases / structures (d_x = d_y = d, as in the paper)
+  ``normal-dense``   X, Y ~ N(0, Σ): within-block equicorrelation a, every X_i–Y_j correlated
+                     (one canonical correlation ρ), MI = -½ log(1 - ρ²).
+  ``normal-sparse``  k ~ U{1..d} disjoint pairs (X_i, Y_π(i)) with correlation ρ, the other
+                     coordinates independent: MI = -(k/2) log(1 - ρ²).
+  ``normal-2pair``   the same with k = min(2, d) (bmi's "2-pair").
+  ``normal-lvm``     latent Z ~ N(0, I_k): X = A Z + σ ε, Y = B Z + σ η (A, B Gaussian).
+  For every Gaussian: MI = ½ (log det Σ_xx + log det Σ_yy - log det Σ)  (``gaussian_mi``).
+  ``student-*``      the same dispersion Σ, multivariate Student-t with ν ~ U{ν_min..ν_max}
+                     degrees of freedom: MI = the Gaussian MI of Σ + a term that depends only on
+                     (ν, d_x, d_y) (``student_correction``; it is the difference of the entropies'
+                     digamma/log-gamma parts, from the multivariate-t entropy).
+  ``additive-noise`` X ~ U(0,1)^d, Y = X + U(-ε, ε)^d, per coordinate MI = ε - log 2ε for ε ≤ ½,
+                     1/(4ε) otherwise (``uniform_noise_mi``).
+transforms (bijections applied to every coordinate of X and of Y)
+  ``base`` (identity), ``halfcube`` sign(x)|x|^{3/2}, ``asinh``, ``wiggly`` x + 0.4 sin x +
+  0.2 sin 2.5x (derivative ≥ 0.1 > 0), ``normcdf`` Φ(x) (never used in training: out-of-meta-
+  distribution only).
+
+Strength: each dataset draws a target MI m ~ U(0, mi_max) and sets its strength parameter to hit
+it (closed form for dense/sparse/2-pair/additive, bisection on the noise level for the LVM); for
+Student-t the target applies to the total MI (the Gaussian part is m minus the ν-correction, at
+least 0). The recorded MI is always recomputed from the drawn parameters by the formulas above.
+Deviation from the paper: its strength priors are bmi's task parameters; ours are chosen so that
+the meta-distribution of MI is roughly uniform on [0, mi_max], which a regressor learns best from.
+
+``sample_dataset(family, n, d, rng, mi_max)`` → (x (n, d), y (n, d), mi) in float64 numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+from scipy.stats import norm
+
+TRANSFORMS = ("base", "halfcube", "asinh", "wiggly", "normcdf")
+STRUCTURES = {"normal": ("dense", "sparse", "2pair", "lvm"), "student": ("dense", "sparse", "2pair", "lvm"),
+              "additive": ("noise",)}
+STUDENT_DOF = (2, 10)
+
+
+# --------------------------------------------------------------------------- closed-form MI
+def gaussian_mi(cov: np.ndarray, dx: int) -> float:
+    """MI of a jointly Gaussian (X, Y) with covariance ``cov`` (X the first ``dx`` coordinates)."""
+    logdet = lambda m: np.linalg.slogdet(m)[1]
+    return 0.5 * float(logdet(cov[:dx, :dx]) + logdet(cov[dx:, dx:]) - logdet(cov))
+
+
+def _student_entropy_part(nu: float, d: int) -> float:
+    """The part of a d-dim multivariate-t entropy that is not ½ log det Σ + (d/2) log νπ."""
+    half = (nu + d) / 2
+    return float(special.gammaln(nu / 2) - special.gammaln(half)
+                 + half * (special.digamma(half) - special.digamma(nu / 2)))
+
+
+def student_correction(nu: float, dx: int, dy: int) -> float:
+    """MI(Student-t) - MI(Gaussian with the same Σ) = h'(d_x) + h'(d_y) - h'(d_x + d_y) ≥ 0."""
+    f = lambda d: _student_entropy_part(nu, d)
+    return f(dx) + f(dy) - f(dx + dy)
+
+
+def uniform_noise_mi(eps: float) -> float:
+    """MI of X ~ U(0,1) and X + U(-ε, ε), one coordinate (nats)."""
+    return float(eps - np.log(2 * eps)) if eps <= 0.5 else float(1 / (4 * eps))
+
+
+def uniform_noise_eps(mi: float) -> float:
+    """The ε giving one coordinate MI ``mi`` (inverse of ``uniform_noise_mi``; mi > 0)."""
+    if mi <= 0.5:
+        return 1 / (4 * mi)
+    lo, hi = 1e-12, 0.5  # ε - log 2ε decreases on (0, ½]
+    for _ in range(100):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if uniform_noise_mi(mid) > mi else (lo, mid)
+    return float(np.sqrt(lo * hi))
+
+
+# --------------------------------------------------------------------------- covariances
+def _rho_for(mi: float, pairs: int) -> float:
+    """Correlation of each of ``pairs`` independent pairs so that their total MI is ``mi``."""
+    return float(np.sqrt(-np.expm1(-2 * mi / pairs)))
+
+
+def dense_cov(d: int, rho: float, a: float) -> np.ndarray:
+    """Equicorrelated blocks (1 - a) I + a 11ᵀ and cross block c 11ᵀ with canonical corr. ρ."""
+    block = (1 - a) * np.eye(d) + a * np.ones((d, d))
+    c = rho * (1 + (d - 1) * a) / d
+    cross = c * np.ones((d, d))
+    return np.block([[block, cross], [cross.T, block]])
+
+
+def pairs_cov(d: int, rho: float, pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Identity with ``pairs`` disjoint (X_i, Y_π(i)) correlations ρ at random coordinates."""
+    cov = np.eye(2 * d)
+    xs, ys = rng.permutation(d)[:pairs], rng.permutation(d)[:pairs]
+    cov[xs, d + ys] = cov[d + ys, xs] = rho
+    return cov
+
+
+def lvm_cov(a: np.ndarray, b: np.ndarray, noise_var: float) -> np.ndarray:
+    d = a.shape[0]
+    load = np.vstack([a, b])
+    return load @ load.T + noise_var * np.eye(2 * d)
+
+
+def lvm_cov_for(mi: float, d: int, rng: np.random.Generator) -> np.ndarray:
+    """An LVM covariance whose MI is ``mi``: MI falls monotonically as the noise variance grows,
+    so bisect on log σ²."""
+    k = int(rng.integers(1, d + 1))
+    a, b = rng.standard_normal((d, k)), rng.standard_normal((d, k))
+    lo, hi = -12.0, 12.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_mi(lvm_cov(a, b, np.exp(mid)), d) > mi else (lo, mid)
+    return lvm_cov(a, b, np.exp((lo + hi) / 2))
+
+
+def structured_cov(structure: str, d: int, mi: float, rng: np.random.Generator) -> np.ndarray:
+    """A (2d, 2d) covariance of the given structure whose Gaussian MI is ``mi`` (≥ 0)."""
+    if structure == "dense":
+        return dense_cov(d, _rho_for(mi, 1), float(rng.uniform(0.0, 0.5)))
+    if structure == "sparse":
+        pairs = int(rng.integers(1, d + 1))
+        return pairs_cov(d, _rho_for(mi, pairs), pairs, rng)
+    if structure == "2pair":
+        pairs = min(2, d)
+        return pairs_cov(d, _rho_for(mi, pairs), pairs, rng)
+    if structure == "lvm":
+        return lvm_cov_for(mi, d, rng)
+    raise ValueError(f"unknown structure {structure!r}; expected one of {STRUCTURES['normal']}")
+
+
+# --------------------------------------------------------------------------- transforms
+def transform(name: str, v: np.ndarray) -> np.ndarray:
+    """A strictly increasing map applied to every coordinate (MI-preserving)."""
+    if name == "base":
+        return v
+    if name == "halfcube":
+        return np.sign(v) * np.abs(v) ** 1.5
+    if name == "asinh":
+        return np.arcsinh(v)
+    if name == "wiggly":
+        return v + 0.4 * np.sin(v) + 0.2 * np.sin(2.5 * v)
+    if name == "normcdf":
+        return norm.cdf(v)
+    raise ValueError(f"unknown transform {name!r}; expected one of {TRANSFORMS}")
+
+
+# --------------------------------------------------------------------------- sampling
+def parse_family(family: str) -> tuple[str, str, str]:
+    parts = family.split("-")
+    if len(parts) != 3 or parts[0] not in STRUCTURES or parts[1] not in STRUCTURES[parts[0]] \
+            or parts[2] not in TRANSFORMS:
+        raise ValueError(f"unknown family {family!r}: expected <base>-<structure>-<transform> with "
+                         f"base/structure in {STRUCTURES} and transform in {TRANSFORMS}")
+    return parts[0], parts[1], parts[2]
+
+
+def _gaussian(cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((n, cov.shape[0])) @ np.linalg.cholesky(cov).T
+
+
+def _sample_base(base: str, structure: str, n: int, d: int, mi: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    if base == "additive":
+        eps = uniform_noise_eps(max(mi, 1e-9) / d)
+        x = rng.uniform(0.0, 1.0, (n, d))
+        return x, x + rng.uniform(-eps, eps, (n, d)), d * uniform_noise_mi(eps)
+    if base == "normal":
+        cov = structured_cov(structure, d, mi, rng)
+        xy = _gaussian(cov, n, rng)
+        return xy[:, :d], xy[:, d:], gaussian_mi(cov, d)
+    nu = float(rng.integers(STUDENT_DOF[0], STUDENT_DOF[1] + 1))
+    extra = student_correction(nu, d, d)
+    cov = structured_cov(structure, d, max(mi - extra, 0.0), rng)
+    xy = _gaussian(cov, n, rng) / np.sqrt(rng.chisquare(nu, (n, 1)) / nu)
+    return xy[:, :d], xy[:, d:], gaussian_mi(cov, d) + extra
+
+
+def sample_dataset(family: str, n: int, d: int, rng: np.random.Generator,
+                   mi_max: float = 2.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """One dataset (x (n, d), y (n, d), true MI in nats) of ``family``; see the module docstring."""
+    if n < 2 or d < 1:
+        raise ValueError(f"need n >= 2 samples and d >= 1 dimensions, got n={n}, d={d}")
+    base, structure, tname = parse_family(family)
+    x, y, mi = _sample_base(base, structure, n, d, float(rng.uniform(0.0, mi_max)), rng)
+    return transform(tname, x), transform(tname, y), mi

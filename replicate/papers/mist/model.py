@@ -1,0 +1,175 @@
+"""The MIST set model (Gritsai et al. 2025, Sec. 4) built from Set Transformer blocks (Lee et al.
+2019): MAB, ISAB, PMA.
+
+Input: a batch of datasets x (B, n, d_x), y (B, n, d_y) with an optional row mask (B, n) (True =
+a real sample; padded rows never influence the output). Each dataset's columns are standardised
+with the masked mean and std (our addition: the paper's code feeds raw values; MI is invariant to
+per-coordinate affine maps, so this removes a nuisance the network would otherwise learn), zero-
+padded to ``d_max`` features, and each row [x, y, feature masks] is embedded by an MLP. Then:
+
+    rows -> ISAB x encoder_blocks (m inducing points) -> PMA(seeds) -> SAB over seeds -> flatten
+         -> concat [log n, d_x / d_max, d_y / d_max] -> head MLP
+
+Attention runs across samples only, as in the official implementation (every block attends over
+rows). The paper names its scheme "two-dimensional attention"; we could not confirm from the text
+available to us that a separate attention over features exists, so none is implemented: features
+enter through the row embedding, padded with masks. Every block is permutation-equivariant over
+rows and the PMA pooling is invariant, so the estimate does not depend on the order of samples.
+
+Heads (``objective``):
+  ``mse``       one number, the MI estimate (MIST).
+  ``quantile``  a monotone quantile function q(τ) (MIST-QR). The paper concatenates τ to the
+                pooled embedding before the head, which lets quantiles cross. Here the head
+                outputs a median m and K non-negative increments δ_k = softplus(·) on the knots
+                t_k = k/K, and q(τ) = m + Σ_k δ_k (r_k(τ) - r_k(½)) with the ramps
+                r_k(τ) = clip((τ - t_k) K, 0, 1): a piecewise-linear, non-decreasing function of τ
+                with q(½) = m. Quantiles cannot cross by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+OBJECTIVES = ("mse", "quantile")
+
+
+class MAB(nn.Module):
+    """Multihead attention block: H = LN(Q + MHA(Q, K, K)); out = LN(H + rFF(H))."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(q + self.attn(q, k, k, key_padding_mask=pad, need_weights=False)[0])
+        return self.norm2(h + self.ff(h))
+
+
+class ISAB(nn.Module):
+    """Induced set attention: H = MAB(I, X); out = MAB(X, H), with m learned inducing points."""
+
+    def __init__(self, dim: int, heads: int, inducing: int):
+        super().__init__()
+        self.points = nn.Parameter(torch.randn(1, inducing, dim) / math.sqrt(dim))
+        self.to_points, self.to_rows = MAB(dim, heads), MAB(dim, heads)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        h = self.to_points(self.points.expand(x.shape[0], -1, -1), x, pad)
+        return self.to_rows(x, h)
+
+
+class PMA(nn.Module):
+    """Pooling by multihead attention: MAB(S, rFF(X)) with k learned seed vectors."""
+
+    def __init__(self, dim: int, heads: int, seeds: int):
+        super().__init__()
+        self.seeds = nn.Parameter(torch.randn(1, seeds, dim) / math.sqrt(dim))
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.mab = MAB(dim, heads)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        return self.mab(self.seeds.expand(x.shape[0], -1, -1), self.ff(x), pad)
+
+
+def standardise(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Columns of v (B, n, d) to zero mean, unit std over the rows where mask (B, n) is True."""
+    w = mask.unsqueeze(-1).to(v.dtype)
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (v * w).sum(1, keepdim=True) / count
+    var = ((v - mean) ** 2 * w).sum(1, keepdim=True) / count
+    return (v - mean) / (var.sqrt() + 1e-6) * w
+
+
+def pad_features(v: torch.Tensor, d_max: int) -> torch.Tensor:
+    if v.shape[-1] > d_max:
+        raise ValueError(f"a dataset has {v.shape[-1]} dimensions but the model handles at most d_max={d_max}")
+    return nn.functional.pad(v, (0, d_max - v.shape[-1]))
+
+
+class QuantileHead(nn.Module):
+    """Monotone piecewise-linear quantile function on K equal τ-bins (see the module docstring)."""
+
+    def __init__(self, dim: int, hidden: int, knots: int):
+        super().__init__()
+        self.knots = knots
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, knots + 1))
+
+    def ramps(self, tau: torch.Tensor) -> torch.Tensor:
+        """r_k(τ) - r_k(½) for τ (..., T) -> (..., T, K)."""
+        start = torch.arange(self.knots, dtype=tau.dtype, device=tau.device) / self.knots
+        r = lambda t: ((t.unsqueeze(-1) - start) * self.knots).clamp(0.0, 1.0)
+        return r(tau) - r(torch.full_like(tau, 0.5))
+
+    def forward(self, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """z (B, dim), tau (B, T) or (T,) -> quantiles (B, T)."""
+        out = self.net(z)
+        median, steps = out[:, :1], nn.functional.softplus(out[:, 1:])
+        tau = tau.expand(z.shape[0], -1) if tau.dim() == 1 else tau
+        return median + (self.ramps(tau) * steps.unsqueeze(1)).sum(-1)
+
+
+class MISTNet(nn.Module):
+    """Set model over samples: f(x, y) -> MI estimate (``mse``) or quantiles (``quantile``)."""
+
+    def __init__(self, objective: str = "mse", d_max: int = 4, dim: int = 64, heads: int = 4,
+                 inducing: int = 16, encoder_blocks: int = 2, seeds: int = 4, head_hidden: int = 64,
+                 knots: int = 20):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES}")
+        self.objective, self.d_max = objective, d_max
+        self.embed = nn.Sequential(nn.Linear(4 * d_max, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.encoder = nn.ModuleList(ISAB(dim, heads, inducing) for _ in range(encoder_blocks))
+        self.pool = PMA(dim, heads, seeds)
+        self.mix = MAB(dim, heads)  # SAB over the pooled seeds
+        pooled = seeds * dim + 3
+        if objective == "mse":
+            self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
+        else:
+            self.head = QuantileHead(pooled, head_hidden, knots)
+
+    def rows(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Row tokens [x̃, ỹ, 1_x, 1_y] (B, n, 4 d_max): standardised, padded, with feature masks."""
+        parts = []
+        for v in (x, y):
+            parts.append(pad_features(standardise(v, mask), self.d_max))
+        for v in (x, y):
+            parts.append(pad_features(torch.ones_like(v), self.d_max).expand(*v.shape[:2], -1))
+        return torch.cat(parts, -1)
+
+    def embedding(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled dataset embedding (B, seeds * dim + 3)."""
+        if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != y.shape[:2]:
+            raise ValueError(f"x and y must be (batch, n, d) with the same batch and n, got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        pad = None if bool(mask.all()) else ~mask
+        h = self.embed(self.rows(x, y, mask))
+        for block in self.encoder:
+            h = block(h, pad)
+        s = self.pool(h, pad)
+        s = self.mix(s, s).flatten(1)
+        n = mask.sum(1, keepdim=True).to(x.dtype)
+        dims = torch.tensor([x.shape[-1], y.shape[-1]], dtype=x.dtype, device=x.device) / self.d_max
+        return torch.cat([s, n.log(), dims.expand(x.shape[0], -1)], -1)
+
+    def forward(self, x, y, mask=None, tau: torch.Tensor | None = None) -> torch.Tensor:
+        """MI estimates (B,) for ``mse``; quantiles (B, T) at levels ``tau`` for ``quantile``."""
+        z = self.embedding(x, y, mask)
+        if self.objective == "mse":
+            return self.head(z).squeeze(-1)
+        if tau is None:
+            raise ValueError("the quantile model needs tau (quantile levels in (0, 1))")
+        return self.head(z, tau.to(z))
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Mean pinball (quantile) loss ρ_τ(u) = max(τ u, (τ - 1) u), u = target - pred (Koenker)."""
+    u = target - pred
+    return torch.maximum(tau * u, (tau - 1) * u).mean()

@@ -1,0 +1,284 @@
+"""MIST (Gritsai et al. 2025): closed-form MI of the meta-dataset families against Monte Carlo,
+the set model's invariances, the monotone quantile head, the pinball loss, the baselines and the
+estimate() entry point."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from replicate.papers.mist import baselines, estimate, load_estimators
+from replicate.papers.mist.analysis import export_net, predict
+from replicate.papers.mist.data import (OOD_FAMILIES, TRAIN_FAMILIES, MetaBatchStream, MetaDataModule,
+                                        evaluation_sets)
+from replicate.papers.mist.families import (TRANSFORMS, dense_cov, gaussian_mi, lvm_cov_for, pairs_cov,
+                                            sample_dataset, student_correction, transform, uniform_noise_eps,
+                                            uniform_noise_mi)
+from replicate.papers.mist.model import MISTNet, pinball_loss
+from replicate.papers.mist.module import MISTModule
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+TINY = dict(d_max=3, dim=16, heads=2, inducing=4, encoder_blocks=1, seeds=2, head_hidden=16, knots=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as every job of the suite on CPU (and fast on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_net(objective, seed=0):
+    torch.manual_seed(seed)
+    return MISTNet(objective, **TINY).eval()
+
+
+def sample_xy(n=30, d=2, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n, d, generator=g), torch.randn(batch, n, d, generator=g)
+
+
+# --------------------------------------------------------------------------- closed-form MI
+def test_gaussian_mi_of_correlated_pairs_is_the_textbook_value():
+    rho = 0.6
+    cov = pairs_cov(3, rho, 2, np.random.default_rng(0))
+    assert gaussian_mi(cov, 3) == pytest.approx(-np.log(1 - rho ** 2), rel=1e-12)  # 2 x (-1/2 log(1-rho^2))
+
+
+def test_dense_covariance_has_one_canonical_correlation():
+    cov = dense_cov(4, 0.7, 0.3)
+    assert np.linalg.eigvalsh(cov).min() > 0
+    assert gaussian_mi(cov, 4) == pytest.approx(-0.5 * np.log(1 - 0.49), rel=1e-10)
+
+
+def monte_carlo_mi(logp_joint, logp_x, logp_y, x, y):
+    return float(np.mean(logp_joint(np.hstack([x, y])) - logp_x(x) - logp_y(y)))
+
+
+def test_lvm_gaussian_mi_matches_monte_carlo():
+    rng = np.random.default_rng(1)
+    cov = lvm_cov_for(0.8, 2, rng)
+    assert gaussian_mi(cov, 2) == pytest.approx(0.8, abs=1e-6)  # bisection hits the target
+    xy = rng.multivariate_normal(np.zeros(4), cov, 100_000)
+    mc = monte_carlo_mi(stats.multivariate_normal(cov=cov).logpdf, stats.multivariate_normal(cov=cov[:2, :2]).logpdf,
+                        stats.multivariate_normal(cov=cov[2:, 2:]).logpdf, xy[:, :2], xy[:, 2:])
+    assert mc == pytest.approx(0.8, abs=0.02)
+
+
+@pytest.mark.parametrize("nu,d", [(2, 1), (5, 2)])
+def test_student_t_mi_matches_monte_carlo(nu, d):
+    rng = np.random.default_rng(2)
+    cov = pairs_cov(d, 0.5, d, rng)
+    exact = gaussian_mi(cov, d) + student_correction(nu, d, d)
+    joint = stats.multivariate_t(shape=cov, df=nu)
+    xy = joint.rvs(200_000, random_state=3)
+    mc = monte_carlo_mi(joint.logpdf, stats.multivariate_t(shape=cov[:d, :d], df=nu).logpdf,
+                        stats.multivariate_t(shape=cov[d:, d:], df=nu).logpdf, xy[:, :d], xy[:, d:])
+    assert student_correction(nu, d, d) > 0
+    assert mc == pytest.approx(exact, abs=0.02)
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.5, 1.5])
+def test_uniform_additive_noise_mi_matches_monte_carlo(eps):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, 200_000)
+    y = x + rng.uniform(-eps, eps, len(x))
+    p_y = (np.minimum(y + eps, 1) - np.maximum(y - eps, 0)) / (2 * eps)  # density of Y
+    mc = np.mean(np.log(1 / (2 * eps)) - np.log(p_y))
+    assert mc == pytest.approx(uniform_noise_mi(eps), abs=0.01)
+    assert uniform_noise_eps(uniform_noise_mi(eps)) == pytest.approx(eps, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_transforms_are_strictly_increasing(name):
+    v = np.linspace(-6, 6, 20001)
+    assert np.all(np.diff(transform(name, v)) > 0)
+
+
+@pytest.mark.parametrize("family", TRAIN_FAMILIES + OOD_FAMILIES)
+def test_every_family_samples_finite_data_with_mi_in_range(family):
+    x, y, mi = sample_dataset(family, 50, 3, np.random.default_rng(5), mi_max=2.0)
+    assert x.shape == y.shape == (50, 3) and np.isfinite(x).all() and np.isfinite(y).all()
+    assert 0.0 <= mi <= 2.0 + student_correction(2, 3, 3)
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown family"):
+        sample_dataset("normal-dense-cubic", 10, 2, np.random.default_rng(0))
+
+
+def test_out_of_distribution_combinations_are_unseen_in_training():
+    assert not set(TRAIN_FAMILIES) & set(OOD_FAMILIES)
+
+
+# --------------------------------------------------------------------------- data stream
+def test_meta_batch_stream_resumes_exactly():
+    spec = dict(families=TRAIN_FAMILIES, n_range=(10, 20), d_range=(1, 3), datasets=4, mi_max=2.0)
+    full = MetaBatchStream(spec, seed=7, length=6)
+    resumed = MetaBatchStream(spec, seed=7, length=3, offset=3)
+    for i in range(3):
+        a, b = full[3 + i], resumed[i]
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["mi"], b["mi"])
+    assert full[0]["x"].shape[0] == 4 and full[0]["x"].shape == full[0]["y"].shape
+
+
+def test_evaluation_sets_are_fixed():
+    a = evaluation_sets("out", [10], [2], 1)
+    b = evaluation_sets("out", [10], [2], 1)
+    assert len(a) == len(OOD_FAMILIES) and all(np.array_equal(p.x, q.x) and p.mi == q.mi for p, q in zip(a, b))
+
+
+def test_datamodule_rejects_bad_ranges():
+    with pytest.raises(ValueError, match="d_range"):
+        MetaDataModule(d_range=(1, 5), d_max=4)
+
+
+# --------------------------------------------------------------------------- model
+@pytest.mark.parametrize("objective", ["mse", "quantile"])
+def test_estimate_is_invariant_to_shuffling_samples(objective):
+    net = tiny_net(objective)
+    x, y = sample_xy()
+    perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(1))
+    tau = torch.tensor([0.1, 0.5, 0.9])
+    with torch.no_grad():
+        a = net(x, y, tau=tau)
+        b = net(x[:, perm], y[:, perm], tau=tau)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_rows_do_not_change_the_estimate():
+    net = tiny_net("mse")
+    x, y = sample_xy(n=20, batch=1)
+    junk = torch.full((1, 7, 2), 1e3)
+    mask = torch.cat([torch.ones(1, 20, dtype=torch.bool), torch.zeros(1, 7, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        plain = net(x, y)
+        padded = net(torch.cat([x, junk], 1), torch.cat([y, -junk], 1), mask=mask)
+    torch.testing.assert_close(plain, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_estimate_depends_on_the_dependence():
+    """Swapping y between datasets changes the estimate (the model is not constant)."""
+    net = tiny_net("mse")
+    x, y = sample_xy(batch=2)
+    with torch.no_grad():
+        assert not torch.allclose(net(x, y), net(x, y.flip(0)))
+
+
+def test_too_many_dimensions_is_a_clear_error():
+    x, y = sample_xy(d=4)
+    with pytest.raises(ValueError, match="d_max=3"):
+        tiny_net("mse")(x, y)
+
+
+def test_quantiles_never_cross_and_the_median_is_tau_one_half():
+    net = tiny_net("quantile", seed=3)
+    with torch.no_grad():  # large random head weights: crossing would show here if it could
+        net.head.net[-1].weight.mul_(50)
+    x, y = sample_xy(batch=8)
+    tau = torch.linspace(0.01, 0.99, 99)
+    with torch.no_grad():
+        q = net(x, y, tau=tau)
+        median = net(x, y, tau=torch.tensor([0.5]))[:, 0]
+    assert (q.diff(dim=1) >= 0).all()
+    torch.testing.assert_close(median, net.head.net(net.embedding(x, y))[:, 0].detach())
+
+
+def test_pinball_loss_hand_cases():
+    pred, target = torch.tensor([1.0]), torch.tensor([3.0])
+    assert float(pinball_loss(pred, target, torch.tensor(0.9))) == pytest.approx(0.9 * 2)  # under-prediction
+    assert float(pinball_loss(target, pred, torch.tensor(0.9))) == pytest.approx(0.1 * 2)  # over-prediction
+    assert float(pinball_loss(pred, pred, torch.tensor(0.3))) == 0.0
+    # the minimiser over a constant prediction is the tau-quantile of the targets
+    targets = torch.arange(10.0)
+    grid = torch.linspace(0, 9, 901)
+    losses = torch.stack([pinball_loss(c.expand(10), targets, torch.tensor(0.25)) for c in grid])
+    assert 2.0 <= float(grid[losses.argmin()]) <= 3.0
+
+
+@pytest.mark.parametrize("objective", ["mse", "quantile"])
+def test_module_training_step_gives_finite_loss_and_gradients(objective):
+    module = MISTModule(objective, max_steps=10, model=TINY)
+    spec = dict(families=TRAIN_FAMILIES, n_range=(10, 15), d_range=(1, 3), datasets=4, mi_max=2.0)
+    batch = MetaBatchStream(spec, seed=0, length=1)[0]
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.net.embed.parameters())
+    val, mse = module.validation_losses(batch)
+    assert torch.isfinite(val) and torch.isfinite(mse)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    module = MISTModule("mse", max_steps=100, model=TINY, optim={"warmup_steps": 10, "min_lr_ratio": 0.1})
+    assert module.lr_factor(0) == pytest.approx(0.1) and module.lr_factor(9) == pytest.approx(1.0)
+    assert module.lr_factor(100) == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------- baselines
+def gaussian_pair(n, rho, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1))
+    return x, rho * x + np.sqrt(1 - rho ** 2) * rng.standard_normal((n, 1))
+
+
+def test_ksg_matches_the_gaussian_closed_form_at_large_n():
+    x, y = gaussian_pair(5000, 0.8, 0)
+    assert baselines.ksg(x, y, k=5) == pytest.approx(-0.5 * np.log(1 - 0.64), abs=0.03)
+
+
+def test_ksg_is_near_zero_for_independent_data_and_invariant_to_affine_maps():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((3000, 2)), rng.standard_normal((3000, 2))
+    assert abs(baselines.ksg(x, y)) < 0.03
+    x, y = gaussian_pair(2000, 0.6, 2)
+    assert baselines.ksg(3 * x + 1, 5 - 2 * y) == pytest.approx(baselines.ksg(x, y), abs=1e-9)  # columns standardised
+
+
+def test_cca_estimate_recovers_gaussian_mi():
+    x, y = gaussian_pair(20000, 0.5, 3)
+    assert baselines.gaussian_mi_estimate(x, y) == pytest.approx(-0.5 * np.log(0.75), abs=0.01)
+
+
+def test_bootstrap_interval_is_ordered_and_brackets_the_estimate():
+    x, y = gaussian_pair(200, 0.7, 4)
+    lo, hi = baselines.bootstrap_interval(x, y, np.random.default_rng(0), resamples=20)
+    assert lo < hi and lo < baselines.ksg(x, y) + 0.3
+
+
+def test_infonce_is_positive_for_dependent_data_and_capped_by_log_of_the_held_out_half():
+    x, y = gaussian_pair(128, 0.95, 5)
+    est = baselines.infonce(x, y, steps=60, hidden=16, embed=8)
+    assert 0.3 < est <= np.log(64) + 1e-6
+
+
+def test_infonce_does_not_memorise_independent_data():
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((100, 2)), rng.standard_normal((100, 2))
+    assert baselines.infonce(x, y, steps=200, hidden=32, embed=16) < 0.3  # held out: no memorised pairs
+
+
+def test_mismatched_samples_are_a_clear_error():
+    with pytest.raises(ValueError, match="same number of samples"):
+        baselines.ksg(np.zeros((10, 1)), np.zeros((9, 1)))
+
+
+# --------------------------------------------------------------------------- estimate()
+def test_estimate_without_trained_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained MIST weights"):
+        estimate(np.zeros((20, 1)), np.zeros((20, 1)), checkpoint=tmp_path)
+
+
+def test_estimate_loads_exported_networks(tmp_path):
+    for objective in ("mse", "quantile"):
+        export_net(tiny_net(objective), tmp_path / f"{objective}.pt", {"scale": "test"})
+    x, y = gaussian_pair(40, 0.9, 6)
+    out = estimate(x, y, checkpoint=tmp_path, quantiles=(0.1, 0.9))
+    q = out["quantiles"]
+    assert q[0.1] <= q[0.5] <= q[0.9]
+    nets = load_estimators(tmp_path)
+    expected = predict(nets["mse"], evaluation_sets("in", [10], [1], 1)[:1])
+    assert np.isfinite(expected).all() and np.isfinite(out["mi"])
