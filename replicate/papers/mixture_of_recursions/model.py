@@ -1,0 +1,334 @@
+"""Recursive LMs with per-token depth: Mixture-of-Recursions (Bae et al. 2025, arXiv 2507.10524).
+
+Built on the shared ``replicate.nn.transformer`` blocks (``Block.forward(x, positions, attn_mask)``
+and ``causal_mask``). One class, ``RecursiveLM``, covers the four models the paper compares:
+
+``vanilla``    ``n_layer`` unique blocks (the shared LM's layout).
+``recursive``  Middle-Cycle sharing (Sec. 2.1): the first and the last block are unique, the
+               ``(n_layer - 2) / n_rec`` middle blocks form one group ``f`` that is applied
+               ``n_rec`` times, ``h <- f(h)`` (the same Block objects, norms included, so the
+               tensors are shared and their gradients accumulate over recursions).
+``mor_ec``     Middle-Cycle + expert-choice routing (Sec. 2.2.1): one router per recursion step
+               r = 0..n_rec-1, ``Linear(d -> 1)`` without bias, init N(0, 0.02), score
+               ``w = alpha * sigmoid(logit)`` with alpha = 0.1. Step r keeps the top
+               ``k_r = max(1, floor(c_r T))`` tokens, ``c_r = (n_rec - r) / n_rec``, among the tokens
+               kept at step r-1 (hierarchical filtering), in causal order. The selected tokens
+               run through ``f`` attending only to each other (recursion-wise KV caching), and
+               are updated as the official ``expert_choice_router.py`` does it::
+
+                   h_t <- h_t + w_t * f(h_t)     (t selected; f's output includes its residual,
+                                                  so this is (1 + w_t) h_t + w_t * Delta_t)
+                   h_t <- h_t                    (t not selected)
+
+               The paper writes the routed update as ``g f(h) + h`` (Sec. 2.2.1); the official
+               code scatter-adds the weighted block output onto ``h``, which is that expression
+               with ``f`` the full pre-norm block group (its own residual included), so a
+               selected token is scaled by ``1 + w`` (w <= alpha = 0.1). Auxiliary loss ("auxiliary
+               loss"): BCE between the router logits of the tokens scored at step r and the
+               top-k mask, mean over those tokens, summed over steps.
+``mor_tc``     Middle-Cycle + token-choice routing (Sec. 2.2.1): one router ``Linear(d -> n_rec)``
+               on the hidden state entering the first recursion, softmax, top-1 gives each token
+               its depth ``d_t`` in 1..n_rec and its gate ``g_t`` (the chosen probability). Token t
+               takes part in recursions r < d_t with ``h_t <- h_t + g_t f(h_t)`` (the same update
+               form as expert-choice; the official token-choice file was not available to us, so
+               applying the gate at every step it is active is our reading). Balancing loss
+               ``n_rec * sum_i f_i P_i`` (Switch-style; f_i the share of tokens given depth i, P_i
+               the mean router probability) and router z-loss ``mean(logsumexp(logits)^2)``.
+
+Expert-choice top-k over a sequence looks at future tokens. ``rule="threshold"`` is the causal
+evaluation rule: at step r a token stays active if it was active at r-1 and
+``sigmoid(logit) > 0.5`` (what the BCE auxiliary loss trains the router to predict); a step
+with capacity 1 keeps every token under both rules.
+
+Recursive KV sharing (``kv_share=True``, Sec. 2.2.2): recursions r >= 1 reuse the keys and values
+that each middle block computed at recursion 0 (over all tokens), so active queries attend to
+every earlier token's first-recursion K/V. ``block_forward_kv`` runs a Block from its own layers
+with externally supplied K/V for that; it ignores the shared LM's gate hooks (unused here).
+
+Two execution paths give the same numbers (a test checks it): ``gather`` (exactly k tokens per
+row: the selected tokens are gathered, run with their own positions and ``causal_mask``, and
+scattered back, as the official code) used for top-k; and ``masked`` (any per-token active set:
+the group runs on the whole sequence with keys restricted to active tokens and only active
+tokens updated) used by the threshold rule, token-choice and KV sharing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from replicate.nn.transformer import Block, CausalLM, LMConfig, apply_rope, causal_mask, rope_angles
+
+VARIANTS = ("vanilla", "recursive", "mor_ec", "mor_tc")
+RULES = ("topk", "threshold")
+
+
+@dataclass
+class MoRConfig:
+    """Recursion and routing settings (the LM's shape is an ``LMConfig``).
+
+    variant       one of VARIANTS
+    n_rec         N_r, number of recursions of the middle group (ignored by vanilla)
+    alpha         expert-choice router scale (0.1 in the paper's configs)
+    kv_share      recursive KV sharing: recursions r >= 1 reuse recursion 0's K/V
+    aux_coef      expert-choice BCE auxiliary loss coefficient (0.001)
+    balance_coef  token-choice balancing loss coefficient (0.1)
+    z_coef        token-choice router z-loss coefficient (1e-5)
+    """
+
+    variant: str = "vanilla"
+    n_rec: int = 2
+    alpha: float = 0.1
+    kv_share: bool = False
+    aux_coef: float = 0.001
+    balance_coef: float = 0.1
+    z_coef: float = 1e-5
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
+        if self.n_rec < 1:
+            raise ValueError(f"model.n_rec={self.n_rec} must be >= 1")
+        if self.kv_share and self.variant == "vanilla":
+            raise ValueError("model.kv_share needs a recursive variant, not vanilla")
+
+    def capacities(self) -> list[float]:
+        """Expert-choice capacity of each recursion step: (N_r - r) / N_r."""
+        return [(self.n_rec - r) / self.n_rec for r in range(self.n_rec)]
+
+
+@dataclass
+class Routing:
+    """What one forward pass decided: per step r the active mask (B, T); for expert-choice
+    also each step's router logits and the tokens it ranked; for token-choice the router logits."""
+
+    active: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    scored: list[torch.Tensor] = field(default_factory=list)  # tokens the step's router ranked
+    tc_logits: torch.Tensor | None = None
+
+    def depth(self) -> torch.Tensor:
+        """Recursions each token took, (B, T) integer (0 when no recursion ran)."""
+        return torch.stack(self.active).sum(0) if self.active else torch.zeros(0)
+
+
+def middle_layers(n_layer: int, n_rec: int) -> int:
+    """Unique middle blocks under Middle-Cycle sharing; refuses layouts that do not divide."""
+    if n_layer < 3 or (n_layer - 2) % n_rec:
+        raise ValueError(f"Middle-Cycle needs (n_layer - 2) divisible by n_rec; got n_layer={n_layer}, n_rec={n_rec}")
+    return (n_layer - 2) // n_rec
+
+
+def block_forward_kv(block: Block, x: torch.Tensor, positions: torch.Tensor,
+                     kv: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None):
+    """``block(x)`` computed from the block's own layers, attending to ``kv`` when given
+    (dropout and the shared LM's gate hooks are not applied: neither is used here).
+
+    x (B, T, d) at ``positions`` (T,) or (B, T); kv = (k, v) of shape (B, H, S, D) already rotated,
+    or a callable ``kv(own_k, own_v) -> (k, v)`` (a decoder appends this call's K/V to its cache);
+    attn_mask boolean (B or 1, 1, T, S), None = causal over x itself. Returns the block output
+    and this call's own (k, v), so a caller can cache or share them.
+    """
+    attn, cfg = block.attn, block.attn.cfg
+    B, T, _ = x.shape
+    xn = block.norm1(x)
+    q, k, v = (proj(xn).view(B, T, attn.n_head, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    if cfg.qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if cfg.pos == "rope":
+        cos, sin = rope_angles(positions, attn.head_dim, cfg.rope_base)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    keys, values = kv(k, v) if callable(kv) else (kv if kv is not None else (k, v))
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, is_causal=attn_mask is None)
+    x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+    return x + block.mlp(block.norm2(x)), (k, v)
+
+
+class RecursiveLM(nn.Module):
+    """Vanilla, recursive (Middle-Cycle) and MoR language models; see the module docstring."""
+
+    def __init__(self, lm: LMConfig, mor: MoRConfig):
+        super().__init__()
+        self.cfg, self.mor = lm, mor
+        self.base = CausalLM(lm)  # embeddings, blocks (the first n_unique used), final norm, head
+        if mor.variant == "vanilla":
+            return
+        m = middle_layers(lm.n_layer, mor.n_rec)
+        del self.base.blocks[m + 2:]  # keep first, m middle, last: unique parameters only
+        if mor.variant == "mor_ec":
+            self.routers = nn.ModuleList(nn.Linear(lm.d_model, 1, bias=False) for _ in range(mor.n_rec))
+        elif mor.variant == "mor_tc":
+            self.routers = nn.ModuleList([nn.Linear(lm.d_model, mor.n_rec, bias=False)])
+        for r in getattr(self, "routers", []):
+            nn.init.normal_(r.weight, mean=0.0, std=0.02)
+
+    # ----------------------------------------------------------------- structure
+
+    @property
+    def first(self) -> Block:
+        return self.base.blocks[0]
+
+    @property
+    def last(self) -> Block:
+        return self.base.blocks[-1]
+
+    @property
+    def middle(self) -> list[Block]:
+        return list(self.base.blocks[1:-1])
+
+    def layer_schedule(self) -> list[tuple[int, int]]:
+        """(recursion, unique block index) of every block application, in order; the first
+        and last blocks are recursion -1."""
+        if self.mor.variant == "vanilla":
+            return [(-1, i) for i in range(self.cfg.n_layer)]
+        m = len(self.middle)
+        inner = [(r, 1 + j) for r in range(self.mor.n_rec) for j in range(m)]
+        return [(-1, 0), *inner, (-1, m + 1)]
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(self, idx: torch.Tensor, rule: str = "topk", return_routing: bool = False):
+        """Logits (B, T, vocab); with return_routing also the ``Routing`` record."""
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r}; expected one of {RULES}")
+        h = self.base.embed(idx)
+        routing = Routing()
+        if self.mor.variant == "vanilla":
+            for block in self.base.blocks:
+                h = block(h)
+        else:
+            h = self.first(h)
+            h = self._recursions(h, rule, routing)
+            h = self.last(h)
+        logits = self.base.lm_head(self.base.norm_f(h))
+        return (logits, routing) if return_routing else logits
+
+    def _recursions(self, h: torch.Tensor, rule: str, routing: Routing) -> torch.Tensor:
+        B, T, _ = h.shape
+        positions = torch.arange(T, device=h.device)
+        active = torch.ones(B, T, dtype=torch.bool, device=h.device)
+        tc = self._token_choice(h, routing) if self.mor.variant == "mor_tc" else None
+        shared_kv = None
+        for r in range(self.mor.n_rec):
+            weight = None
+            if self.mor.variant == "mor_ec":
+                active, weight = self._expert_choice(h, r, active, rule, routing)
+            elif tc is not None:
+                depth, gate = tc
+                active, weight = depth > r, gate
+            routing.active.append(active)
+            kv = shared_kv if (self.mor.kv_share and r > 0) else None
+            if self.mor.variant == "mor_ec" and rule == "topk" and not self.mor.kv_share:
+                h = self._step_gathered(h, active, weight)
+            else:
+                h, own_kv = self._step_masked(h, positions, active, weight, kv)
+                shared_kv = own_kv if r == 0 else shared_kv
+        return h
+
+    def _token_choice(self, h: torch.Tensor, routing: Routing | None = None):
+        """Token-choice depth (1..N_r) and gate of every token, from the state entering recursion 0."""
+        logits = self.routers[0](h)  # (B, T, N_r)
+        if routing is not None:
+            routing.tc_logits = logits
+        probs = logits.float().softmax(-1)
+        gate, choice = probs.max(-1)
+        return choice + 1, gate.to(h.dtype)
+
+    def _expert_choice(self, h, r, prev_active, rule, routing):
+        """Active mask and update weights of expert-choice step r (hierarchical filtering)."""
+        logits = self.routers[r](h).squeeze(-1)  # (B, T)
+        weight = self.mor.alpha * torch.sigmoid(logits)
+        capacity = self.mor.capacities()[r]
+        if capacity >= 1.0:
+            active = prev_active.clone()
+        elif rule == "topk":
+            active = topk_mask(weight, prev_active, max(1, int(capacity * h.shape[1])))
+        else:
+            active = prev_active & (logits > 0)  # sigmoid(logit) > 0.5
+        routing.logits.append(logits)
+        routing.scored.append(prev_active)
+        return active, weight
+
+    def _step_gathered(self, h, active, weight):
+        """One recursion on exactly k active tokens per row: gather, run, scatter-add."""
+        B, T, d = h.shape
+        k = int(active[0].sum())
+        index = active.nonzero()[:, 1].view(B, k)  # ascending = causal order
+        x = h.gather(1, index[..., None].expand(B, k, d))
+        mask = causal_mask(index)
+        for block in self.middle:
+            x = block(x, positions=index, attn_mask=mask)
+        w = weight.gather(1, index)[..., None]
+        return h.scatter_add(1, index[..., None].expand(B, k, d), w * x)
+
+    def _step_masked(self, h, positions, active, weight, kv):
+        """One recursion on any active set: keys restricted to active tokens (or, with shared
+        kv, to recursion 0's keys), inactive tokens left unchanged."""
+        T = h.shape[1]
+        own_causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=h.device)
+        if kv is None:
+            mask = (own_causal & (active[:, None, :] | eye))[:, None]  # (B, 1, T, T)
+        else:
+            mask = own_causal[None, None]
+        x, own = h, []
+        for j, block in enumerate(self.middle):
+            x, block_kv = block_forward_kv(block, x, positions, None if kv is None else kv[j], mask)
+            own.append(block_kv)
+        update = x if weight is None else h + weight[..., None] * x
+        return torch.where(active[..., None], update, h), own
+
+    # ----------------------------------------------------------------- losses
+
+    def router_loss(self, routing: Routing) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted auxiliary router losses of one forward pass (0 for unrouted models)."""
+        zero = torch.zeros((), device=self.base.lm_head.weight.device)
+        if self.mor.variant == "mor_ec":
+            bce = sum((aux_bce(logits, scored, active) for logits, scored, active
+                       in zip(routing.logits, routing.scored, routing.active)), zero)
+            return self.mor.aux_coef * bce, {"aux_bce": float(bce.detach())}
+        if self.mor.variant == "mor_tc":
+            balance = balancing_loss(routing.tc_logits)
+            z = torch.logsumexp(routing.tc_logits.float(), -1).square().mean()
+            return self.mor.balance_coef * balance + self.mor.z_coef * z, {"balance": float(balance.detach()), "z_loss": float(z.detach())}
+        return zero, {}
+
+
+def topk_mask(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T) mask of the k highest scores per row among allowed tokens (hierarchical top-k)."""
+    if k > int(allowed.sum(1).min()):
+        raise ValueError(f"top-k of {k} tokens among fewer allowed ones")
+    ranked = scores.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
+    return torch.zeros_like(allowed).scatter(1, ranked, True)
+
+
+def aux_bce(logits: torch.Tensor, scored: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """BCE(router logit, top-k mask) averaged over the tokens the step's router ranked."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), selected.float(), reduction="none")
+    return (loss * scored).sum() / scored.sum().clamp(min=1)
+
+
+def balancing_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Switch-style load balance N * sum_i f_i P_i over depths (1 when perfectly balanced)."""
+    n = logits.shape[-1]
+    probs = logits.float().softmax(-1).flatten(0, -2)
+    share = F.one_hot(probs.argmax(-1), n).float().mean(0)
+    return n * (share * probs.mean(0)).sum()
+
+
+def unique_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def lm_config_for(model: dict) -> tuple[LMConfig, MoRConfig]:
+    """Split a flat model dict into the LM shape and the recursion settings."""
+    mor_keys = set(MoRConfig.__dataclass_fields__)
+    mor = MoRConfig(**{k: v for k, v in model.items() if k in mor_keys})
+    lm = LMConfig.from_dict({k: v for k, v in model.items() if k not in mor_keys})
+    if mor.variant != "vanilla":
+        middle_layers(lm.n_layer, mor.n_rec)
+    return lm, mor

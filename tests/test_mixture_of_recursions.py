@@ -1,0 +1,274 @@
+"""Mixture-of-Recursions (Bae et al. 2025): sharing, routing, causality, FLOPs, configs."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from replicate import config as C
+from replicate.nn.transformer import BOS, CausalLM, LMConfig
+from replicate.papers.mixture_of_recursions.decode import generate, teacher_forced_logits
+from replicate.papers.mixture_of_recursions.flops import (active_counts, block_forward_flops,
+                                                          forward_flops, train_flops_per_step)
+from replicate.papers.mixture_of_recursions.model import (MoRConfig, RecursiveLM, aux_bce,
+                                                          balancing_loss, block_forward_kv,
+                                                          lm_config_for, topk_mask)
+
+LM = dict(n_layer=8, d_model=32, n_head=2, max_len=16)
+
+
+def model(variant, n_rec=2, **kw):
+    torch.manual_seed(0)
+    return RecursiveLM(LMConfig(**LM), MoRConfig(variant=variant, n_rec=n_rec, **kw)).eval()
+
+
+def tokens(B=2, T=12, seed=1):
+    x = torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed))
+    x[:, 0] = BOS
+    return x
+
+
+# --------------------------------------------------------------------------- parameter sharing
+
+
+@pytest.mark.parametrize("n_rec,middle", [(2, 3), (3, 2)])
+def test_middle_cycle_keeps_only_unique_blocks(n_rec, middle):
+    m = model("recursive", n_rec)
+    assert len(m.base.blocks) == middle + 2
+    assert [r for r, _ in m.layer_schedule()].count(-1) == 2
+    assert len(m.layer_schedule()) == LM["n_layer"]  # every block application counted once
+
+
+def test_shared_weights_are_one_tensor_whose_gradient_sums_over_recursions():
+    """Unrolling the recursions into independent copies gives per-copy gradients that add up
+    to the tied model's gradient."""
+    m, x = model("recursive", 2).train(), tokens()
+    m(x).logsumexp(-1).mean().backward()
+    tied = m.middle[0].mlp.up.weight.grad.clone()
+
+    untied = copy.deepcopy(m)
+    untied.zero_grad()
+    copies = [copy.deepcopy(untied.middle) for _ in range(2)]
+    h = untied.first(untied.base.embed(x))
+    for group in copies:
+        for block in group:
+            h = block(h)
+    untied.base.lm_head(untied.base.norm_f(untied.last(h))).logsumexp(-1).mean().backward()
+    summed = sum(group[0].mlp.up.weight.grad for group in copies)
+    torch.testing.assert_close(tied, summed, rtol=1e-4, atol=1e-7)
+    assert m.middle[0].mlp.up.weight.data_ptr() == m.base.blocks[1].mlp.up.weight.data_ptr()
+
+
+def test_vanilla_equals_the_shared_causal_lm():
+    m, x = model("vanilla"), tokens()
+    ref = CausalLM(LMConfig(**LM)).eval()
+    ref.load_state_dict(m.base.state_dict())
+    torch.testing.assert_close(m(x), ref(x))
+
+
+def test_middle_cycle_layout_that_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="divisible by n_rec"):
+        lm_config_for({**LM, "n_layer": 7, "variant": "recursive", "n_rec": 2})
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_topk_mask_keeps_the_best_allowed_tokens():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.8]])
+    allowed = torch.tensor([[True, True, False, True, False]])  # 0.5 and 0.8 were dropped before
+    assert topk_mask(scores, allowed, 2).tolist() == [[True, False, False, True, False]]
+    with pytest.raises(ValueError):
+        topk_mask(scores, allowed, 4)
+
+
+def test_expert_choice_filters_hierarchically_with_capacities():
+    m, x = model("mor_ec", 3), tokens(T=12)
+    _, routing = m(x, return_routing=True)
+    counts = [a.sum(1).tolist() for a in routing.active]
+    assert counts == [[12, 12], [8, 8], [4, 4]]  # (N_r - r) / N_r of T = 12
+    for prev, cur in zip(routing.active, routing.active[1:]):
+        assert not (cur & ~prev).any()  # a token dropped once never comes back
+    assert routing.depth().sum(1).tolist() == [24, 24]
+
+
+def test_expert_choice_update_is_h_plus_weighted_block_output():
+    """Selected tokens get h + w f(h) with f's output including the residual; others keep h."""
+    m = model("mor_ec", 2)
+    h = torch.randn(1, 6, 32)
+    active = torch.tensor([[True, False, True, False, False, True]])
+    weight = torch.rand(1, 6)
+    out = m._step_gathered(h, active, weight)
+    sel = h[:, active[0]]
+    f = sel
+    for block in m.middle:
+        f = block(f, positions=active[0].nonzero()[:, 0])
+    torch.testing.assert_close(out[:, active[0]], sel + weight[:, active[0], None] * f)
+    torch.testing.assert_close(out[:, ~active[0]], h[:, ~active[0]])
+
+
+def test_gathered_and_masked_paths_agree():
+    m = model("mor_ec", 2)
+    h = torch.randn(2, 8, 32)
+    active = topk_mask(torch.rand(2, 8), torch.ones(2, 8, dtype=torch.bool), 4)
+    weight = torch.rand(2, 8)
+    masked, _ = m._step_masked(h, torch.arange(8), active, weight, None)
+    torch.testing.assert_close(m._step_gathered(h, active, weight), masked, rtol=1e-5, atol=1e-5)
+
+
+def test_block_forward_kv_matches_block():
+    m, h = model("vanilla"), torch.randn(2, 7, 32)
+    block = m.base.blocks[1]
+    out, (k, v) = block_forward_kv(block, h, torch.arange(7), None, None)
+    torch.testing.assert_close(out, block(h), rtol=1e-5, atol=1e-6)
+    assert k.shape == v.shape == (2, 2, 7, 16)
+
+
+def test_aux_bce_and_balancing_by_hand():
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    scored = torch.tensor([[True, True, False]])
+    selected = torch.tensor([[False, True, False]])
+    expected = (torch.log1p(torch.exp(torch.tensor(0.0))) + torch.log1p(torch.exp(torch.tensor(-2.0)))) / 2
+    torch.testing.assert_close(aux_bce(logits, scored, selected), expected)
+    # two depths, half the tokens each, probabilities one-hot on the chosen depth: N sum f P = 2 (0.5 0.5 + 0.5 0.5) = 1
+    tc = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])
+    torch.testing.assert_close(balancing_loss(tc), torch.tensor(1.0), atol=1e-6, rtol=0)
+
+
+def test_token_choice_depth_matches_its_router():
+    m, x = model("mor_tc", 3), tokens()
+    _, routing = m(x, return_routing=True)
+    expected = routing.tc_logits.argmax(-1) + 1
+    assert torch.equal(routing.depth(), expected)
+
+
+# --------------------------------------------------------------------------- causal evaluation
+
+
+@pytest.mark.parametrize("variant,kw", [("mor_ec", {}), ("mor_ec", {"kv_share": True}), ("mor_tc", {})])
+def test_causal_rule_does_not_read_future_tokens(variant, kw):
+    m = model(variant, 3, **kw)
+    for r in getattr(m, "routers", []):  # spread router logits so both decisions occur
+        torch.nn.init.normal_(r.weight, std=1.0)
+    x = tokens(T=14)
+    y = x.clone()
+    y[:, 9:] = (y[:, 9:] + 7) % 256  # change the future from position 9 on
+    lx, rx = m(x, rule="threshold", return_routing=True)
+    ly, ry = m(y, rule="threshold", return_routing=True)
+    torch.testing.assert_close(lx[:, :9], ly[:, :9])
+    assert torch.equal(rx.depth()[:, :9], ry.depth()[:, :9])
+    assert len(set(rx.depth().flatten().tolist())) > 1  # routing really varies by token
+
+
+def test_topk_rule_reads_future_tokens():
+    """The training rule is not causal: some future change moves an earlier token's depth."""
+    m = model("mor_ec", 2)
+    torch.nn.init.normal_(m.routers[1].weight, std=1.0)
+    x = tokens(B=8, T=14)
+    y = x.clone()
+    y[:, 9:] = (y[:, 9:] + 7) % 256
+    dx = m(x, return_routing=True)[1].depth()
+    dy = m(y, return_routing=True)[1].depth()
+    assert not torch.equal(dx[:, :9], dy[:, :9])
+
+
+@pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("recursive", 3, {}), ("mor_ec", 2, {}),
+                                               ("mor_ec", 3, {"kv_share": True}), ("mor_tc", 3, {})])
+def test_kv_cached_decoding_reproduces_the_causal_forward(variant, n_rec, kw):
+    m = model(variant, n_rec, **kw)
+    for r in getattr(m, "routers", []):
+        torch.nn.init.normal_(r.weight, std=1.0)
+    x = tokens(B=2, T=10)
+    torch.testing.assert_close(teacher_forced_logits(m, x), m(x, rule="threshold"), rtol=1e-4, atol=1e-5)
+
+
+def test_recursion_wise_cache_stores_only_active_tokens():
+    """Vanilla stores every token in every layer; MoR-EC with KV sharing stores nothing for
+    recursions r >= 1, so its cache is (first + last + one recursion) of the 8 applications."""
+    x = tokens(B=2, T=10)
+    per_entry = 2 * 32 * 4  # K and V, d_model 32, fp32
+    vanilla = generate(model("vanilla"), x[:, :3], 10)
+    assert vanilla["cache_bytes_per_seq"] == 8 * 9 * per_entry  # 9 fed tokens (the last is not fed)
+    shared = generate(model("mor_ec", 3, kv_share=True), x[:, :3], 10)
+    assert shared["cache_bytes_per_seq"] == (2 + 2) * 9 * per_entry
+    assert shared["tokens"].shape == (2, 10) and torch.equal(shared["tokens"][:, :3], x[:, :3])
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def test_block_flops_by_hand():
+    lm = LMConfig(n_layer=3, d_model=8, n_head=2, mlp="relu", d_ff=16, max_len=16)
+    # matrices 4*8*8 + 2*8*16 = 512 multiply-adds per token; attention 4 d * n(n+1)/2
+    assert block_forward_flops(lm, 4) == 2 * 4 * 512 + 4 * 8 * 10
+    # KV sharing: no K, V projections, every query sees all earlier tokens: n (T + 1) / 2 pairs
+    assert block_forward_flops(lm, 4, seq_len=10, shared_kv=True) == 2 * 4 * (512 - 128) + 4 * 8 * 22
+
+
+def test_model_flops_by_hand():
+    lm = LMConfig(n_layer=4, d_model=8, n_head=2, mlp="relu", d_ff=16, max_len=16)
+    head = 2 * 6 * 8 * 257
+    block = lambda n: 2 * n * 512 + 4 * 8 * n * (n + 1) / 2
+    assert forward_flops(lm, MoRConfig("vanilla"), 6) == 4 * block(6) + head
+    assert forward_flops(lm, MoRConfig("recursive", 2), 6) == 4 * block(6) + head
+    ec = MoRConfig("mor_ec", 2)
+    assert active_counts(ec, 6) == [6, 3]
+    # first + last on 6 tokens, recursion 0 on 6, recursion 1 on 3, routers on 6 then 6 tokens
+    assert forward_flops(lm, ec, 6) == 3 * block(6) + block(3) + head + 2 * 8 * 12
+    assert train_flops_per_step(lm, ec, 6, 5) == 15 * forward_flops(lm, ec, 6)
+
+
+def isoflop_points(scale):
+    cfg = C.compose("mixture_of_recursions/isoflop", "cpu", scale)
+    budgets = list(cfg.figure.measure.budgets)
+    for values, run_cfg in zip(C.points(cfg), C.run_configs(cfg)):
+        run = OmegaConf.to_container(run_cfg.run, resolve=True)
+        lm, mor = lm_config_for(run["module"]["model"])
+        flops = train_flops_per_step(lm, mor, run["data"]["seq_len"], run["data"]["batch_size"]) * run["trainer"]["max_steps"]
+        yield values, mor, flops, budgets
+
+
+@pytest.mark.parametrize("scale", ["default", "full"])
+def test_isoflop_points_spend_their_budget(scale):
+    """Every isoFLOP point is within 3% of a budget; the extras are the equal-steps controls."""
+    spent = {}
+    for values, mor, flops, budgets in isoflop_points(scale):
+        off = min(abs(flops / b - 1) for b in budgets)
+        if off < 0.03:
+            spent.setdefault((mor.variant, mor.n_rec, mor.kv_share), set()).add(min(budgets, key=lambda b: abs(flops / b - 1)))
+        else:
+            assert mor.variant == "mor_ec" and flops < budgets[-1], (values, flops)
+    full_sets = [k for k, v in spent.items() if len(v) == len(budgets)]
+    assert len(full_sets) == 7  # vanilla, recursive x2, MoR-EC x2, MoR-TC x2 at every budget
+
+
+@pytest.mark.parametrize("figure", ["depth_map", "throughput"])
+def test_other_figures_reuse_isoflop_runs(figure):
+    iso = {C.run_hash(r) for r in C.run_configs(C.compose("mixture_of_recursions/isoflop", "cpu", "default"))}
+    other = {C.run_hash(r) for r in C.run_configs(C.compose(f"mixture_of_recursions/{figure}", "cpu", "default"))}
+    assert other <= iso
+
+
+# --------------------------------------------------------------------------- module
+
+
+def test_training_step_reduces_loss_and_carries_aux_loss():
+    from replicate.papers.mixture_of_recursions.module import MoRLM
+
+    torch.manual_seed(0)
+    module = MoRLM({**LM, "variant": "mor_ec", "n_rec": 2}, {"lr": 1e-2, "max_steps": 20})
+    opt = module.configure_optimizers()["optimizer"]
+    x = tokens(B=4, T=16)
+    batch = (x, torch.roll(x, -1, 1))
+    ce, aux, parts = module._losses(batch)
+    assert aux > 0 and "aux_bce" in parts
+    first = float(ce.detach())
+    for _ in range(10):
+        opt.zero_grad()
+        ce, aux, _ = module._losses(batch)
+        (ce + aux).backward()
+        opt.step()
+    assert float(ce.detach()) < first - 0.5
+    assert module.model.routers[1].weight.grad.abs().sum() > 0  # the LM loss reaches the router
