@@ -1,0 +1,254 @@
+"""Hourglass MLP (Chen et al. 2025): parameter counts by hand, the fixed lift, training of both
+block types, batched-grid equivalence, PSNR and degradations, Pareto frontiers on hand cases,
+the data splits (digits and the MNIST fixture) and the figure configs."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from replicate import config as C
+from replicate.papers.hourglass_mlp.data import RestorationData, degrade, psnr, random_affine
+from replicate.papers.hourglass_mlp.model import (ConventionalMLP, HourglassMLP, Shape, build,
+                                                  count_parameters, module_parameters)
+from replicate.papers.hourglass_mlp.module import HourglassGrid, grid_shapes, warmup_cosine
+from replicate.papers.hourglass_mlp.pareto import (best_per_budget, compare_frontiers, frontier_value,
+                                                   matched_budgets, pareto_mask, select_learning_rate,
+                                                   trend)
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist_tiny"
+TASK = {"kind": "denoise", "sigma": 0.3, "factor": 2}
+
+
+def tiny_grid(**kw):
+    grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [1, 2]}, "conventional": {"d_h": [24], "depth": [1]},
+            "conventional_head": {"d_h": [24], "depth": [1]}}
+    return HourglassGrid(grid=kw.pop("grid", grid), task=kw.pop("task", TASK), image_shape=kw.pop("image_shape", (1, 4, 4)),
+                         max_steps=20, optim={"lr": 1e-2}, **kw)
+
+
+def train_steps(module, batch, steps):
+    opt = module.configure_optimizers()["optimizer"]
+    for _ in range(steps):
+        opt.zero_grad()
+        module.training_step((batch,), 0).backward()
+        opt.step()
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+
+def test_parameter_counts_match_a_hand_count():
+    # Hourglass d_x=4, d_z=6, d_h=2, L=1, d_out=4: LayerNorm 2*6 + W1 6*2+2 + W2 2*6+6 = 44; head 6*4+4 = 28
+    assert count_parameters(Shape("hourglass", d_h=2, depth=1, d_z=6), 4, 4) == {"trainable": 72, "fixed": 24}
+    assert count_parameters(Shape("hourglass", d_h=2, depth=1, d_z=6, train_lift=True), 4, 4) == {"trainable": 96, "fixed": 0}
+    # conventional d_x=4, d_h=8, L=2: per block 2*4 + (4*8+8) + (8*4+4) = 84; the head adds 4*4+4 = 20
+    assert count_parameters(Shape("conventional", d_h=8, depth=2), 4, 4) == {"trainable": 168, "fixed": 0}
+    assert count_parameters(Shape("conventional_head", d_h=8, depth=2), 4, 4) == {"trainable": 188, "fixed": 0}
+
+
+@pytest.mark.parametrize("shape", [Shape("hourglass", 16, 3, d_z=40), Shape("hourglass", 8, 2, 24, True),
+                                   Shape("conventional", 30, 2), Shape("conventional_head", 30, 3)])
+def test_formula_counts_equal_the_built_modules(shape):
+    assert count_parameters(shape, 16, 16) == module_parameters(build(shape, 16, 16))
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="family"):
+        Shape("mlp", 8, 1)
+    with pytest.raises(ValueError, match="d_z"):
+        Shape("hourglass", 8, 1)
+    with pytest.raises(ValueError, match="hourglass family only"):
+        grid_shapes({"conventional": {"d_h": [8], "depth": [1], "d_z": [4]}})
+
+
+def test_grid_keeps_only_wide_narrow_wide_hourglass_shapes():
+    shapes = grid_shapes({"hourglass": {"d_z": [8, 16], "d_h": [8, 4], "depth": [1]}})
+    assert sorted((s.d_z, s.d_h) for s in shapes) == [(8, 4), (16, 4), (16, 8)]
+
+
+# --------------------------------------------------------------------------- the fixed lift
+
+
+def test_fixed_lift_gets_no_gradient_and_is_unchanged_by_training():
+    module = tiny_grid()
+    hourglass = [m for m in module.models if isinstance(m, HourglassMLP)]
+    before = [m.lift.weight.clone() for m in hourglass]
+    batch = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    train_steps(module, batch, 5)
+    for m, w in zip(hourglass, before):
+        assert m.lift.weight.grad is None and not m.lift.weight.requires_grad
+        assert torch.equal(m.lift.weight, w)
+        assert m.head.weight.grad is not None  # the rest trained
+
+
+def test_trained_lift_starts_from_the_same_weights_and_moves():
+    grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [1], "train_lift": [False, True]}}
+    module = tiny_grid(grid=grid)
+    fixed, trained = module.models
+    assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), trained.state_dict().values()))
+    start = trained.lift.weight.clone()
+    train_steps(module, torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(1)), 3)
+    assert not torch.equal(trained.lift.weight, start)
+
+
+def test_lift_init_has_variance_one_over_input_width():
+    torch.manual_seed(0)
+    w = HourglassMLP(64, 64, 2048, 8, 1).lift.weight
+    assert w.var().item() == pytest.approx(1 / 64, rel=0.05)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("make", [lambda: HourglassMLP(16, 16, 48, 8, 2), lambda: ConventionalMLP(16, 16, 48, 2, head=False),
+                                  lambda: ConventionalMLP(16, 16, 48, 2, head=True)], ids=["hourglass", "plain", "head"])
+def test_both_block_types_reduce_the_loss_on_a_tiny_batch(make):
+    torch.manual_seed(0)
+    net = make()
+    x = torch.rand(32, 16, generator=torch.Generator().manual_seed(2))
+    target = x.flip(1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = F.mse_loss(net(x), target).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = F.mse_loss(net(x), target)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first
+
+
+def test_grid_training_equals_training_each_shape_alone():
+    """Summed losses of independent models + elementwise Adam = independent training."""
+    grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [2]}, "conventional_head": {"d_h": [24], "depth": [1]}}
+    batch = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    together = tiny_grid(grid=grid)
+    train_steps(together, batch, 4)
+    for family, axes in grid.items():
+        alone = tiny_grid(grid={family: axes})
+        train_steps(alone, batch, 4)
+        shape_index = [s.family for s in together.shapes].index(family)
+        for a, b in zip(alone.models[0].parameters(), together.models[shape_index].parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_diverged_shape_is_dropped_and_the_others_train():
+    module = tiny_grid()
+    with torch.no_grad():
+        module.models[0].head.weight.fill_(float("nan"))
+    batch = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    loss = module.training_step((batch,), 0)
+    assert torch.isfinite(loss) and module.alive.tolist() == [False] + [True] * (len(module.models) - 1)
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- PSNR, degradations
+
+
+def test_psnr_on_known_images():
+    target = torch.full((2, 1, 4, 4), 0.5)
+    assert psnr(target + 0.1, target).tolist() == pytest.approx([20.0, 20.0])  # MSE 0.01
+    assert psnr(target + 0.01, target)[0].item() == pytest.approx(40.0)
+    clamped = torch.zeros(1, 1, 4, 4).fill_(-3.0)  # clamped to 0 before the error
+    assert psnr(clamped, torch.full((1, 1, 4, 4), 0.1))[0].item() == pytest.approx(20.0)
+    assert math.isinf(psnr(target, target)[0].item())
+
+
+def test_superres_input_is_the_pooled_image_repeated():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    low = degrade(x, "superres", torch.Generator(), sigma=0.0, factor=2)
+    assert low[0, 0].tolist() == [[2.5, 2.5, 4.5, 4.5], [2.5, 2.5, 4.5, 4.5],
+                                  [10.5, 10.5, 12.5, 12.5], [10.5, 10.5, 12.5, 12.5]]
+    with pytest.raises(ValueError, match="factor 3"):
+        degrade(x, "superres", torch.Generator(), sigma=0.0, factor=3)
+
+
+def test_denoise_noise_has_the_configured_std_and_is_seeded():
+    x = torch.zeros(64, 1, 8, 8)
+    a = degrade(x, "denoise", torch.Generator().manual_seed(5), sigma=0.5, factor=2)
+    b = degrade(x, "denoise", torch.Generator().manual_seed(5), sigma=0.5, factor=2)
+    assert torch.equal(a, b) and a.std().item() == pytest.approx(0.5, rel=0.05)
+
+
+def test_random_affine_is_identity_when_off_and_keeps_mass_when_small():
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 2:6, 2:6] = 1.0
+    assert torch.equal(random_affine(x, torch.Generator(), 0, 0, 0), x)
+    warped = random_affine(x, torch.Generator().manual_seed(0), rotate_deg=10, scale=0.05, shift_px=1)
+    assert not torch.equal(warped, x)
+    assert warped.sum((1, 2, 3)).tolist() == pytest.approx(x.sum((1, 2, 3)).tolist(), rel=0.15)
+
+
+# --------------------------------------------------------------------------- Pareto
+
+
+def test_pareto_mask_on_a_hand_case():
+    params = [10, 20, 15, 30, 25, 40]
+    scores = [1.0, 3.0, 0.5, 2.5, 3.0, float("nan")]
+    # (15, .5) loses to (10, 1); (25, 3) and (30, 2.5) lose to (20, 3); NaN never counts
+    assert pareto_mask(params, scores).tolist() == [True, True, False, False, False, False]
+    assert np.array_equal(frontier_value(params, scores, [5, 10, 19, 20, 100]), [np.nan, 1, 1, 3, 3], equal_nan=True)
+
+
+def test_frontier_comparison_on_a_hand_case():
+    a = pd.DataFrame({"trainable": [10, 30], "test_psnr": [2.0, 4.0]})
+    b = pd.DataFrame({"trainable": [20, 40], "test_psnr": [3.0, 5.0]})
+    assert matched_budgets(a.trainable, b.trainable).tolist() == [20, 30]
+    c = compare_frontiers(a, b)  # at 20: 2 vs 3; at 30: 4 vs 3
+    assert (c["win_fraction"], c["mean_gap"], c["min_gap"], c["n_budgets"]) == (0.5, 0.0, -1.0, 2)
+    assert compare_frontiers(b, a)["win_fraction"] == 0.5
+
+
+def test_learning_rate_is_selected_on_validation_not_test():
+    rows = [dict(family="conventional", d_z=0, d_h=8, depth=1, train_lift=False, trainable=100, fixed=0,
+                 diverged=False, lr=lr, seed=s, val_psnr=val, test_psnr=test, train_psnr=test)
+            for lr, val, test in [(1e-3, 10.0, 12.0), (1e-2, 11.0, 9.0)] for s in (0, 1)]
+    best = select_learning_rate(pd.DataFrame(rows))
+    assert best.lr.tolist() == [1e-2] and best.test_psnr.tolist() == [9.0] and best.seeds.tolist() == [2]
+
+
+def test_best_per_budget_and_trend():
+    table = pd.DataFrame({"trainable": [10, 20, 40], "test_psnr": [1.0, 2.0, 3.0], "depth": [1, 2, 4]})
+    picks = best_per_budget(table, [5, 10, 25, 40])
+    assert picks.budget.tolist() == [10, 25, 40] and picks.depth.tolist() == [1, 2, 4]
+    assert trend(picks.budget, picks.depth) == pytest.approx(1.0)
+    assert trend([1, 2, 3], [4, 4, 4]) == 0.0
+
+
+# --------------------------------------------------------------------------- data and configs
+
+
+def test_digits_split_into_train_validation_and_test():
+    dm = RestorationData(source="digits", batch_size=64, val_fraction=0.3)
+    val, test = dm.held_out("val"), dm.held_out("test")
+    assert (len(dm.data.train_y), len(val), len(test)) == (1258, 270, 269)
+    assert not any(torch.equal(v, t) for v in val[:20] for t in test[:20])
+    assert dm.provenance["n_test"] == 269
+
+
+def test_mnist_fixture_loads_through_the_real_loader():
+    dm = RestorationData(source="mnist", path=str(MNIST_FIXTURE), batch_size=4)
+    assert dm.image_shape == (1, 28, 28)
+    assert (len(dm.held_out("val")), len(dm.held_out("test"))) == (5, 5)
+    module = tiny_grid(image_shape=(1, 28, 28), grid={"hourglass": {"d_z": [1024], "d_h": [8], "depth": [1]}})
+    probes = module.probe_metrics(dm)
+    assert probes["shapes"][0]["fixed"] == 784 * 1024 and math.isfinite(probes["shapes"][0]["test_psnr"])
+
+
+@pytest.mark.parametrize("scale", ["smoke", "default", "full"])
+def test_denoise_figures_share_their_runs(scale):
+    hashes = {f: [C.run_hash(r) for r in C.run_configs(C.compose(f"hourglass_mlp/{f}", "cpu", scale))]
+              for f in ("pareto_denoise", "shape_trends", "pareto_superres")}
+    assert hashes["pareto_denoise"] == hashes["shape_trends"]
+    assert not set(hashes["pareto_denoise"]) & set(hashes["pareto_superres"])
