@@ -31,7 +31,7 @@ rule all:
 rule train:
     """One sweep point of one figure: a Lightning run in its own process."""
     input:
-        code=lambda w: plan.paper_code(w.paper),
+        code=lambda w: plan.training_code(w.paper),  # what training imports, not notebook helpers
     output:
         plan.path("runs", "{paper}", "{hash}", "metrics.json"),
     log:

@@ -8,6 +8,7 @@ papermill so that a failed notebook leaves no figure behind.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import tempfile
@@ -54,9 +55,67 @@ class Plan:
         return C.config_sha256(self.figures[figure])
 
     def paper_code(self, paper: str) -> list[str]:
-        """The paper package's source files: declared inputs, so editing them reruns its jobs."""
+        """The paper package's source files: inputs of its figures, so editing them reruns those."""
         root = C.REPO_ROOT / "replicate" / "papers" / paper
         return sorted(str(p.relative_to(C.REPO_ROOT)) for p in root.rglob("*.py"))
+
+    def training_code(self, paper: str) -> list[str]:
+        """The paper's files its training runs import: inputs of its train jobs.
+
+        Starting from the modules named by ``_target_`` in the paper's run configs, follow the
+        imports (statically) inside ``replicate/papers/<paper>/``. A notebook-only helper
+        (an analysis module no training module imports) can change without retraining.
+        """
+        package = f"replicate.papers.{paper}"
+        targets = {t.rsplit(".", 1)[0] for name, cfg in self.figures.items() if name.startswith(paper + "/")
+                   for run_cfg in C.run_configs(cfg) for t in _targets(run_cfg.run)}
+        todo = [package] + [t for t in targets if t.startswith(package)]
+        seen: set[Path] = set()
+        while todo:
+            path = _module_file(todo.pop())
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            todo += _imports(path, package)
+        return sorted(str(p.relative_to(C.REPO_ROOT)) for p in seen)
+
+
+def _targets(node) -> list[str]:
+    """Every ``_target_`` string in a (resolved) config tree."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, ListConfig):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+def _module_file(module: str) -> Path | None:
+    base = C.REPO_ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(path: Path, package: str) -> list[str]:
+    """Modules of ``package`` that the file at ``path`` imports (absolute or relative imports);
+    an imported name may itself be a submodule, so both readings are listed."""
+    here = ".".join(path.relative_to(C.REPO_ROOT).with_suffix("").parts)
+    here_package = here.removesuffix(".__init__") if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = here_package.rsplit(".", node.level - 1)[0] if node.level > 1 else here_package
+                base = f"{parent}.{base}" if base else parent
+            found += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return [m for m in found if m == package or m.startswith(package + ".")]
 
 
 def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) -> Path:

@@ -114,3 +114,14 @@ def test_failed_notebook_leaves_no_figure_and_keeps_the_traceback(built):
         assert not list((built / "figures" / "gated_attention").glob(".loss.*"))  # no staging left
     finally:
         notebook.write_text(original)
+
+
+def test_train_jobs_depend_on_what_training_imports_not_on_notebook_helpers():
+    from replicate.pipeline import Plan
+
+    plan = Plan(hardware="cpu", scale="smoke")
+    code = plan.training_code("hypernet_mip")
+    assert "replicate/papers/hypernet_mip/module.py" in code  # the run's _target_
+    assert "replicate/papers/hypernet_mip/model.py" in code  # imported by module.py
+    assert "replicate/papers/hypernet_mip/analysis.py" not in code  # notebooks only
+    assert "replicate/papers/hypernet_mip/analysis.py" in plan.paper_code("hypernet_mip")  # figures: all
