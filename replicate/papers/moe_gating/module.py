@@ -1,0 +1,287 @@
+"""The MoE gating simulations as Lightning runs: one run = one (truth, gate, fitted k, init) setting,
+all its replicates x sample sizes fitted at once.
+
+* ``MoESimulation`` (LightningDataModule): the simulated data of every fit, a pure function of
+  the run seed (problem.py); each training "batch" is the whole data set (one EM iteration).
+* ``BatchedEM``: maximum likelihood by EM (em.py), one iteration per training step with manual
+  optimisation; the run stops early (``trainer.should_stop``) once every fit's observed
+  log-likelihood changes by less than ``em.tol`` per sample, else at ``trainer.max_steps``.
+* ``GradientMLE``: the same likelihood maximised by gradient steps (L-BFGS or Adam) over
+  unconstrained parameters (log var, log tau); it exists to cross-check EM (tests).
+
+Both log ``train_loss`` = negative observed log-likelihood per sample (mean over fits) and
+``val_loss`` = the per-sample log-likelihood gap truth - fit (mean over fits; a converged MLE
+makes it <= 0, a failed optimisation makes it > 0). ``probe_metrics`` records, per fit, the
+errors of metrics.py and both log-likelihoods, so a slow rate can be told from a failed fit.
+Everything is float64 and computed with autocast off (the gpu profile asks for bf16-mixed,
+which would ruin a likelihood); the gpu profile's ``torch.compile`` only wraps ``forward``,
+which these modules do not use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from replicate.papers.moe_gating import em, metrics
+from replicate.papers.moe_gating import model as M
+from replicate.papers.moe_gating.problem import DTYPE, Design, Truth, initialise, simulate
+
+
+# --------------------------------------------------------------------------- data
+class _Repeat(Dataset):
+    """The whole data set, ``length`` times (one item per EM iteration)."""
+
+    def __init__(self, data: dict, length: int):
+        self.data, self.length = data, max(0, length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data
+
+
+class _Loader(DataLoader):
+    """Stateful only so that Lightning knows a mid-epoch resume is exact: every item is the same."""
+
+    def state_dict(self) -> dict:
+        return {"seed": self.dataset.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict and state_dict != self.state_dict():
+            raise ValueError(f"checkpoint data {state_dict} differs from this run's {self.state_dict()}")
+
+
+class MoESimulation(L.LightningDataModule):
+    """Samples of every (replicate, n) from the true MoE ``truth`` (see problem.py).
+
+    Args (``run.data``): truth (Truth fields), n_grid, replicates, seed, max_steps."""
+
+    def __init__(self, truth: dict, n_grid: list[int], replicates: int, seed: int = 0,
+                 max_steps: int = 100):
+        super().__init__()
+        self.truth = Truth(**truth)
+        self.design = Design(list(n_grid), replicates, seed)
+        self.seed, self.max_steps = seed, max_steps
+        self.data: dict | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = simulate(self.truth, self.design)
+
+    @property
+    def provenance(self) -> dict:
+        self.setup()
+        digest = hashlib.sha256(self.data["x"].numpy().tobytes() + self.data["y"].numpy().tobytes())
+        return {"source": "simulated_moe", "n_grid": self.design.n_grid,
+                "replicates": self.design.replicates, "seed": self.seed,
+                "data_sha256": digest.hexdigest()}
+
+    def train_dataloader(self) -> DataLoader:
+        offset = int(self.trainer.global_step) if self.trainer is not None else 0
+        dataset = _Repeat(self.data, self.max_steps - offset)
+        dataset.seed = self.seed
+        return _Loader(dataset, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([self.data], batch_size=None)
+
+
+# --------------------------------------------------------------------------- shared
+class _MoEFit(L.LightningModule):
+    """What both estimators share: the setting, the losses they log and the probes."""
+
+    def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int,
+                 init: dict, hellinger: dict | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.truth = Truth(**truth)
+        self.gate = M.Gate(fitted["gate"], fitted.get("top_k"))
+        self.atoms = list(fitted["atoms"])
+        self.design = Design(list(n_grid), replicates, seed)
+        self.hellinger_grid = dict(hellinger or {})
+        self.register_buffer("sizes", self.design.sizes.to(DTYPE), persistent=False)
+        self._start = initialise(self.truth, self.atoms, self.design, init["scale"], init["rate"])
+
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def _unpack(self, batch):
+        if batch["x"].shape[0] != int(self.design.sizes.sum()):
+            raise ValueError(f"data hold {batch['x'].shape[0]} points, the module's design "
+                             f"{int(self.design.sizes.sum())}: run.module and run.data disagree on n_grid/replicates")
+        return batch["x"], batch["y"], batch["fit"], self.design.n_fits
+
+    def _truth_params(self) -> dict:
+        return {k: v.to(self.device) for k, v in self.truth.params(self.design.n_fits).items()}
+
+    def validation_step(self, batch, batch_idx):
+        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+            x, y, fit, b = self._unpack(batch)
+            fit_ll = M.loglik(self.gate, self.params(), x, y, fit, b)
+            true_ll = M.loglik(self.truth.spec, self._truth_params(), x, y, fit, b)
+            self.log("val_loss", ((true_ll - fit_ll) / self.sizes).mean(), prog_bar=True)
+
+    @torch.no_grad()
+    def probe_metrics(self, datamodule) -> dict:
+        """Per fit: replicate, n, log-likelihoods, errors (metrics.py) and the fitted parameters."""
+        datamodule.setup("fit")
+        data = {k: v.to(self.device) for k, v in datamodule.data.items()}
+        with torch.autocast(self.device.type, enabled=False):
+            return _probe(self, data)
+
+
+def _probe(module: _MoEFit, data: dict) -> dict:
+    p, truth, b = module.params(), module._truth_params(), module.design.n_fits
+    x, y, fit = data["x"], data["y"], data["fit"]
+    cells = metrics.assign_cells(p, truth)
+    per_fit = {
+        "replicate": [r for _, r, _ in module.design.fits()],
+        "n": [n for _, _, n in module.design.fits()],
+        "ll_fit": M.loglik(module.gate, p, x, y, fit, b),
+        "ll_truth": M.loglik(module.truth.spec, truth, x, y, fit, b),
+        "voronoi": metrics.voronoi_loss(p, truth, cells),
+        "hellinger": metrics.hellinger(module.gate, p, module.truth.spec, truth, **module.hellinger_grid),
+        **metrics.parameter_errors(p, truth, cells),
+    }
+    if module.gate.has_tau and len(module.atoms) == module.truth.k:
+        per_fit.update(metrics.temperature_errors(p, truth))
+    per_fit["cells"] = cells
+    per_fit["params"] = torch.stack([p[k] for k in ("w1", "w0", "a", "b", "var")], dim=-1)
+    per_fit["tau"] = p["tau"]
+    plain = {k: v.cpu().tolist() if torch.is_tensor(v) else v for k, v in per_fit.items()}
+    return {"per_fit": plain, "gate": module.gate.kind, "top_k": module.gate.top_k,
+            "atoms": module.atoms, "k_true": module.truth.k}
+
+
+# --------------------------------------------------------------------------- EM
+class BatchedEM(_MoEFit):
+    """EM for every fit of the run at once (em.py); one iteration per training step.
+
+    Args (``run.module``): truth, fitted {gate, top_k, atoms}, n_grid, replicates, seed (as the
+    data), init {scale, rate} (problem.initialise), em {tol, backtracks, ridge}, hellinger
+    {nx, ny} (metrics.hellinger)."""
+
+    def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int = 0,
+                 init: dict | None = None, em: dict | None = None, hellinger: dict | None = None):
+        super().__init__(truth, fitted, n_grid, replicates, seed, init or {"scale": 0.1, "rate": 0.0},
+                         hellinger)
+        options = dict(em or {})
+        self.tol = float(options.pop("tol", 1e-8))
+        self.options = _em_options(options)
+        for key, value in self._start.items():
+            self.register_buffer(key, value.clone())
+        self.register_buffer("ll_change", torch.full((self.design.n_fits,), float("inf"), dtype=DTYPE))
+        self.register_buffer("gate_step", torch.ones(self.design.n_fits, dtype=DTYPE))
+        self._cache: tuple | None = None  # (features, bounds) of the data, rebuilt after a resume
+        # Lightning counts steps by optimizer steps: a no-op optimizer on a frozen scalar makes
+        # one EM iteration one global step (max_steps, checkpoints and resume then work as usual)
+        self.step_counter = nn.Parameter(torch.zeros((), dtype=DTYPE), requires_grad=False)
+
+    def params(self) -> dict:
+        return {key: getattr(self, key) for key in M.PARAM_KEYS}
+
+    def converged(self) -> bool:
+        """Every fit's last log-likelihood change per sample is below ``tol``."""
+        return bool((self.ll_change.abs() < self.tol).all())
+
+    def on_train_start(self):
+        # a run resumed from the checkpoint of a converged run stops without iterating again
+        if self.converged():
+            self.trainer.should_stop = True
+
+    def training_step(self, batch, batch_idx):
+        with torch.autocast(self.device.type, enabled=False):
+            x, y, fit, b = self._unpack(batch)
+            if self._cache is None:
+                self._cache = em.expert_features(x, y), em.fit_bounds(fit, b)
+            features, bounds = self._cache
+            p, before, after, step = em.em_iteration(self.gate, self.params(), x, y, fit, b, self.options,
+                                                     self.gate_step, features, bounds)
+            for key in M.PARAM_KEYS:
+                getattr(self, key).copy_(p[key])
+            self.gate_step.copy_(step)
+            self.optimizers().step()
+            self.ll_change.copy_((after - before) / self.sizes)
+            if self.converged():
+                self.trainer.should_stop = True
+            loss = -(after / self.sizes).mean()
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.step_counter], lr=0.0)
+
+    @torch.no_grad()
+    def probe_metrics(self, datamodule) -> dict:
+        out = super().probe_metrics(datamodule)
+        change = self.ll_change.abs()
+        out["per_fit"]["ll_change"] = change.cpu().tolist()
+        out["converged_fraction"] = float((change < self.tol).double().mean())
+        out["tol"] = self.tol
+        return out
+
+
+def _em_options(options: dict) -> em.EMOptions:
+    unknown = set(options) - set(em.EMOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"em: unknown option(s) {sorted(unknown)}; known: tol, "
+                         f"{', '.join(em.EMOptions.__dataclass_fields__)}")
+    return em.EMOptions(**options)
+
+
+# --------------------------------------------------------------------------- gradient MLE
+class GradientMLE(_MoEFit):
+    """The same likelihood maximised by gradient steps on (w1, w0 of the first k-1 experts, a, b,
+    log var, log tau); started from the same initialisation as ``BatchedEM``.
+
+    Args: as ``BatchedEM`` plus optim {name: lbfgs | adam, lr}."""
+
+    OPTIMIZERS = ("lbfgs", "adam")
+
+    def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int = 0,
+                 init: dict | None = None, optim: dict | None = None, hellinger: dict | None = None):
+        super().__init__(truth, fitted, n_grid, replicates, seed, init or {"scale": 0.1, "rate": 0.0},
+                         hellinger)
+        self.optim = {"name": "lbfgs", "lr": 1.0, **(optim or {})}
+        if self.optim["name"] not in self.OPTIMIZERS:
+            raise ValueError(f"optim.name={self.optim['name']!r}; expected one of {self.OPTIMIZERS}")
+        s, k = self._start, len(self.atoms)
+        self.gate_w1 = nn.Parameter(s["w1"][:, : k - 1].clone())
+        self.gate_w0 = nn.Parameter(s["w0"][:, : k - 1].clone())
+        self.a = nn.Parameter(s["a"].clone())
+        self.b = nn.Parameter(s["b"].clone())
+        self.log_var = nn.Parameter(s["var"].log())
+        self.log_tau = nn.Parameter(s["tau"].log(), requires_grad=self.gate.has_tau)
+
+    def params(self) -> dict:
+        zero = self.gate_w1.new_zeros(self.gate_w1.shape[0], 1)
+        return {"w1": torch.cat([self.gate_w1, zero], 1), "w0": torch.cat([self.gate_w0, zero], 1),
+                "a": self.a, "b": self.b, "var": self.log_var.exp(), "tau": self.log_tau.exp()}
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y, fit, b = self._unpack(batch)
+
+        def closure():
+            opt.zero_grad()
+            with torch.autocast(self.device.type, enabled=False):
+                loss = -(M.loglik(self.gate, self.params(), x, y, fit, b) / self.sizes).mean()
+            self.manual_backward(loss)
+            return loss
+
+        loss = opt.step(closure=closure)
+        self.log("train_loss", loss.detach(), prog_bar=True)
+        return loss.detach()
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optim["name"] == "lbfgs":
+            return torch.optim.LBFGS(params, lr=self.optim["lr"], max_iter=50,
+                                     line_search_fn="strong_wolfe")
+        return torch.optim.Adam(params, lr=self.optim["lr"])

@@ -1,0 +1,266 @@
+"""MoE gating theory (Nguyen et al. ICLR 2024, ICML 2024): gates, sampling, EM, Voronoi losses,
+Hellinger distance, slopes, the Lightning modules and a resume."""
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from replicate import config as C
+from replicate.papers.moe_gating import em, metrics
+from replicate.papers.moe_gating import model as M
+from replicate.papers.moe_gating.module import BatchedEM, GradientMLE, MoESimulation
+from replicate.papers.moe_gating.problem import Design, Truth, initialise, simulate
+
+TOPK = dict(gate="topk", top_k=2, w1=[1.0, 4.0, 0.0], w0=[2.0, -2.0, 0.0], a=[-4.0, 4.0, 1.0],
+            b=[2.0, -2.5, -1.0], sigma=[0.3, 0.35, 0.35])
+DENSE = dict(gate="softmax", w1=[6.0, 0.0], w0=[-3.0, 0.0], a=[-2.0, 2.0], b=[1.0, -1.0], sigma=[0.3, 0.4])
+TEMPERATURE = dict(DENSE, gate="temperature", w1=[4.0, 0.0], w0=[-2.0, 0.0], tau=0.8)
+ACTIVATION = dict(TEMPERATURE, gate="activation", tau=0.25)
+
+
+def random_params(n_fits=3, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = {key: torch.randn(n_fits, k, generator=g, dtype=torch.float64) for key in ("w1", "w0", "a", "b")}
+    p["w1"][:, -1] = p["w0"][:, -1] = 0
+    p["var"] = torch.rand(n_fits, k, generator=g, dtype=torch.float64) + 0.1
+    p["tau"] = torch.rand(n_fits, generator=g, dtype=torch.float64) + 0.5
+    return p
+
+
+def points(n=50, n_fits=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n * n_fits, generator=g, dtype=torch.float64)
+    y = torch.randn(n * n_fits, generator=g, dtype=torch.float64)
+    return x, y, torch.arange(n_fits).repeat_interleave(n)
+
+
+def run_em(truth, design, atoms, iterations, rate=0.083, scale=0.1, fitted_gate=None):
+    data = simulate(truth, design)
+    p = initialise(truth, atoms, design, scale, rate)
+    gate = fitted_gate or truth.spec
+    lls, step = [], None
+    for _ in range(iterations):
+        p, before, after, step = em.em_iteration(gate, p, data["x"], data["y"], data["fit"], design.n_fits,
+                                                 first_step=step)
+        lls.append((before, after))
+    return p, data, lls
+
+
+# --------------------------------------------------------------------------- gates and density
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_topk_gate_sums_to_one_with_exactly_k_nonzeros(top_k):
+    p = random_params(k=4)
+    x, _, fit = points()
+    g = M.log_gates(M.Gate("topk", top_k), M.gate_logits(M.Gate("topk", top_k), p, x, fit)).exp()
+    torch.testing.assert_close(g.sum(-1), torch.ones_like(x))
+    assert ((g > 0).sum(-1) == top_k).all()
+    logits = M.gate_logits(M.Gate("softmax"), p, x, fit)
+    kept = logits.topk(top_k, -1).indices
+    torch.testing.assert_close(g.gather(1, kept), torch.softmax(logits.gather(1, kept), -1))
+
+
+def test_gate_logits_match_the_papers_formulas():
+    p = random_params(n_fits=1, k=2)
+    x = torch.tensor([0.3], dtype=torch.float64)
+    fit = torch.zeros(1, dtype=torch.long)
+    u = p["w1"][0, 0] * 0.3 + p["w0"][0, 0]
+    tau = p["tau"][0]
+    assert M.gate_logits(M.Gate("softmax"), p, x, fit)[0, 0] == pytest.approx(float(u))
+    assert M.gate_logits(M.Gate("temperature"), p, x, fit)[0, 0] == pytest.approx(float(u / tau))
+    assert M.gate_logits(M.Gate("activation"), p, x, fit)[0, 0] == pytest.approx(float(torch.tanh(u) / tau))
+    assert (M.gate_logits(M.Gate("activation"), p, x, fit)[:, -1] == 0).all()
+
+
+def test_temperature_likelihood_is_invariant_to_joint_scaling_and_activation_is_not():
+    p = random_params()
+    x, y, fit = points()
+    scaled = {**p, "w1": 3 * p["w1"], "w0": 3 * p["w0"], "tau": 3 * p["tau"]}
+    for kind, invariant in (("temperature", True), ("activation", False)):
+        gate = M.Gate(kind)
+        same = torch.allclose(M.loglik(gate, p, x, y, fit, 3), M.loglik(gate, scaled, x, y, fit, 3))
+        assert same == invariant
+    errors = metrics.temperature_errors(scaled, p)
+    assert (errors["gate_raw"] > 0.1).all()
+    torch.testing.assert_close(errors["gate_effective"], torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(errors["gate_identified"], torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "temperature", "activation"])
+def test_logit_jacobian_matches_autograd(kind):
+    gate = M.Gate(kind)
+    p = random_params(n_fits=1)
+    x, _, fit = points(n=5, n_fits=1)
+    theta = M.gate_vector(gate, p).requires_grad_(True)
+    auto = torch.autograd.functional.jacobian(
+        lambda t: M.gate_logits(gate, M.with_gate_vector(gate, p, t), x, fit)[:, :-1], theta)
+    torch.testing.assert_close(M.logit_jacobian(gate, p, x, fit), auto[:, :, 0, :])
+
+
+def test_sampled_data_follow_the_mixture():
+    truth = Truth(**DENSE)
+    data = simulate(truth, Design([40000], 1, seed=3))
+    x, y = data["x"], data["y"]
+    left, right = x < 0.1, x > 0.9  # gate ~ expert 1 on the left (logit -3 < 0), expert 0 on the right
+    g_left = torch.sigmoid(torch.tensor(6 * 0.05 - 3.0))
+    expected_left = g_left * (-2 * 0.05 + 1) + (1 - g_left) * (2 * 0.05 - 1)
+    assert float(y[left].mean()) == pytest.approx(float(expected_left), abs=0.05)
+    assert float(y[right].mean()) == pytest.approx(-2 * 0.95 + 1 + 0.0, abs=0.15)
+
+
+def test_bad_inputs_fail_with_one_line_errors():
+    with pytest.raises(ValueError, match="gate='noisy'"):
+        M.Gate("noisy")
+    with pytest.raises(ValueError, match="top_k"):
+        M.Gate("topk")
+    with pytest.raises(ValueError, match="last expert"):
+        Truth(**{**DENSE, "w1": [6.0, 1.0]})
+    with pytest.raises(ValueError, match="atoms"):
+        initialise(Truth(**TOPK), [0, 0, 1], Design([100], 1), 0.1, 0.0)
+    with pytest.raises(ValueError, match="window"):
+        metrics.loglog_slope([10, 100], np.ones((3, 2)), window=(1000, 2000))
+
+
+# --------------------------------------------------------------------------- EM
+def test_em_never_lowers_the_likelihood_and_recovers_a_dense_moe():
+    truth = Truth(**DENSE)
+    design = Design([10000], 1, seed=1)
+    p, _, lls = run_em(truth, design, [0, 1], 30, rate=0.0, scale=0.3)
+    for before, after in lls:
+        assert (after >= before - 1e-7).all()
+    true = truth.params(1)
+    for key, tol in (("a", 0.05), ("b", 0.03), ("var", 0.01), ("w1", 0.6), ("w0", 0.3)):
+        torch.testing.assert_close(p[key], true[key], atol=tol, rtol=0)
+
+
+def test_em_recovers_a_topk_moe_and_beats_the_truths_likelihood():
+    truth = Truth(**TOPK)
+    design = Design([10000], 1, seed=2)
+    p, data, _ = run_em(truth, design, [0, 1, 2], 20)
+    true = truth.params(1)  # expert 2 carries ~10% weight on half the inputs: ~500 effective points
+    for key, tol in (("a", 0.3), ("b", 0.15), ("var", 0.03)):
+        torch.testing.assert_close(p[key], true[key], atol=tol, rtol=0)
+    ll_fit = M.loglik(truth.spec, p, data["x"], data["y"], data["fit"], 1)
+    ll_true = M.loglik(truth.spec, true, data["x"], data["y"], data["fit"], 1)
+    assert float(ll_fit) >= float(ll_true)
+
+
+def test_batched_em_equals_fitting_each_fit_alone():
+    truth = Truth(**TOPK)
+    design = Design([300, 600], 2, seed=4)
+    batched, _, _ = run_em(truth, design, [0, 1, 2], 5)
+    data = simulate(truth, design)
+    start = initialise(truth, [0, 1, 2], design, 0.1, 0.083)
+    for fid in range(design.n_fits):
+        rows = data["fit"] == fid
+        p = {k: v[fid: fid + 1] for k, v in start.items()}
+        step = None
+        for _ in range(5):
+            p, _, _, step = em.em_iteration(truth.spec, p, data["x"][rows], data["y"][rows],
+                                            torch.zeros(int(rows.sum()), dtype=torch.long), 1, first_step=step)
+        for key in M.PARAM_KEYS:
+            torch.testing.assert_close(p[key][0], batched[key][fid])
+
+
+# --------------------------------------------------------------------------- losses and slopes
+def test_voronoi_loss_is_zero_at_the_truth_and_invariant_to_permuting_atoms():
+    truth = Truth(**TOPK).params(2)
+    cells = metrics.assign_cells(truth, truth)
+    assert torch.equal(metrics.voronoi_loss(truth, truth, cells), torch.zeros(2, dtype=torch.float64))
+    fitted = {k: v + 0.05 * torch.randn_like(v) if v.dim() == 2 else v for k, v in truth.items()}
+    loss = metrics.voronoi_loss(fitted, truth, metrics.assign_cells(fitted, truth))
+    perm = torch.tensor([2, 0, 1])
+    permuted = {k: v[:, perm] if v.dim() == 2 else v for k, v in fitted.items()}
+    torch.testing.assert_close(metrics.voronoi_loss(permuted, truth, metrics.assign_cells(permuted, truth)), loss)
+    assert (loss > 0).all()
+
+
+def test_voronoi_d2_uses_rbar_powers_in_a_cell_of_two_atoms():
+    truth = Truth(**TOPK).params(1)
+    split = {k: v[:, [0, 0, 1, 2]].clone() if v.dim() == 2 else v for k, v in truth.items()}
+    split["w0"][:, :2] -= math.log(2)
+    split["w1"][:, 0] += 0.1  # one atom of the split cell off by 0.1 in its gate slope
+    cells = metrics.assign_cells(split, truth)
+    assert cells.tolist() == [[0, 0, 1, 2]]
+    expected = math.exp(2.0 - math.log(2)) * 0.1 ** 4  # weight exp(w0) times |dw1|^rbar(2)
+    assert float(metrics.voronoi_loss(split, truth, cells)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_hellinger_matches_the_closed_form_for_two_gaussians():
+    one = dict(w1=torch.zeros(1, 1), w0=torch.zeros(1, 1), a=torch.zeros(1, 1), b=torch.zeros(1, 1),
+               var=torch.full((1, 1), 0.25), tau=torch.ones(1))
+    one = {k: v.double() for k, v in one.items()}
+    shifted = {**one, "b": one["b"] + 0.3}
+    gate = M.Gate("softmax")
+    expected = math.sqrt(1 - math.exp(-0.3 ** 2 / (8 * 0.25)))
+    assert float(metrics.hellinger(gate, shifted, gate, one, nx=8, ny=400)) == pytest.approx(expected, rel=1e-6)
+    assert float(metrics.hellinger(gate, one, gate, one, nx=8, ny=400)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_loglog_slope_recovers_a_power_law_exponent():
+    rng = np.random.default_rng(0)
+    n = np.geomspace(1e3, 1e5, 7)
+    errors = 3.0 * n ** -0.5 * np.exp(0.05 * rng.standard_normal((20, 7)))
+    slope, lower, upper, intercept = metrics.loglog_slope(n, errors, n_boot=500)
+    assert slope == pytest.approx(-0.5, abs=0.03)
+    assert lower < slope < upper and upper - lower < 0.1
+    assert math.exp(intercept) == pytest.approx(3.0, rel=0.1)
+
+
+# --------------------------------------------------------------------------- Lightning
+def fit_module(module, data, steps):
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    return module
+
+
+def test_gradient_mle_and_em_agree_on_a_small_case():
+    setting = dict(truth=DENSE, fitted={"gate": "softmax", "atoms": [0, 1]}, n_grid=[3000],
+                   replicates=1, seed=5, init={"scale": 0.1, "rate": 0.0})
+    data = MoESimulation(DENSE, [3000], 1, seed=5, max_steps=200)
+    em_fit = fit_module(BatchedEM(**setting, em={"tol": 1e-12}), data, 200)
+    data = MoESimulation(DENSE, [3000], 1, seed=5, max_steps=20)
+    grad_fit = fit_module(GradientMLE(**setting, optim={"name": "lbfgs", "lr": 1.0}), data, 20)
+    p, q = em_fit.params(), grad_fit.params()
+    for key in ("w1", "w0", "a", "b", "var"):
+        torch.testing.assert_close(p[key].detach(), q[key].detach(), atol=2e-3, rtol=1e-3)
+
+
+def test_em_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
+    from replicate.train import fit
+
+    cfg = C.compose("moe_gating/topk_exact", "cpu", "smoke")
+    base = OmegaConf.to_container(C.run_config(cfg, 0))
+    base["run"]["module"]["em"]["tol"] = 0.0  # never stop early
+
+    def run(steps, directory):
+        c = OmegaConf.create(base)
+        c.run.trainer.max_steps = c.run.data.max_steps = steps
+        c.run.trainer.val_check_interval = 2
+        return fit(c, directory)
+
+    whole = run(6, tmp_path / "whole")
+    run(4, tmp_path / "resumed")
+    resumed = run(6, tmp_path / "resumed")
+    assert whole["steps"] == resumed["steps"] == 6
+    assert whole["probes"]["per_fit"]["ll_fit"] == resumed["probes"]["per_fit"]["ll_fit"]
+    assert whole["final_val_loss"] == resumed["final_val_loss"]
+
+
+def test_a_converged_run_resumed_from_its_checkpoint_does_not_iterate_again(tmp_path):
+    from replicate.train import fit
+
+    cfg = C.compose("moe_gating/temperature_vs_activation", "cpu", "smoke")
+    c = OmegaConf.create(OmegaConf.to_container(C.run_config(cfg, 0)))
+    c.run.module.em.tol = 1e-3  # converges within a few iterations
+    c.run.trainer.max_steps = c.run.data.max_steps = 50
+    first = fit(c, tmp_path)
+    again = fit(c, tmp_path)
+    assert first["steps"] < 50
+    assert again["steps"] == first["steps"]
+    assert again["probes"]["per_fit"]["ll_fit"] == first["probes"]["per_fit"]["ll_fit"]
