@@ -151,6 +151,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def attempt_name(logs: Path) -> str:
+    """The CSV log folder of this attempt: ``attempt_1``, then ``attempt_2`` after a resume
+    (a resumed run keeps the earlier attempt's log instead of overwriting it)."""
+    return f"attempt_{len(list(logs.glob('attempt_*'))) + 1}"
+
+
 def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
                   checkpoint: CheckpointAfterValidation) -> L.Trainer:
     t = run_cfg.run.trainer
@@ -166,7 +172,7 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
         log_every_n_steps=t.log_every_n_steps,
         callbacks=[recorder, checkpoint, progress_callback(t.max_steps)],
         enable_progress_bar=sys.stderr.isatty(),  # else LogProgress writes plain lines
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=CSVLogger(run_dir, name="logs", version=attempt_name(run_dir / "logs")),
         default_root_dir=run_dir,
         enable_checkpointing=False,  # CheckpointAfterValidation does it
         enable_model_summary=False,

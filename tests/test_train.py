@@ -63,6 +63,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     resumed = subprocess.run([*args, f"out={out}"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr and "checkpoints/last.ckpt" in resumed.stderr
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["attempt_1", "attempt_2"]  # both logs kept
     a = runs.read_metrics(next((tmp_path / "ref").glob("runs/*/*")))
     b = runs.read_metrics(run_dir)
     assert b["steps"] == 80
