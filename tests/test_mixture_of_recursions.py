@@ -12,7 +12,7 @@ from replicate.nn.transformer import BOS, CausalLM, LMConfig
 from replicate.papers.mixture_of_recursions.decode import generate, teacher_forced_logits
 from replicate.papers.mixture_of_recursions.flops import (active_counts, block_forward_flops,
                                                           forward_flops, train_flops_per_step)
-from replicate.papers.mixture_of_recursions.model import (MoRConfig, RecursiveLM, aux_bce,
+from replicate.papers.mixture_of_recursions.model import (MoRConfig, RecursiveLM, Routing, aux_bce,
                                                           balancing_loss, block_forward_kv,
                                                           lm_config_for, topk_mask)
 
@@ -109,6 +109,32 @@ def test_expert_choice_update_is_h_plus_weighted_block_output():
     torch.testing.assert_close(out[:, ~active[0]], h[:, ~active[0]])
 
 
+def test_fixed_gate_updates_every_token_by_h_plus_w_f_h():
+    """recursive_gated: every token, every recursion, h <- h + 0.05 f(h). With the middle blocks'
+    output projections zeroed, f(h) = h, so N_r recursions scale h by exactly 1.05^N_r."""
+    m, x = model("recursive_gated", 2), tokens()
+    assert m.mor.fixed_gate() == 0.05 and not hasattr(m, "routers")
+    for block in m.middle:
+        torch.nn.init.zeros_(block.attn.o_proj.weight)
+        torch.nn.init.zeros_(block.mlp.down.weight)
+    h, routing = m.first(m.base.embed(x)), Routing()
+    torch.testing.assert_close(m._recursions(h, "topk", routing), 1.05 ** 2 * h)
+    assert routing.depth().eq(2).all()  # no token dropped
+
+
+def test_fixed_gate_matches_an_unrolled_gated_recursion():
+    m, x = model("recursive_gated", 3), tokens()
+    h = m.first(m.base.embed(x))
+    for _ in range(3):
+        f = h
+        for block in m.middle:
+            f = block(f)
+        h = h + 0.05 * f
+    expected = m.base.lm_head(m.base.norm_f(m.last(h)))
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m(x, rule="threshold"), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_gathered_and_masked_paths_agree():
     m = model("mor_ec", 2)
     h = torch.randn(2, 8, 32)
@@ -174,7 +200,7 @@ def test_topk_rule_reads_future_tokens():
     assert not torch.equal(dx[:, :9], dy[:, :9])
 
 
-@pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("recursive", 3, {}), ("mor_ec", 2, {}),
+@pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("recursive", 3, {}), ("recursive_gated", 2, {}), ("mor_ec", 2, {}),
                                                ("mor_ec", 3, {"kv_share": True}), ("mor_tc", 3, {})])
 def test_kv_cached_decoding_reproduces_the_causal_forward(variant, n_rec, kw):
     m = model(variant, n_rec, **kw)

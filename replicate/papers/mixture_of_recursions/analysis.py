@@ -14,7 +14,8 @@ BUDGET_TOLERANCE = 0.05  # a run belongs to a budget when its FLOPs are within 5
 def model_label(variant: str, n_rec: int, kv_share: bool = False) -> str:
     if variant == "vanilla":
         return "vanilla"
-    name = {"recursive": "recursive", "mor_ec": "MoR-EC", "mor_tc": "MoR-TC"}[variant]
+    name = {"recursive": "recursive", "recursive_gated": "recursive fixed-gate", "mor_ec": "MoR-EC",
+            "mor_tc": "MoR-TC"}[variant]
     return f"{name} N_r={n_rec}" + (" +KV share" if kv_share else "")
 
 

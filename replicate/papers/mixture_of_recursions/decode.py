@@ -104,6 +104,8 @@ class Decoder:
                     active = active & (logits > 0)
             elif tc is not None:
                 active, weight = tc[0][:, 0] > r, tc[1][:, 0]
+            elif m.mor.fixed_gate() is not None:
+                weight = torch.full((h.shape[0],), m.mor.fixed_gate(), dtype=h.dtype, device=h.device)
             rows = active.nonzero()[:, 0]
             depth += active.long()
             if len(rows) == 0:

@@ -14,8 +14,9 @@ per sequence of T tokens, only for the tokens active at each block application:
   token-choice; the output head ``2 T d V``; embeddings and norms are not counted.
 
 Active tokens per recursion: expert-choice keeps ``max(1, floor(c_r T))``; token-choice is
-counted at the balanced split its balancing loss aims for (the same counts); the plain
-recursive model runs every token ``N_r`` times.
+counted at the balanced split its balancing loss aims for (the same counts); the recursive
+models (plain and fixed-gate) run every token ``N_r`` times (the gate's elementwise scaling is
+not counted, like norms).
 """
 
 from __future__ import annotations

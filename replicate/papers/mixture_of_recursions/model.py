@@ -1,13 +1,22 @@
 """Recursive LMs with per-token depth: Mixture-of-Recursions (Bae et al. 2025, arXiv 2507.10524).
 
 Built on the shared ``replicate.nn.transformer`` blocks (``Block.forward(x, positions, attn_mask)``
-and ``causal_mask``). One class, ``RecursiveLM``, covers the four models the paper compares:
+and ``causal_mask``). One class, ``RecursiveLM``, covers the four models the paper compares
+and one ablation of ours:
 
 ``vanilla``    ``n_layer`` unique blocks (the shared LM's layout).
 ``recursive``  Middle-Cycle sharing (Sec. 2.1): the first and the last block are unique, the
                ``(n_layer - 2) / n_rec`` middle blocks form one group ``f`` that is applied
                ``n_rec`` times, ``h <- f(h)`` (the same Block objects, norms included, so the
                tensors are shared and their gradients accumulate over recursions).
+``recursive_gated``  ablation, not in the paper: the recursive model with MoR-EC's update form
+               and no router. Every token takes every recursion as ``h <- h + w f(h)`` with a
+               FIXED gate ``w = alpha * sigmoid(0) = alpha / 2`` (0.05 at alpha = 0.1: the
+               expert-choice router's score at initialisation, when its logits are ~0), so a
+               recursion scales ``h`` by ``1 + w`` and the block group's change ``Delta`` by
+               ``w``. It separates the effect of that small residual-branch scale from the
+               effect of routing (same unique parameters and FLOPs as ``recursive``). A variant
+               rather than a new config key, so that no existing run's resolved config changes.
 ``mor_ec``     Middle-Cycle + expert-choice routing (Sec. 2.2.1): one router per recursion step
                r = 0..n_rec-1, ``Linear(d -> 1)`` without bias, init N(0, 0.02), score
                ``w = alpha * sigmoid(logit)`` with alpha = 0.1. Step r keeps the top
@@ -49,7 +58,7 @@ Two execution paths give the same numbers (a test checks it): ``gather`` (exactl
 row: the selected tokens are gathered, run with their own positions and ``causal_mask``, and
 scattered back, as the official code) used for top-k; and ``masked`` (any per-token active set:
 the group runs on the whole sequence with keys restricted to active tokens and only active
-tokens updated) used by the threshold rule, token-choice and KV sharing.
+tokens updated) used by the threshold rule, token-choice, KV sharing and the unrouted models.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ from torch import nn
 
 from replicate.nn.transformer import Block, CausalLM, LMConfig, apply_rope, causal_mask, rope_angles
 
-VARIANTS = ("vanilla", "recursive", "mor_ec", "mor_tc")
+VARIANTS = ("vanilla", "recursive", "recursive_gated", "mor_ec", "mor_tc")
 RULES = ("topk", "threshold")
 
 
@@ -72,7 +81,8 @@ class MoRConfig:
 
     variant       one of VARIANTS
     n_rec         N_r, number of recursions of the middle group (ignored by vanilla)
-    alpha         expert-choice router scale (0.1 in the paper's configs)
+    alpha         expert-choice router scale (0.1 in the paper's configs); recursive_gated's
+                  fixed gate is alpha * sigmoid(0) = alpha / 2
     kv_share      recursive KV sharing: recursions r >= 1 reuse recursion 0's K/V
     aux_coef      expert-choice BCE auxiliary loss coefficient (0.001)
     balance_coef  token-choice balancing loss coefficient (0.1)
@@ -94,6 +104,10 @@ class MoRConfig:
             raise ValueError(f"model.n_rec={self.n_rec} must be >= 1")
         if self.kv_share and self.variant == "vanilla":
             raise ValueError("model.kv_share needs a recursive variant, not vanilla")
+
+    def fixed_gate(self) -> float | None:
+        """recursive_gated's gate w = alpha * sigmoid(0) (None for every other variant)."""
+        return self.alpha * 0.5 if self.variant == "recursive_gated" else None
 
     def capacities(self) -> list[float]:
         """Expert-choice capacity of each recursion step: (N_r - r) / N_r."""
@@ -220,6 +234,8 @@ class RecursiveLM(nn.Module):
             elif tc is not None:
                 depth, gate = tc
                 active, weight = depth > r, gate
+            elif self.mor.fixed_gate() is not None:
+                weight = torch.full((B, T), self.mor.fixed_gate(), dtype=h.dtype, device=h.device)
             routing.active.append(active)
             kv = shared_kv if (self.mor.kv_share and r > 0) else None
             if self.mor.variant == "mor_ec" and rule == "topk" and not self.mor.kv_share:
