@@ -159,8 +159,8 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
     if unknown:
         raise ConfigError(f"{path}: unknown scale block(s) {sorted(unknown)} under 'scales'")
     block = dict(scale_blocks.get(scale) or {})
-    if isinstance(block.get("sweep"), list) or isinstance(fig.get("sweep"), list):
-        fig["sweep"] = block.pop("sweep", fig.get("sweep"))  # a list of grids replaces, never merges
+    if "sweep" in block and (isinstance(block["sweep"], list) or isinstance(fig.get("sweep"), list)):
+        fig["sweep"] = block.pop("sweep")  # a list of grids replaces the sweep, never merges
     fig = OmegaConf.merge(fig, block)
     _reapply_figure_overrides(fig, overrides)  # command-line values beat the scale block
     fig.paper, fig.name = paper, name

@@ -33,8 +33,10 @@ class Plan:
         self.hardware = C.resolve_hardware_name(self.hardware)
         self.hw = C.load_hardware(self.hardware)
         self.figures = {f: C.compose(f, self.hardware, self.scale) for f in C.list_figures()}
-        self._needs = {name: [self.run_path(run_cfg) for run_cfg in C.run_configs(cfg)]
-                       for name, cfg in self.figures.items()}
+        self._run_cfgs = {name: C.run_configs(cfg) for name, cfg in self.figures.items()}
+        self._needs = {name: [self.run_path(run_cfg) for run_cfg in run_cfgs]
+                       for name, run_cfgs in self._run_cfgs.items()}
+        self._training_code: dict[str, list[str]] = {}
 
     def path(self, *parts: str) -> str:
         """A path under ``out`` spelled the way a user types it (no leading ``./``)."""
@@ -66,18 +68,25 @@ class Plan:
         imports (statically) inside ``replicate/papers/<paper>/``. A notebook-only helper
         (an analysis module no training module imports) can change without retraining.
         """
-        package = f"replicate.papers.{paper}"
-        targets = {t.rsplit(".", 1)[0] for name, cfg in self.figures.items() if name.startswith(paper + "/")
-                   for run_cfg in C.run_configs(cfg) for t in _targets(run_cfg.run)}
-        todo = [package] + [t for t in targets if t.startswith(package)]
-        seen: set[Path] = set()
-        while todo:
-            path = _module_file(todo.pop())
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            todo += _imports(path, package)
-        return sorted(str(p.relative_to(C.REPO_ROOT)) for p in seen)
+        if paper not in self._training_code:
+            package = f"replicate.papers.{paper}"
+            targets = {t.rsplit(".", 1)[0] for name, run_cfgs in self._run_cfgs.items()
+                       if name.startswith(paper + "/") for run_cfg in run_cfgs for t in _targets(run_cfg.run)}
+            self._training_code[paper] = _import_closure([package, *targets], package)
+        return self._training_code[paper]
+
+
+def _import_closure(modules: list[str], package: str) -> list[str]:
+    """The files of ``package`` that ``modules`` import, directly or through each other."""
+    todo = [m for m in modules if m == package or m.startswith(package + ".")]
+    seen: set[Path] = set()
+    while todo:
+        path = _module_file(todo.pop())
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo += _imports(path, package)
+    return sorted(str(p.relative_to(C.REPO_ROOT)) for p in seen)
 
 
 def _targets(node) -> list[str]:

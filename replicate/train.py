@@ -125,7 +125,9 @@ class LogProgress(Callback):
     def __init__(self, max_steps: int):
         self.every = max(1, max_steps // 10)
         self.max_steps = max_steps
-        self.started = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self.first_step, self.started = trainer.global_step, time.perf_counter()  # after a resume too
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -133,16 +135,16 @@ class LogProgress(Callback):
             return
         losses = "  ".join(f"{k} {float(v):.4f}" for k, v in trainer.callback_metrics.items()
                            if k in ("train_loss", "val_loss"))
-        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        rate = (step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         print(f"step {step:>6}/{self.max_steps} ({100 * step // self.max_steps:3d}%)  {losses}  "
               f"{rate:.1f} steps/s", file=sys.stderr, flush=True)
 
 
-def progress_callback(max_steps: int) -> Callback:
-    """A live bar in a terminal, plain lines in a job's log."""
+def progress_callback(trainer_cfg: DictConfig) -> Callback:
+    """A live bar in a terminal (refreshed every ``log_every_n_steps``), plain lines in a job's log."""
     if sys.stderr.isatty():
-        return TrainProgress(refresh_rate=1)
-    return LogProgress(max_steps)
+        return TrainProgress(refresh_rate=max(1, trainer_cfg.log_every_n_steps))
+    return LogProgress(trainer_cfg.max_steps)
 
 
 def quiet_lightning() -> None:
@@ -170,7 +172,7 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, recorder: RunRecorder,
         num_sanity_val_steps=0,
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps,
-        callbacks=[recorder, checkpoint, progress_callback(t.max_steps)],
+        callbacks=[recorder, checkpoint, progress_callback(t)],
         enable_progress_bar=sys.stderr.isatty(),  # else LogProgress writes plain lines
         logger=CSVLogger(run_dir, name="logs", version=attempt_name(run_dir / "logs")),
         default_root_dir=run_dir,
@@ -192,11 +194,10 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     last.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = CheckpointAfterValidation(last)
     trainer = build_trainer(run_cfg, run_dir, recorder, checkpoint)
-    resume = f", resuming from {last}" if last.is_file() else ""
-    print(f"training {run_cfg.run.trainer.max_steps} steps on {hw.accelerator} ({hw.precision}){resume}",
-          file=sys.stderr, flush=True)
-    trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule,
-                ckpt_path=last if last.is_file() else None)
+    resume_from = last if last.is_file() else None
+    print(f"training {run_cfg.run.trainer.max_steps} steps on {hw.accelerator} ({hw.precision})"
+          + (f", resuming from {resume_from}" if resume_from else ""), file=sys.stderr, flush=True)
+    trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule, ckpt_path=resume_from)
     checkpoint.save(trainer)
     return _metrics(recorder, module, datamodule, trainer)
 
