@@ -59,12 +59,18 @@ class ScaleSchema:
 
 @dataclass
 class ClaimSchema:
+    """One claim a figure checks (rules and kinds: replicate/claims.py)."""
+
     id: str
+    kind: str  # paper (counted) | control (our ablation; names `qualifies`) | sanity (by construction)
     statement: str
     paper_value: str
     measured: str  # name of the measurement the figure's notebook reports
-    replicated: str  # verdict rule, e.g. ">= 3" or "in [-0.65, -0.35]" (replicate/claims.py)
+    replicated: str  # verdict rule, e.g. ">= 3" or "in [-0.65, -0.35]", applied to the interval
     partial: Optional[str] = None
+    source: str = ""  # where the paper makes the claim (section, table, figure, equation)
+    qualifies: Optional[str] = None  # control claims: the id of the paper claim they bear on
+    requires: dict[str, str] = field(default_factory=dict)  # preconditions: measurement -> rule
 
 
 @dataclass
@@ -176,6 +182,7 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
         key = getattr(err, "full_key", "") or "?"
         raise ConfigError(f"{path}: bad value at '{key}': {_first_line(err)}") from None
     _check_sweep(cfg.figure, path)
+    _check_claims(cfg.figure, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -202,6 +209,15 @@ def _check_sweep(fig: DictConfig, path: Path) -> None:
                 raise ConfigError(f"{path}: sweep key '{key}' is not a key of 'run'")
             if not isinstance(values, list) or len(values) == 0:
                 raise ConfigError(f"{path}: sweep key '{key}' needs a non-empty list of values")
+
+
+def _check_claims(fig: DictConfig, path: Path) -> None:
+    from replicate.claims import validate_specs
+
+    try:
+        validate_specs(OmegaConf.to_container(fig.claims), where=str(path))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _first_line(err: Exception) -> str:

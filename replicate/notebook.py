@@ -4,7 +4,10 @@
     fig.setup_markdown()           # the regime, the scale, the sweep, as prose for the reader
     runs = fig.runs()              # one row per sweep point (trains missing ones only when allowed)
     fig.save(matplotlib_figure)    # <figure_dir>/<name>.png and .pdf
-    fig.report({"sink_ratio_headwise": 5.1, ...})   # verdicts from the config's rules -> .json
+    fig.report({"sink_ratio_headwise": claims.ratio_of_means(...), ...})  # verdicts -> .json
+
+Measurements are plain numbers or :class:`replicate.claims.Estimate` (a value with its interval
+over seeds or other independent units); every verdict is computed by ``replicate.claims``.
 
 Under the pipeline the notebook is executed by ``python -m replicate notebook`` with the
 parameters of the Snakemake job; opened in JupyterLab it runs with its default parameters
@@ -69,7 +72,8 @@ class FigureContext:
         return plotting.save(fig, self.figure_dir / f"{self.figure.name}.png")
 
     def report(self, measurements: Mapping[str, Any]) -> pd.DataFrame:
-        """Judge every claim of the figure and write ``<name>.json``; returns the claims table."""
+        """Judge every claim of the figure and write ``<name>.json``; returns the claims table
+        (kind, measured, interval, n, verdict and the reason for it)."""
         specs = OmegaConf.to_container(self.figure.claims)
         judged = claims_lib.evaluate(specs, measurements)
         runs_wall = float(self._runs["wall_seconds"].sum()) if self._runs is not None and len(self._runs) else 0.0
@@ -81,12 +85,13 @@ class FigureContext:
             "wall_seconds": round(runs_wall + notebook_wall, 2),
             "runs_wall_seconds": round(runs_wall, 2), "notebook_wall_seconds": round(notebook_wall, 2),
             "config_sha256": C.config_sha256(self.cfg),
+            "environment": environment(),
             "data": self._data_provenance(),
-            "measurements": {k: _plain(v) for k, v in measurements.items()},
+            "measurements": dict(measurements),
             "claims": [c.to_dict() for c in judged],
         }
         runs_lib.write_json_atomic(self.figure_dir / f"{self.figure.name}.json", payload)
-        return pd.DataFrame([c.to_dict() for c in judged]).set_index("id")
+        return claims_table(judged)
 
     def _data_provenance(self) -> dict:
         if self._runs is None or "data" not in self._runs or not len(self._runs):
@@ -106,5 +111,40 @@ def git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+def claims_table(judged: list[claims_lib.Claim]) -> pd.DataFrame:
+    """The judged claims as a table a reader scans: what, how much, how sure, which verdict, why."""
+    rows = [{"id": c.id, "kind": c.kind + (f" → {c.qualifies}" if c.qualifies else ""),
+             "measured": c.measured, "interval": _interval_text(c.interval), "n": c.n,
+             "paper": c.paper_value, "rule": c.criterion, "verdict": c.verdict, "reason": c.reason}
+            for c in judged]
+    return pd.DataFrame(rows).set_index("id")
+
+
+def _interval_text(interval) -> str:
+    return "—" if interval is None else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def environment() -> dict[str, Any]:
+    """What made the numbers: Python, torch and Lightning versions, CPU, threads, GPU if any."""
+    import os
+    import platform
+
+    import torch
+
+    try:
+        import lightning
+        lightning_version = lightning.__version__
+    except ImportError:
+        lightning_version = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "lightning": lightning_version, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -71,6 +71,9 @@ figcaption p { margin: 0; }
 .missing { color: var(--not); font-weight: 600; padding: 24px; text-align: center; border: 1px dashed var(--not); }
 td.measured { font-weight: 600; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.rule { color: var(--muted); font-size: 13px; }
+tr.control td { background: #fbfcfd; font-size: 13.5px; } tr.control td:first-child { padding-left: 26px; }
+.reason { color: var(--muted); font-size: 12.5px; margin-top: 3px; }
+table.sanity { margin-top: 10px; font-size: 13px; }
 footer { color: var(--muted); font-size: 13px; padding-top: 24px; padding-bottom: 40px; }
 """
 
@@ -111,10 +114,12 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
            "seconds, numbers mean nothing; <code>default</code>: a laptop; <code>full</code>: one "
            "GPU). <b>Stale</b> marks a figure whose paper code, notebook or config changed after it "
            'was made. The same table as Markdown: <a href="SCORECARD.md">SCORECARD.md</a>.</p>',
-           f'<div class="totals" id="totals"><div class="total"><b>{n_claims}</b>claims in '
+           f'<div class="totals" id="totals"><div class="total"><b>{n_claims}</b>paper claims in '
            f"{len(entries)} figures</div>"]
     out += [f'<div class="total v-{v}"><b>{total[v]}</b>{LABEL[v]}</div>' for v in VERDICTS]
-    out += [f'<div class="total stale"><b>{total["stale"]}</b>stale</div>', "</div>"]
+    out += [f'<div class="total stale"><b>{total["stale"]}</b>stale</div>',
+            f'<div class="total"><b>{total["control"]}</b>controls (not counted)</div>',
+            f'<div class="total"><b>{total["sanity"]}</b>sanity checks (not counted)</div>', "</div>"]
     if not entries:
         out += ['<p class="missing">No figures yet: run <code>snakemake all --cores all</code>.</p>']
     else:
@@ -132,7 +137,7 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
         for paper, group in grouped.items():
             for e in group:
                 dots = "".join(f'<span class="dot v-{c["verdict"]}" title="{_e(c.get("id", ""))}: '
-                               f'{LABEL[c["verdict"]]}"></span>' for c in e.claims)
+                               f'{LABEL[c["verdict"]]}"></span>' for c in S.kind_claims(e))
                 out.append(f'<li><a href="#{_e(_anchor(e))}">{_e(e.key)}</a>'
                            f'<span class="dots">{dots}</span>{" ⚠" if e.stale else ""}</li>')
         out.append("</ul></nav>")
@@ -178,15 +183,29 @@ def _figure(e: S.Entry, page_dir: Path) -> str:
     caption = "".join(f"<p>{_inline(p)}</p>" for p in e.regime.split("\n\n") if p.strip())
     parts.append(f"<figure>{img}" + (f"<figcaption>{caption}</figcaption>" if caption else "") + "</figure>")
     parts.append('<table class="claims"><thead><tr><th>claim</th><th>paper</th><th>measured</th>'
-                 "<th>rule</th><th>verdict</th></tr></thead><tbody>")
-    for c in e.claims:
-        stale = ' <span class="badge stale">stale</span>' if e.stale else ""
-        parts.append(f'<tr id="{_e(_anchor(e))}-{_e(c.get("id", ""))}"><td><code>{_e(c.get("id", ""))}</code> '
+                 "<th>interval (n)</th><th>rule</th><th>verdict</th></tr></thead><tbody>")
+    stale = ' <span class="badge stale">stale</span>' if e.stale else ""
+    for c, control in S.ordered_claims(e):
+        label, row_class = ("control ", ' class="control"') if control else ("", "")
+        parts.append(f'<tr id="{_e(_anchor(e))}-{_e(c.get("id", ""))}"{row_class}>'
+                     f'<td>{"↳ " if control else ""}<code>{_e(c.get("id", ""))}</code> {label}'
                      f'{_e(c.get("statement", ""))}</td><td>{_e(c.get("paper_value", ""))}</td>'
                      f'<td class="measured">{_e(S.fmt(c.get("measured")))}</td>'
+                     f'<td class="measured">{_e(S.interval_text(c))}</td>'
                      f'<td class="rule">{_e(c.get("criterion", ""))}</td>'
-                     f'<td>{_badge(c["verdict"])}{stale}</td></tr>')
-    parts += ["</tbody></table>", "</article>"]
+                     f'<td>{_badge(c["verdict"])}{stale}<div class="reason">{_e(c.get("reason", ""))}</div></td></tr>')
+    parts.append("</tbody></table>")
+    sanity = S.kind_claims(e, "sanity")
+    if sanity:
+        parts.append('<table class="claims sanity"><thead><tr><th>sanity check (not counted)</th>'
+                     "<th>measured</th><th>rule</th><th>result</th></tr></thead><tbody>")
+        parts += [f'<tr><td><code>{_e(c.get("id", ""))}</code> {_e(c.get("statement", ""))}</td>'
+                  f'<td class="measured">{_e(S.fmt(c.get("measured")))}</td>'
+                  f'<td class="rule">{_e(c.get("criterion", ""))}</td>'
+                  f'<td>{"holds" if c["verdict"] == "replicated" else _e(c["verdict"])}</td></tr>' for c in sanity]
+        parts.append("</tbody></table>")
+    parts.append("</article>")
+
     return "\n".join(parts)
 
 

@@ -13,10 +13,14 @@ the resolved config (replicate.config.run_hash), so any figure asking for the sa
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -35,17 +39,68 @@ def is_finished(directory: Path) -> bool:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    """Write strict JSON through a temporary file and a rename: readers never see half a file.
+
+    Non-finite numbers (a diverged loss) are written as null and listed under ``non_finite``
+    (``replicate.claims.strict_payload``), so strict parsers and ``jq`` read every file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean = strict_payload(payload) if isinstance(payload, dict) else strict(payload)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1, allow_nan=True)
+        json.dump(clean, fh, indent=1, allow_nan=False)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for every reader
     os.replace(tmp, path)
 
 
+def strict(obj: Any, notes: dict[str, str] | None = None, path: str = "") -> Any:
+    """``obj`` with every non-finite float replaced by None and ``notes[path] = 'nan'|'inf'|'-inf'``.
+
+    Objects with ``to_dict`` (claims.Estimate) become dicts, numpy values plain numbers, tuples lists.
+    """
+    notes = {} if notes is None else notes
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        notes[path or "."] = str(obj)
+        return None
+    if isinstance(obj, Mapping):
+        return {str(k): strict(v, notes, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v, notes, f"{path}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def strict_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict for ``json.dump(..., allow_nan=False)``: non-finite numbers become null and are listed
+    under ``non_finite`` (path -> 'nan' / 'inf'), so nothing is lost silently."""
+    notes: dict[str, str] = {}
+    clean = strict({k: v for k, v in payload.items() if k != "non_finite"}, notes)
+    notes = {**(payload.get("non_finite") or {}), **notes}
+    return {**clean, "non_finite": notes} if notes else clean
+
+
+def read_json(path: Path) -> Any:
+    """A json written by :func:`write_json_atomic`, with its ``non_finite`` values restored as floats."""
+    payload = json.loads(Path(path).read_text())
+    for where, text in (payload.get("non_finite") or {}).items() if isinstance(payload, dict) else ():
+        _set_path(payload, where, float(text))
+    return payload
+
+
+def _set_path(obj: Any, where: str, value: float) -> None:
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", where)]
+    for key in keys[:-1]:
+        obj = obj[key]
+    obj[keys[-1]] = value
+
+
 def read_metrics(directory: Path) -> dict:
-    return json.loads((directory / METRICS).read_text())
+    return read_json(directory / METRICS)
 
 
 def ensure(run_cfg: DictConfig, out: str | Path) -> Path:

@@ -7,10 +7,15 @@ per figure: the json record, the figure's title and regime (from its config, com
 json's own scale and hardware), and the reasons it is *stale*, if any. The scorecard and the
 HTML report (replicate/report.py) are both rendered from that one list.
 
-Verdicts are never typed. Every claim's verdict is re-derived here from its measured value and
-its criterion text (``replicated if measured >= 3; partial if >= 1.5``, written by
-replicate/claims.py); a json whose verdict does not follow from its own numbers stops the
-scorecard with a one-line error naming the file and the claim.
+Verdicts are never typed. Every claim's verdict is re-derived here from the json's numbers
+(measured value, interval, precondition values) and the rules of the figure's *config* (composed at
+the json's scale and hardware). A json whose verdict does not follow, or whose rules differ from
+its up-to-date config (an edited json), stops the scorecard with a one-line error naming the file
+and the claim. A figure whose config changed after it was made is stale, and is re-checked against
+the rules it was made with.
+
+Totals count ``paper`` claims only. ``control`` claims (our ablations) are listed under the paper
+claim they qualify; ``sanity`` checks (true by construction) get their own table, never counted.
 
 Staleness. A figure is stale when something that made it changed after it was made:
 
@@ -41,6 +46,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from replicate import claims as claims_lib
 from replicate import config as C
 from replicate.claims import VERDICTS
@@ -48,7 +55,6 @@ from replicate.claims import VERDICTS
 BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial",
          "not_replicated": "❌ not replicated", "inconclusive": "⚪ inconclusive"}
 STALE = "⚠️ stale"
-_CRITERION = re.compile(r"^replicated if measured (?P<replicated>.+?)(?:; partial if (?P<partial>.+))?$")
 
 
 class ScorecardError(C.ConfigError):
@@ -90,7 +96,17 @@ class Entry:
 # --------------------------------------------------------------------------- reading
 def load(figures_dir: Path) -> list[dict]:
     """Every claims json under ``figures_dir`` (``<paper>/<figure>.json``), sorted by path."""
-    return [json.loads(p.read_text()) for p in sorted(Path(figures_dir).glob("*/*.json"))]
+    return [_read_strict(p) for p in sorted(Path(figures_dir).glob("*/*.json"))]
+
+
+def _read_strict(path: Path) -> dict:
+    def refuse(constant):
+        raise ValueError(f"non-finite number {constant} (write null and a note instead)")
+
+    try:
+        return json.loads(path.read_text(), parse_constant=refuse)
+    except ValueError as err:  # JSONDecodeError is a ValueError
+        raise ScorecardError(f"{path}: not strict JSON ({_first_line(err)})") from None
 
 
 def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bool = True) -> list[Entry]:
@@ -99,75 +115,90 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
     ``root`` is the repository whose code, notebooks and config files are dated (default: the one
     this package belongs to); configs are composed from this package's ``configs/``.
     ``compose=False`` skips composing them (no caption; the config file is then judged by its
-    version time instead of its hash).
+    version time instead of its hash, and verdicts are re-derived from the json's own rules).
     """
     root = Path(root) if root is not None else C.REPO_ROOT
     clock = VersionClock(root)
     entries = []
     for path in sorted(Path(figures_dir).glob("*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ScorecardError(f"{path}: not valid JSON ({err})") from None
+        record = _read_strict(path)
         for key in ("paper", "figure", "claims"):
             if key not in record:
                 raise ScorecardError(f"{path}: missing '{key}' (not a figure's claims json?)")
-        check_verdicts(record, path)
         entry = Entry(record, path)
-        hashed = _caption_and_config(entry, root, compose)
-        entry.stale += _newer_inputs(entry, root, clock, config_by_time=not hashed)
+        specs = _caption_and_config(entry, root, compose)
+        check_verdicts(record, path, specs)
+        entry.stale += _newer_inputs(entry, root, clock, config_by_time=specs is None and not entry.stale)
         entries.append(entry)
     return entries
 
 
-def check_verdicts(record: dict, path: Path | str = "?") -> None:
-    """Raise :class:`ScorecardError` unless every verdict follows from its measured value."""
+def check_verdicts(record: dict, path: Path | str = "?", specs: dict[str, dict] | None = None) -> None:
+    """Raise :class:`ScorecardError` unless every verdict follows from the json's numbers.
+
+    ``specs`` (claim id -> its config spec) are the up-to-date config's rules: a json whose rules,
+    kind or claim list differ from them was edited. Without specs the json's own rules are used.
+    """
+    ids = [c.get("id", "?") for c in record["claims"]]
+    if specs is not None and set(ids) != set(specs):
+        raise ScorecardError(f"{path}: claims {sorted(set(ids) ^ set(specs))} differ between the json "
+                             "and its config (edited json?)")
     for claim in record["claims"]:
         cid = claim.get("id", "?")
         if claim.get("verdict") not in VERDICTS:
             raise ScorecardError(f"{path}: claim '{cid}' has verdict {claim.get('verdict')!r}; "
                                  f"expected one of {', '.join(VERDICTS)}")
-        rules = _CRITERION.match(str(claim.get("criterion", "")).strip())
-        if rules is None:
-            raise ScorecardError(f"{path}: claim '{cid}' has criterion {claim.get('criterion')!r}, "
-                                 "not one written by replicate/claims.py")
-        measured = claim.get("measured")
+        if claim.get("kind") not in claims_lib.KINDS:
+            raise ScorecardError(f"{path}: claim '{cid}' has kind {claim.get('kind')!r}; expected one "
+                                 f"of {', '.join(claims_lib.KINDS)} (made before the claim contract?)")
+        own = claim.get("rules") or {}
+        if "replicated" not in own:
+            raise ScorecardError(f"{path}: claim '{cid}' has no rules (not written by replicate/claims.py)")
+        own_requires = {p.get("measured"): p.get("rule") for p in claim.get("requires") or []}
+        rules = (own["replicated"], own.get("partial"), own_requires, claim["kind"])
+        if specs is not None:
+            spec = specs[cid]
+            rules = (spec["replicated"], spec.get("partial"), dict(spec.get("requires") or {}), spec["kind"])
+            if (own["replicated"], own.get("partial"), own_requires, claim["kind"]) != rules:
+                raise ScorecardError(f"{path}: claim '{cid}': the json's rules or kind differ from its "
+                                     "config's although the config is unchanged (edited json)")
         try:
-            expected = claims_lib.verdict(measured, rules["replicated"], rules["partial"])
+            expected, _ = claims_lib.rejudge(claim, *rules[:3])
         except ValueError as err:
             raise ScorecardError(f"{path}: claim '{cid}': {err}") from None
         if expected != claim["verdict"]:
             raise ScorecardError(f"{path}: claim '{cid}' says '{claim['verdict']}' but measured "
-                                 f"{measured!r} under '{claim['criterion']}' gives '{expected}' "
+                                 f"{claim.get('measured')!r}, interval {claim.get('interval')!r} under "
+                                 f"'{claims_lib.criterion_text(*rules[:2])}' gives '{expected}' "
                                  "(verdicts are computed by the notebook, never edited)")
 
 
-def _caption_and_config(entry: Entry, root: Path, compose: bool) -> bool:
+def _caption_and_config(entry: Entry, root: Path, compose: bool) -> dict[str, dict] | None:
     """Title and regime from the figure's config; a config that changed makes the figure stale.
 
-    Returns whether the config was judged by its hash (else it is judged by its file's time).
+    Returns the config's claim specs by id when the config is unchanged (composed to the json's
+    ``config_sha256``), else None: the verdicts are then checked against the json's own rules.
     """
     path = root / "configs" / "figure" / entry.paper / f"{entry.name}.yaml"
     if not path.is_file():
         entry.stale.append(f"its figure config {_rel(path, root)} no longer exists")
-        return True
+        return None
     entry.config_path = path
     if not compose:
-        return False
+        return None
     try:
         cfg = C.compose(entry.key, hardware=entry.record.get("hardware", "cpu"),
                         scale=entry.record.get("scale", "default"))
     except C.ConfigError as err:
         entry.stale.append(f"its figure config no longer composes: {err}")
-        return True
+        return None
     entry.title, entry.regime = str(cfg.figure.title), str(cfg.figure.regime).strip()
-    if not entry.record.get("config_sha256"):
-        return False
-    if entry.record["config_sha256"] != C.config_sha256(cfg):
+    if entry.record.get("config_sha256") != C.config_sha256(cfg):
         entry.stale.append(f"its figure config changed after it was made ({_rel(path, root)} "
                            f"now composes to another config_sha256 at scale "
                            f"{entry.record.get('scale')}, hardware {entry.record.get('hardware')})")
-    return True
+        return None
+    return {c["id"]: c for c in OmegaConf.to_container(cfg.figure.claims)}
 
 
 def inputs(paper: str, figure: str, root: Path, with_config: bool = False) -> list[Path]:
@@ -237,6 +268,10 @@ def _git(cwd: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
@@ -249,10 +284,19 @@ def _when(t: float) -> str:
 
 
 # --------------------------------------------------------------------------- counting
+def kind_claims(entry_or_entries, kind: str = "paper") -> list[dict]:
+    """The claims of one kind of an entry or a list of entries."""
+    entries = entry_or_entries if isinstance(entry_or_entries, list) else [entry_or_entries]
+    return [c for e in entries for c in e.claims if c.get("kind") == kind]
+
+
 def counts(entries: list[Entry]) -> Counter:
-    """Claims per verdict, plus ``stale``: claims of stale figures (whatever their verdict)."""
-    total = Counter(c["verdict"] for e in entries for c in e.claims)
-    total["stale"] = sum(len(e.claims) for e in entries if e.stale)
+    """``paper`` claims per verdict, plus ``stale`` (paper claims of stale figures), ``control``
+    and ``sanity`` (how many of those there are: shown, never counted in the verdict totals)."""
+    total = Counter(c["verdict"] for c in kind_claims(entries))
+    total["stale"] = sum(len(kind_claims(e)) for e in entries if e.stale)
+    total["control"] = len(kind_claims(entries, "control"))
+    total["sanity"] = len(kind_claims(entries, "sanity"))
     return total
 
 
@@ -265,6 +309,8 @@ def papers(entries: list[Entry]) -> dict[str, list[Entry]]:
 
 def fmt(value) -> str:
     """A measured value as the scorecard prints it (4 significant digits)."""
+    if value is None:
+        return "—"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
@@ -275,7 +321,28 @@ def fmt(value) -> str:
 def summary_line(total: Counter) -> str:
     n = sum(total[v] for v in VERDICTS)
     return (f"**{n} claims**: " + ", ".join(f"{total[v]} {v.replace('_', ' ')}" for v in VERDICTS)
-            + f"; {total['stale']} stale")
+            + f"; {total['stale']} stale. Not counted: {total['control']} controls (our ablations, "
+            f"listed under the claim they qualify) and {total['sanity']} sanity checks")
+
+
+def interval_text(claim: dict) -> str:
+    """``[lo, hi] (n=3)``, or why there is none."""
+    iv = claim.get("interval")
+    n = claim.get("n")
+    if iv:
+        return f"[{fmt(iv[0])}, {fmt(iv[1])}] (n={n})"
+    return f"— (n={n})" if n else "—"
+
+
+def ordered_claims(entry: Entry) -> list[tuple[dict, bool]]:
+    """Paper claims, each followed by the controls that qualify it: ``(claim, is_control)``."""
+    controls = kind_claims(entry, "control")
+    out = []
+    for c in kind_claims(entry):
+        out.append((c, False))
+        out += [(k, True) for k in controls if k.get("qualifies") == c.get("id")]
+    placed = {id(c) for c, _ in out}
+    return out + [(k, True) for k in controls if id(k) not in placed]
 
 
 def relative_link(target: Path, page_dir: Path) -> str:
@@ -302,35 +369,52 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
              "<!-- Generated by `python -m replicate scorecard` (rule `scorecard` of `snakemake all`) "
              "from figures/<paper>/<figure>.json. Do not edit: regenerate. -->", "",
              "Every claim of every figure. Each verdict was computed by the figure's notebook from "
-             "the measured number and the rule in the figure's config, and is re-derived from those "
-             "two when this page is generated: none is typed. How to read it: README, "
+             "the measured number, its interval over independent units (seeds, datasets, "
+             "replicates) and the rules in the figure's config, and is re-derived from those when "
+             "this page is generated: none is typed. *replicated*: the whole interval satisfies the "
+             "claim's rule; *partial*: it straddles a bar or meets only the weaker one; *not "
+             "replicated*: no point of it meets the weaker rule; *inconclusive*: a precondition "
+             "failed (the reason says which) or nothing finite was measured. Totals count the "
+             "papers' claims only. How to read it: README, "
              "\"Reading the results\". Browse the figures: [index.html](index.html) (open the file "
              "in a browser; it works offline).", "",
              summary_line(total), ""]
     if not entries:
         return "\n".join(lines + ["No figures yet: run `snakemake all --cores all`.", ""])
     grouped = papers(entries)
-    lines += ["| paper | figures | claims | " + " | ".join(BADGE[v] for v in VERDICTS) + f" | {STALE} |",
-              "|---|---:|---:|" + "---:|" * (len(VERDICTS) + 1)]
+    lines += ["| paper | figures | paper claims | " + " | ".join(BADGE[v] for v in VERDICTS)
+              + f" | {STALE} | controls | sanity checks |",
+              "|---|---:|---:|" + "---:|" * (len(VERDICTS) + 3)]
     for paper, group in grouped.items():
         c = counts(group)
         lines.append(f"| [{paper}](#{paper}) | {len(group)} | {sum(c[v] for v in VERDICTS)} | "
-                     + " | ".join(str(c[v]) for v in VERDICTS) + f" | {c['stale']} |")
+                     + " | ".join(str(c[v]) for v in VERDICTS)
+                     + f" | {c['stale']} | {c['control']} | {c['sanity']} |")
     lines += [f"| **all** | {len(entries)} | {sum(total[v] for v in VERDICTS)} | "
-              + " | ".join(f"**{total[v]}**" for v in VERDICTS) + f" | {total['stale']} |", ""]
+              + " | ".join(f"**{total[v]}**" for v in VERDICTS)
+              + f" | {total['stale']} | {total['control']} | {total['sanity']} |", ""]
     for paper, group in grouped.items():
         lines += [f"## {paper}", "",
-                  "| figure | claim | paper | measured | rule | verdict | scale / hardware |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| figure | claim | paper | measured | interval (n) | rule | verdict | why |",
+                  "|---|---|---|---|---|---|---|---|"]
         for e in group:
             fig = (f"[{e.name}]({relative_link(e.output('.png'), page_dir)}) "
                    f"([notebook]({relative_link(e.output('.ipynb'), page_dir)}))")
             mark = f" {STALE}" if e.stale else ""
-            for c in e.claims:
-                lines.append(f"| {fig} | `{c.get('id', '')}` {_cell(c.get('statement', ''))} "
+            for c, control in ordered_claims(e):
+                what = (f"↳ control: `{c.get('id', '')}`" if control else f"`{c.get('id', '')}`")
+                lines.append(f"| {fig} | {what} {_cell(c.get('statement', ''))} "
                              f"| {_cell(c.get('paper_value', ''))} | {_cell(fmt(c.get('measured')))} "
-                             f"| {_cell(c.get('criterion', ''))} | {BADGE[c['verdict']]}{mark} "
-                             f"| {e.record.get('scale', '?')} / {e.record.get('hardware', '?')} |")
+                             f"| {_cell(interval_text(c))} | {_cell(c.get('criterion', ''))} "
+                             f"| {BADGE[c['verdict']]}{mark} | {_cell(c.get('reason', ''))} |")
+        sanity = [(e, c) for e in group for c in kind_claims(e, "sanity")]
+        if sanity:
+            lines += ["", "Sanity checks (true by construction or code checks; not counted):", "",
+                      "| figure | check | measured | rule | result |", "|---|---|---|---|---|"]
+            lines += [f"| {e.name} | `{c.get('id', '')}` {_cell(c.get('statement', ''))} "
+                      f"| {_cell(fmt(c.get('measured')))} | {_cell(c.get('criterion', ''))} "
+                      f"| {'✔ holds' if c['verdict'] == 'replicated' else '✘ ' + c['verdict']} |"
+                      for e, c in sanity]
         lines.append("")
         lines += ["Figures:", ""] + [f"- {_provenance_md(e, page_dir)}" for e in group] + [""]
         stale = [e for e in group if e.stale]

@@ -1,5 +1,7 @@
-"""figures/SCORECARD.md: counts equal the jsons', every claim is shown, verdicts are re-derived
-(a hand-edited verdict is refused), and a figure older than its code, notebook or config is stale."""
+"""figures/SCORECARD.md: totals count paper claims only, every claim is shown (controls under the
+claim they qualify, sanity checks apart), verdicts are re-derived from the json's numbers and the
+config's rules (a hand-edited verdict or rule is refused), and a figure older than its code,
+notebook or config is stale."""
 
 import json
 import os
@@ -14,20 +16,26 @@ from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
+from replicate import runs
 from replicate import scorecard as S
 from replicate.cli import main
 from replicate.claims import VERDICTS
 
-SPECS = [  # one spec per verdict, so that every verdict is counted
-    {"id": "big_cut", "statement": "cuts the sink at least 3x | a pipe", "paper_value": "6.4x (Table 4)",
-     "measured": "cut", "replicated": ">= 3", "partial": ">= 1.5"},
-    {"id": "small_gain", "statement": "lowers the loss", "paper_value": "-0.045 nats",
+SPECS = [  # paper claims that reach every verdict, a control and a sanity check (never counted)
+    {"id": "big_cut", "kind": "paper", "statement": "cuts the sink at least 3x | a pipe",
+     "paper_value": "6.4x (Table 4)", "measured": "cut", "replicated": ">= 3", "partial": ">= 1.5"},
+    {"id": "small_gain", "kind": "paper", "statement": "lowers the loss", "paper_value": "-0.045 nats",
      "measured": "gain", "replicated": ">= 0.01", "partial": "> 0"},
-    {"id": "sparse", "statement": "gate scores are sparse", "paper_value": "mean 0.116",
+    {"id": "sparse", "kind": "paper", "statement": "gate scores are sparse", "paper_value": "mean 0.116",
      "measured": "gate", "replicated": "< 0.25"},
-    {"id": "never_measured", "statement": "a claim the notebook did not measure", "paper_value": "1",
-     "measured": "absent", "replicated": "> 0"},
+    {"id": "never_measured", "kind": "paper", "statement": "a claim the notebook did not measure",
+     "paper_value": "1", "measured": "absent", "replicated": "> 0"},
+    {"id": "fixed_gate", "kind": "control", "qualifies": "small_gain", "statement": "a fixed gate gains too",
+     "paper_value": "not in the paper", "measured": "gain", "replicated": "> 0"},
+    {"id": "identity", "kind": "sanity", "statement": "the gate is 1 at init", "paper_value": "by construction",
+     "measured": "cut", "replicated": "> 0"},
 ]
+N_PAPER = 4
 
 
 def write_figure(figures: Path, paper: str, figure: str, measurements: dict, specs=SPECS, **extra) -> Path:
@@ -37,8 +45,7 @@ def write_figure(figures: Path, paper: str, figure: str, measurements: dict, spe
               "wall_seconds": 12.5, "config_sha256": "", "measurements": measurements,
               "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)], **extra}
     path = figures / paper / f"{figure}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    runs.write_json_atomic(path, record)
     for suffix in (".png", ".pdf", ".ipynb"):
         path.with_suffix(suffix).write_bytes(b"x")
     return path
@@ -81,19 +88,29 @@ def verdict_of(cell: str) -> str:
     return next(v for v in VERDICTS if S.BADGE[v] in cell)
 
 
-def test_counts_equal_the_counts_over_the_jsons(repo):
+def paper_claims(figures: Path) -> list[dict]:
+    return [c for p in figures.glob("*/*.json") for c in json.loads(p.read_text())["claims"]
+            if c["kind"] == "paper"]
+
+
+def test_totals_count_paper_claims_only(repo):
     text = S.render(S.collect(repo / "figures", root=repo, compose=False), repo / "figures")
-    claims = [c for p in (repo / "figures").glob("*/*.json") for c in json.loads(p.read_text())["claims"]]
+    claims = paper_claims(repo / "figures")
+    assert len(claims) == 3 * N_PAPER
     expected = Counter(c["verdict"] for c in claims)
     assert set(expected) == set(VERDICTS)  # the fixture exercises every verdict
-    assert S.summary_line(Counter({**expected, "stale": 0})) in text
     assert f"**{len(claims)} claims**: " + ", ".join(f"{expected[v]} {v.replace('_', ' ')}" for v in VERDICTS) in text
-    rows = parse_rows(text)
-    assert len(rows) == len(claims)
-    assert Counter(verdict_of(r[5]) for r in rows) == expected
+    assert "Not counted: 3 controls" in text and "3 sanity checks" in text
+    rows = parse_rows(text)  # paper claims and, indented under them, the controls
+    assert len(rows) == 3 * (N_PAPER + 1)
+    assert Counter(verdict_of(r[6]) for r in rows if "control" not in r[1]) == expected
+    for i, r in enumerate(rows):  # each control follows the claim it qualifies
+        if "↳ control: `fixed_gate`" in r[1]:
+            assert "`small_gain`" in rows[i - 1][1]
+    assert text.count("`identity` the gate is 1 at init") == 3  # in the sanity tables
     all_row = next(line for line in text.splitlines() if line.startswith("| **all** |"))
     assert [int(x.strip("* ")) for x in all_row.split("|")[2:-1]] == [
-        3, len(claims), *(expected[v] for v in VERDICTS), 0]
+        3, len(claims), *(expected[v] for v in VERDICTS), 0, 3, 3]
 
 
 def test_every_claim_row_has_its_numbers_provenance_and_links(repo):
@@ -101,11 +118,13 @@ def test_every_claim_row_has_its_numbers_provenance_and_links(repo):
     entries = S.collect(figures, root=repo, compose=False)
     rows = parse_rows(S.render(entries, figures))
     for entry in entries:
-        for claim, row in zip(entry.claims, [r for r in rows if f"[{entry.name}](" in r[0]]):
+        shown = [c for c, _ in S.ordered_claims(entry)]
+        for claim, row in zip(shown, [r for r in rows if f"[{entry.name}](" in r[0]]):
             assert claim["id"] in row[1] and claim["statement"].replace("|", "\\|") in row[1]
             assert row[2] == claim["paper_value"] and row[3] == S.fmt(claim["measured"])
-            assert row[4] == claim["criterion"] and verdict_of(row[5]) == claim["verdict"]
-            assert row[6] == "smoke / cpu"
+            assert row[4] == S.interval_text(claim).replace("|", "\\|")
+            assert row[5] == claim["criterion"] and verdict_of(row[6]) == claim["verdict"]
+            assert row[7] == claim["reason"]
             links = re.findall(r"\]\(([^)]+)\)", row[0])
             assert [Path(link).suffix for link in links] == [".png", ".ipynb"]
             assert all((figures / link).is_file() for link in links)
@@ -124,12 +143,28 @@ def test_a_hand_edited_verdict_is_refused_with_the_file_and_claim_named(repo, ca
     assert not (repo / "figures" / "SCORECARD.md").exists()
 
 
-def test_a_criterion_not_written_by_the_claims_module_is_refused(repo):
+def test_an_edited_interval_is_refused(repo):
     path = repo / "figures" / "alpha" / "one.json"
     record = json.loads(path.read_text())
-    record["claims"][1]["criterion"] = "looks good to me"
+    record["claims"][1]["interval"] = [-0.01, 0.05]  # gain 0.02 was judged without an interval
     path.write_text(json.dumps(record))
-    with pytest.raises(S.ScorecardError, match="small_gain"):
+    with pytest.raises(S.ScorecardError, match="claim 'small_gain' says 'replicated' but .* gives 'partial'"):
+        S.collect(repo / "figures", root=repo, compose=False)
+
+
+def test_a_json_without_kinds_or_rules_is_refused(repo):
+    path = repo / "figures" / "alpha" / "one.json"
+    record = json.loads(path.read_text())
+    del record["claims"][1]["kind"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(S.ScorecardError, match="small_gain' has kind None"):
+        S.collect(repo / "figures", root=repo, compose=False)
+
+
+def test_a_non_strict_json_is_refused(repo):
+    path = repo / "figures" / "alpha" / "one.json"
+    path.write_text(path.read_text().replace('"measured": 0.1', '"measured": NaN', 1))
+    with pytest.raises(S.ScorecardError, match="one.json: not strict JSON"):
         S.collect(repo / "figures", root=repo, compose=False)
 
 
@@ -146,8 +181,9 @@ def test_a_figure_older_than_its_code_notebook_or_config_is_stale_by_mtime(repo,
     assert entries["beta/three"].stale == []
     assert bool(entries["alpha/two"].stale) == (kind == "paper code")  # the code is the paper's
     text = S.render(list(entries.values()), repo / "figures")
-    stale_claims = sum(len(e.claims) for e in entries.values() if e.stale)
-    assert text.count(S.STALE) == stale_claims + 2  # each stale claim, the header and the footnote
+    stale_rows = sum(len(S.ordered_claims(e)) for e in entries.values() if e.stale)
+    stale_claims = sum(len(S.kind_claims(e)) for e in entries.values() if e.stale)
+    assert text.count(S.STALE) == stale_rows + 2  # each stale claim row, the header and the footnote
     assert f"; {stale_claims} stale" in text and changed in text
 
 
@@ -191,8 +227,13 @@ def test_the_figure_config_is_judged_by_its_hash_and_gives_the_caption(tmp_path)
     assert entry.stale == [] and entry.title == cfg.figure.title and entry.regime == cfg.figure.regime.strip()
     assert entry.config_path == C.REPO_ROOT / "configs" / "figure" / "gated_attention" / "loss.yaml"
     assert f"[config]({S.relative_link(entry.config_path, figures)})" in S.render([entry], figures)
-    write_figure(figures, "gated_attention", "loss", measurements, specs=specs, config_sha256="0" * 64)
-    (entry,) = S.collect(figures)
+    edited = [dict(s, replicated="> -1e9") if i == 0 else s for i, s in enumerate(specs)]
+    write_figure(figures, "gated_attention", "loss", measurements, specs=edited,
+                 config_sha256=C.config_sha256(cfg))  # a rule edited in the json, config unchanged
+    with pytest.raises(S.ScorecardError, match="rules or kind differ from its config's"):
+        S.collect(figures)
+    write_figure(figures, "gated_attention", "loss", measurements, specs=edited, config_sha256="0" * 64)
+    (entry,) = S.collect(figures)  # config changed since: stale, checked against its own rules
     assert len(entry.stale) == 1 and "figure config changed" in entry.stale[0]
     write_figure(figures, "gated_attention", "gone", measurements, specs=specs)
     gone = {e.key: e for e in S.collect(figures)}["gated_attention/gone"]
@@ -210,11 +251,11 @@ def test_the_shipped_scorecard_counts_equal_the_shipped_jsons():
     jsons = sorted(figures.glob("*/*.json"))
     if not jsons:
         pytest.skip("no shipped figures yet (figures/*/*.json)")
-    claims = [c for p in jsons for c in json.loads(p.read_text())["claims"]]
+    claims = paper_claims(figures)
     expected = Counter(c["verdict"] for c in claims)
     assert (figures / "SCORECARD.md").is_file(), "figures/ ships jsons but no SCORECARD.md: python -m replicate scorecard"
     text = (figures / "SCORECARD.md").read_text()
     assert f"**{len(claims)} claims**: " + ", ".join(f"{expected[v]} {v.replace('_', ' ')}" for v in VERDICTS) in text
-    assert Counter(verdict_of(r[5]) for r in parse_rows(text)) == expected
-    for p in jsons:  # and every shipped verdict follows from its number
-        S.check_verdicts(json.loads(p.read_text()), p)
+    assert Counter(verdict_of(r[6]) for r in parse_rows(text) if "control" not in r[1]) == expected
+    for p in jsons:  # strict JSON, and every shipped verdict follows from its numbers
+        S.check_verdicts(S._read_strict(p), p)
