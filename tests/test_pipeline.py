@@ -59,14 +59,23 @@ def test_every_figure_has_png_pdf_notebook_and_claims(built):
     for figure in C.list_figures():
         for suffix in (".png", ".pdf", ".ipynb", ".json"):
             assert (built / "figures" / f"{figure}{suffix}").stat().st_size > 0, figure + suffix
-        record = json.loads((built / "figures" / f"{figure}.json").read_text())
+        text = (built / "figures" / f"{figure}.json").read_text()
+        record = json.loads(text, parse_constant=lambda c: pytest.fail(f"{figure}.json is not strict JSON: {c}"))
         assert record["scale"] == "smoke" and record["hardware"] == "cpu"
         assert record["wall_seconds"] > 0 and len(record["config_sha256"]) == 64
+        assert record["environment"]["torch"] and record["environment"]["cpu_count"] >= 1
         assert record["claims"] and all(c["verdict"] in VERDICTS for c in record["claims"])
+        assert all(c["kind"] in ("paper", "control", "sanity") and c["reason"] for c in record["claims"])
+
+
+def test_every_run_metrics_json_is_strict(built):
+    for path in (built / "runs").glob("*/*/metrics.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} is not strict JSON: {c}"))
 
 
 def test_scorecard_counts_match_the_jsons(built):
-    claims = [c for p in (built / "figures").glob("*/*.json") for c in json.loads(p.read_text())["claims"]]
+    claims = [c for p in (built / "figures").glob("*/*.json") for c in json.loads(p.read_text())["claims"]
+              if c["kind"] == "paper"]
     text = (built / "figures" / "SCORECARD.md").read_text()
     assert f"**{len(claims)} claims**" in text
     for verdict in VERDICTS:

@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
+from replicate import runs
 from replicate import config as C
 from replicate import report, scorecard as S
 from replicate.claims import VERDICTS
@@ -63,8 +64,7 @@ def site(tmp_path_factory):
                   "config_sha256": C.config_sha256(cfg) if i < len(FIGURES) - 1 else "f" * 64,
                   "measurements": measurements,
                   "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)]}
-        (figures / paper).mkdir(parents=True, exist_ok=True)
-        (figures / paper / f"{name}.json").write_text(json.dumps(record))
+        runs.write_json_atomic(figures / paper / f"{name}.json", record)
         (figures / paper / f"{name}.png").write_bytes(png(640, 300, colours[i % 3]))
         for suffix in (".pdf", ".ipynb"):
             (figures / paper / f"{name}{suffix}").write_text("{}")
@@ -97,10 +97,12 @@ def test_every_figure_has_its_caption_claims_numbers_and_badges(site):
         assert report._inline(e.regime.split("\n\n")[0])[:60] in html  # the regime text is the caption
         assert f'href="{S.relative_link(e.config_path, page.parent)}"' in html
         for c in e.claims:
-            row = re.search(rf'<tr id="{e.paper}-{e.name}-{c["id"]}">(.*?)</tr>', html, re.S)
+            row = re.search(rf'<tr id="{e.paper}-{e.name}-{c["id"]}"[^>]*>(.*?)</tr>', html, re.S)
             assert row, c["id"]
             assert report._e(c["statement"]) in row[1] and report._e(c["paper_value"]) in row[1]
             assert f'<td class="measured">{report._e(S.fmt(c["measured"]))}</td>' in row[1]
+            assert f'<td class="measured">{report._e(S.interval_text(c))}</td>' in row[1]
+            assert report._e(c["reason"]) in row[1]
             assert report._e(c["criterion"]) in row[1] and f'class="badge v-{c["verdict"]}"' in row[1]
             assert ("badge stale" in row[1]) == bool(e.stale)
 
@@ -108,15 +110,17 @@ def test_every_figure_has_its_caption_claims_numbers_and_badges(site):
 def test_the_totals_equal_the_counts_over_the_jsons(site):
     figures, page, _ = site
     html = page.read_text()
-    claims = [c for p in figures.glob("*/*.json") for c in json.loads(p.read_text())["claims"]]
+    claims = [c for p in figures.glob("*/*.json") for c in json.loads(p.read_text())["claims"]
+              if c["kind"] == "paper"]  # the totals count the papers' claims only
     expected = Counter(c["verdict"] for c in claims)
     assert len(expected) >= 3
     for v in VERDICTS:
         assert f'<div class="total v-{v}"><b>{expected[v]}</b>' in html
-    rows = re.findall(r'<tr id="[^"]+">.*?</tr>', html, re.S)
+    rows = re.findall(r'<tr id="[^"]+">.*?</tr>', html, re.S)  # paper claims (controls have a class)
     assert Counter(re.search(r'class="badge v-(\w+)"', r)[1] for r in rows) == expected
-    stale = sum(len(json.loads(p.read_text())["claims"]) for p in figures.glob("*/*.json")
-                if json.loads(p.read_text())["config_sha256"] == "f" * 64)
+    stale = sum(c["kind"] == "paper" for p in figures.glob("*/*.json")
+                if json.loads(p.read_text())["config_sha256"] == "f" * 64
+                for c in json.loads(p.read_text())["claims"])
     assert stale > 0 and f'<div class="total stale"><b>{stale}</b>' in html
 
 

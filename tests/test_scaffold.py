@@ -45,7 +45,7 @@ def test_it_writes_a_package_config_notebook_and_test_with_nothing_left_to_fill(
     cfg = yaml.safe_load((fake_root / "configs/figure/toy_paper/headline.yaml").read_text())
     assert cfg["run"]["module"]["_target_"] == "replicate.papers.toy_paper.module.ToyPaperModule"
     assert cfg["sweep"] and cfg["scales"]["smoke"] and len(cfg["claims"]) == 2
-    assert all({"id", "statement", "paper_value", "measured", "replicated"} <= set(c) for c in cfg["claims"])
+    assert all({"id", "kind", "statement", "paper_value", "source", "measured", "replicated"} <= set(c) for c in cfg["claims"])
 
     nb = json.loads((fake_root / "notebooks/toy_paper/headline.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
