@@ -243,3 +243,159 @@ def test_optimizer_groups_and_schedule():
         module(learning_rate=1.0)
     with pytest.raises(TypeError, match="unknown LMConfig keys"):
         GatedAttentionLM({"layers": 2}, {})
+
+
+# --------------------------------------------------------------------------- analysis (claims)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from replicate.papers.gated_attention import analysis as A  # noqa: E402
+
+T2 = stats.t.ppf(0.975, 2)  # t quantile of a 95% interval over 3 units
+
+
+def sink_runs(first: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [{"gate": g, "seed": s, "status": "finished", "final_val_loss": 1.0, "wall_seconds": 1.0,
+             "probes": {"first_token_attention_mean": v, "value_norm_ratio": [0.5],
+                        "gate_mean": None if g == "none" else [0.3]}}
+            for g, vals in first.items() for s, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_sink_measurements_by_hand():
+    runs = sink_runs({"none": [0.4, 0.5, 0.6], "headwise": [0.1, 0.1, 0.1], "value": [0.2, 0.3, 0.4]})
+    m = A.sink_measurements(A.sink_table(runs), gates=("headwise", "value"))
+    base = m["baseline_first_token"]
+    assert base.value == pytest.approx(0.5) and base.n == 3 and base.units == (0.4, 0.5, 0.6)
+    half = T2 * 0.1 / np.sqrt(3)  # sd of (0.4, 0.5, 0.6) is 0.1
+    assert base.interval == pytest.approx((0.5 - half, 0.5 + half))
+    assert m["baseline_first_token_min_seed"].value == pytest.approx(0.4)
+    assert m["sink_cut_headwise"].value == pytest.approx(5.0)   # 0.5 / 0.1
+    assert m["value_over_headwise"].value == pytest.approx(3.0)  # 0.3 / 0.1
+    lo, hi = m["sink_cut_headwise"].interval  # paired bootstrap: between the extreme seed ratios
+    assert 4.0 - 1e-9 <= lo <= 5.0 <= hi <= 6.0 + 1e-9
+
+
+def test_sink_claims_are_inconclusive_without_a_baseline_sink():
+    from replicate import claims
+    spec = yaml.safe_load(open("configs/figure/gated_attention/attention_sink.yaml"))
+    threshold = spec["measure"]["sink_threshold"]
+    for c in spec["claims"]:  # every sink claim requires the config's own threshold
+        assert c["requires"] == {"baseline_first_token": f">= {threshold}",
+                                 "baseline_first_token_min_seed": f">= {threshold}"}
+    # the shipped default-scale baseline: 0.272 / 0.270 / 0.117, no seed above 0.3
+    runs = sink_runs({"none": [0.272, 0.270, 0.117], "headwise": [0.05, 0.1, 0.05],
+                      "elementwise": [0.05, 0.1, 0.05], "value": [0.15, 0.38, 0.0002],
+                      "input_independent": [0.3, 0.3, 0.2]})
+    judged = claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs)))
+    assert {c.verdict for c in judged} == {"inconclusive"}
+    assert all("baseline_first_token" in c.reason for c in judged)
+    runs = sink_runs({"none": [0.5, 0.45, 0.4], "headwise": [0.05, 0.05, 0.05],
+                      "elementwise": [0.05, 0.05, 0.05], "value": [0.2, 0.2, 0.2],
+                      "input_independent": [0.3, 0.3, 0.3]})
+    judged = {c.id: c for c in claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs)))}
+    assert judged["sink_cut_headwise"].verdict == "replicated"  # 9x in every resample
+    assert judged["value_gate_weaker"].verdict == "replicated"  # 4x
+
+
+def test_spikes_by_hand():
+    flat = [{"train_loss": v} for v in [3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
+    assert A.spikes(flat, window=2, jump=0.25) == 0
+    bump = [{"train_loss": v} for v in [3.0, 2.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]]
+    assert A.spikes(bump, window=2, jump=0.25) == 2  # two separate excursions above min + 0.25
+    assert A.spikes(flat + [{"train_loss": float("nan")}], window=2, jump=0.25) == 1
+
+
+def lr_runs(loss: dict[tuple[str, float], list[float]]) -> pd.DataFrame:
+    rows = [{"gate": g, "lr": lr, "seed": s,
+             "status": "diverged" if not np.isfinite(v) else "finished", "final_val_loss": v,
+             "train": [{"train_loss": 2.0}] * 8 + ([] if np.isfinite(v) else [{"train_loss": v}])}
+            for (g, lr), vals in loss.items() for s, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_stability_measurements_by_hand():
+    nan = float("nan")
+    runs = lr_runs({("none", 0.01): [2.0, 2.1, 2.2], ("headwise", 0.01): [1.9, 2.0, 2.0],
+                    ("none", 0.1): [nan, 3.5, 2.5], ("headwise", 0.1): [2.5, 2.6, 2.7],
+                    ("none", 0.001): [2.3, 2.3, 2.3], ("headwise", 0.001): [2.3, 2.3, 2.3]})
+    t = A.stability_table(runs, failed_above=3.0, spike_window=2, spike_jump=0.25)
+    assert t.failed.tolist() == [False] * 6 + [True, True, False] + [False] * 9
+    m = A.stability_measurements(t, high_lr=0.1)
+    assert m["baseline_failures"].value == 2 and m["baseline_failures"].interval is None
+    assert m["lrs_only_baseline_fails"].units == (1.0, 1.0, 0.0)
+    # per seed at lr 0.1 (failed runs count as 3.0): 3.0-2.5, 3.0-2.6, 2.5-2.7
+    gain = m["high_lr_gain_headwise"]
+    assert gain.units == pytest.approx((0.5, 0.4, -0.2)) and gain.value == pytest.approx(0.7 / 3)
+    # best lr 0.01 for both (0.001 is worse, 0.1 worse): gains 0.1, 0.1, 0.2 -> inside the grid
+    assert m["best_loss_gain"].units == pytest.approx((0.1, 0.1, 0.2))
+    assert m["best_lr_on_grid_edge"].value == 0
+    assert m["spikes_baseline"].value == 1  # the diverged run counts one spike
+    assert m["spikes_baseline_minus_gated"].units == (1.0, 0.0, 0.0)
+
+
+def test_stability_claims_need_a_baseline_failure():
+    from replicate import claims
+    spec = yaml.safe_load(open("configs/figure/gated_attention/lr_stability.yaml"))
+    runs = lr_runs({("none", 0.01): [2.0, 2.1, 2.2], ("headwise", 0.01): [1.9, 2.0, 2.0],
+                    ("none", 0.1): [2.6, 2.6, 2.6], ("headwise", 0.1): [2.5, 2.5, 2.5],
+                    ("elementwise", 0.01): [1.9, 2.0, 2.0], ("elementwise", 0.1): [2.5, 2.5, 2.5]})
+    t = A.stability_table(runs, failed_above=3.0, spike_window=2, spike_jump=0.25)
+    judged = {c.id: c for c in claims.evaluate(spec["claims"], A.stability_measurements(t, high_lr=0.1))}
+    assert judged["gated_survives_where_baseline_fails"].verdict == "inconclusive"
+    assert "baseline_failures" in judged["gated_survives_where_baseline_fails"].reason
+    assert judged["fewer_spikes"].verdict == "inconclusive"
+    assert judged["better_best_loss"].verdict == "inconclusive"  # best lr 0.01 is the grid's edge
+
+
+def act_runs(max_h: dict[tuple[str, float], list[float]]) -> pd.DataFrame:
+    rows = [{"gate": g, "lr": lr, "seed": s, "status": "finished" if np.isfinite(v) else "diverged",
+             "probes": {"max_abs_hidden": [1.0, v], "gate_mean": [0.2, 0.4]} if np.isfinite(v) else {}}
+            for (g, lr), vals in max_h.items() for s, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_activation_cut_is_a_geometric_mean_over_the_grid():
+    nan = float("nan")
+    runs = act_runs({("none", 0.01): [4.0, 4.0, 4.0], ("headwise", 0.01): [1.0, 1.0, 1.0],
+                     ("none", 0.1): [100.0, 100.0, 100.0], ("headwise", 0.1): [400.0, 100.0, 25.0],
+                     ("none", 1.0): [nan, 1e4, 1e4], ("headwise", 1.0): [1.0, 1.0, 1.0]})
+    t = A.activation_table(runs)
+    assert A.common_lrs(t, ["none", "headwise"]) == [0.01, 0.1]  # lr 1.0: a baseline run diverged
+    cut = A.activation_cut(t, "headwise")
+    # per seed sqrt(4 * 100/400) = 1, sqrt(4 * 1) = 2, sqrt(4 * 4) = 4; geometric mean 2
+    assert cut.units == pytest.approx((1.0, 2.0, 4.0)) and cut.value == pytest.approx(2.0)
+    half = T2 * np.log(2) / np.sqrt(3)  # the logs 0, ln 2, ln 4 have sd ln 2
+    assert cut.interval == pytest.approx((2 * np.exp(-half), 2 * np.exp(half)))
+    g = A.gate_score_mean(t, "headwise", 0.1)
+    assert g.value == pytest.approx(0.3) and g.interval == pytest.approx((0.3, 0.3)) and g.n == 3
+
+
+def test_loss_analysis_survives_a_diverged_baseline():
+    from replicate import claims
+    nan = float("nan")
+    runs = pd.DataFrame([{"gate": g, "seed": s, "final_val_loss": v}
+                         for g, vals in {"none": [2.0, 2.2, 2.1], "headwise": [1.9, 2.0, 2.0]}.items()
+                         for s, v in enumerate(vals)])
+    gain = A.loss_gain(runs, "headwise")
+    assert gain.units == pytest.approx((0.1, 0.2, 0.1)) and gain.value == pytest.approx(0.4 / 3)
+    half = T2 * np.std([0.1, 0.2, 0.1], ddof=1) / np.sqrt(3)
+    assert gain.interval == pytest.approx((0.4 / 3 - half, 0.4 / 3 + half))
+    diverged = runs.assign(final_val_loss=[nan, nan, nan, 1.9, 2.0, 2.0])
+    gain = A.loss_gain(diverged, "headwise")  # used to raise KeyError: 'none'
+    assert not np.isfinite(gain.value)
+    assert A.paired_gains(diverged).columns.tolist() == ["headwise"]
+    spec = yaml.safe_load(open("configs/figure/gated_attention/loss.yaml"))
+    judged = {c.id: c for c in claims.evaluate(spec["claims"], {"loss_gain_headwise": gain})}
+    assert judged["loss_gain_headwise"].verdict == "inconclusive"
+
+
+def test_overhead_is_a_mean_over_rounds_of_median_ratios():
+    turns = pd.DataFrame({"round": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+                          "none": [1.0] * 9,
+                          "headwise": [1.01, 1.02, 9.0, 1.03, 1.04, 1.05, 1.0, 1.02, 1.01]})
+    est = A.overhead_pct(turns, "headwise")
+    assert est.units == pytest.approx((2.0, 4.0, 1.0)) and est.value == pytest.approx(7 / 3)
+    assert est.n == 3 and "timing rounds" in est.method

@@ -1,0 +1,261 @@
+"""The numbers behind the Gated Attention claims (Qiu et al. 2025, arXiv 2505.06708).
+
+Notebook-only: the four figure notebooks call these functions; the training code never imports
+this module. Every function takes the run table of ``FigureContext.runs()`` (one row per sweep
+point: ``gate``, ``seed``, ``lr``, ``status``, ``final_val_loss``, ``probes``, ``train`` ...) or a
+table derived from it, and returns either the per-unit table a claim is computed from or a
+:class:`replicate.claims.Estimate` over every seed of the sweep (never one picked).
+
+Diverged runs. A diverged run has no probes and a NaN final loss. Wherever a claim needs such a
+number, the NaN propagates: the estimate is not finite and the claim is judged ``inconclusive``
+("nothing finite was measured") instead of the notebook crashing. The learning-rate figure is
+the exception by design: there a failed run is a result and counts as ending at
+``failed_above`` (:func:`clipped_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from replicate import claims
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- shared helpers
+def _probe(probes, key: str) -> float:
+    """Mean over layers of ``probes[key]`` (a number or a per-layer list); NaN when absent."""
+    if not isinstance(probes, dict) or probes.get(key) is None:
+        return NAN
+    value = probes[key]
+    if isinstance(value, (list, tuple)):
+        values = [v for v in value if v is not None]
+        return float(np.mean(values)) if values else NAN
+    return float(value)
+
+
+def wide(table: pd.DataFrame, value: str, index: str = "seed", columns: str = "gate") -> pd.DataFrame:
+    """``index`` x ``columns`` table of ``value``; a variant whose runs all diverged keeps its
+    column of NaN (``pivot_table`` would drop it, which is how a diverged baseline used to crash
+    the loss notebook with ``KeyError: 'none'``)."""
+    out = table.groupby([index, columns], sort=True)[value].mean().unstack(columns)
+    return out.reindex(columns=pd.unique(table[columns]))
+
+
+def _column(frame: pd.DataFrame, key: str) -> pd.Series:
+    return frame[key] if key in frame else pd.Series(NAN, index=frame.index, dtype=float)
+
+
+# --------------------------------------------------------------------------- attention_sink
+def sink_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: first-token attention (mean over queries t >= 1 and layers, Qiu et al.
+    Table 4), split by trigger / non-trigger query, BOS/other value-norm ratio, gate scores."""
+    p = runs["probes"]
+    return pd.DataFrame({
+        "gate": runs["gate"], "seed": runs["seed"], "status": runs["status"],
+        "val_loss": runs["final_val_loss"].astype(float),
+        "first_token": p.map(lambda q: _probe(q, "first_token_attention_mean")),
+        "first_token_non_trigger": p.map(lambda q: _probe(q, "first_token_attention_non_trigger")),
+        "first_token_trigger": p.map(lambda q: _probe(q, "first_token_attention_trigger")),
+        "value_norm_ratio": p.map(lambda q: _probe(q, "value_norm_ratio")),
+        "gate_mean": p.map(lambda q: _probe(q, "gate_mean")),
+        "gate_non_trigger": p.map(lambda q: _probe(q, "gate_mean_non_trigger")),
+        "gate_trigger": p.map(lambda q: _probe(q, "gate_mean_trigger")),
+        "seconds": runs["wall_seconds"] if "wall_seconds" in runs else NAN,
+    }).reset_index(drop=True)
+
+
+def sink_measurements(table: pd.DataFrame, gates: Iterable[str] = ("headwise", "elementwise",
+                      "value", "input_independent")) -> dict[str, claims.Estimate]:
+    """Every sink measurement of the ``attention_sink`` figure from :func:`sink_table`.
+
+    ``baseline_first_token``: mean over seeds with a t interval; ``baseline_first_token_min_seed``:
+    the smallest seed (the precondition "every seed forms a sink"); ``first_token_<g>``: mean and
+    t interval per variant; ``sink_cut_<g>`` = mean(baseline) / mean(g) and ``<g>_over_headwise``
+    = mean(g) / mean(headwise), each with a percentile bootstrap over paired seeds.
+    """
+    ft = wide(table, "first_token")
+    col = lambda g: _column(ft, g).to_numpy(float)  # noqa: E731
+    base = col("none")
+    out: dict[str, claims.Estimate] = {
+        "baseline_first_token": claims.mean_interval(base),
+        "baseline_first_token_min_seed": claims.exact(
+            float(np.min(base)) if len(base) else NAN,
+            f"smallest first-token attention of the baseline's {len(base)} seeds (every seed "
+            "must form a sink)"),
+    }
+    for g in gates:
+        out[f"first_token_{g}"] = claims.mean_interval(col(g))
+        out[f"sink_cut_{g}"] = claims.ratio_of_means(base, col(g))
+    for g in ("value", "input_independent"):
+        out[f"{g}_over_headwise"] = claims.ratio_of_means(col(g), col("headwise"))
+    return out
+
+
+# --------------------------------------------------------------------------- lr_stability
+def spikes(train: Sequence[dict], window: int, jump: float) -> int:
+    """Loss spikes of one run: onsets of the smoothed training loss (rolling mean of ``window``
+    logged values) rising more than ``jump`` above its running minimum; a run whose loss turned
+    non-finite counts one more."""
+    loss = pd.Series([p["train_loss"] for p in train], dtype=float)
+    finite = loss[np.isfinite(loss)]
+    smooth = finite.rolling(window).mean().dropna()
+    above = smooth > smooth.cummin() + jump
+    return int((above & ~above.shift(fill_value=False)).sum()) + int(len(finite) < len(loss))
+
+
+def stability_table(runs: pd.DataFrame, failed_above: float, spike_window: int,
+                    spike_jump: float) -> pd.DataFrame:
+    """One row per run: lr, gate, seed, final loss, ``failed`` (diverged, or final validation loss
+    not below ``failed_above``), ``spikes`` (:func:`spikes`) and ``loss`` (:func:`clipped_loss`)."""
+    t = runs[["gate", "lr", "seed", "status", "final_val_loss"]].copy().reset_index(drop=True)
+    t["final_val_loss"] = t["final_val_loss"].astype(float)
+    t["failed"] = (t["status"] == "diverged") | ~(t["final_val_loss"] < failed_above)
+    t["spikes"] = [spikes(tr, spike_window, spike_jump) for tr in runs["train"]]
+    t["loss"] = clipped_loss(t, failed_above)
+    return t
+
+
+def clipped_loss(table: pd.DataFrame, failed_above: float) -> pd.Series:
+    """Final validation loss with every failed run counted as ending at ``failed_above``."""
+    return table["final_val_loss"].where(~table["failed"], failed_above).astype(float)
+
+
+def survival_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
+    """Per seed: the number of learning rates at which the baseline failed and ``gated`` did not."""
+    failed = table.pivot_table(index=["seed", "lr"], columns="gate", values="failed", aggfunc="any")
+    return (failed["none"] & ~failed[gated]).groupby(level="seed").sum().astype(float)
+
+
+def spikes_per_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """seed x gate: loss spikes summed over the learning-rate grid."""
+    return table.groupby(["seed", "gate"])["spikes"].sum().unstack("gate").astype(float)
+
+
+def high_lr_gain_per_seed(table: pd.DataFrame, high_lr: float, gated: str) -> pd.Series:
+    """Per seed: mean over the grid's learning rates >= ``high_lr`` of baseline minus ``gated``
+    clipped final loss (positive: the gated model degrades less)."""
+    high = table[table["lr"] >= high_lr * (1 - 1e-9)]
+    loss = high.pivot_table(index=["seed", "lr"], columns="gate", values="loss")
+    return (loss["none"] - loss[gated]).groupby(level="seed").mean()
+
+
+def best_lr(table: pd.DataFrame) -> pd.Series:
+    """Per gate: the learning rate with the lowest clipped final loss, mean over seeds."""
+    return table.groupby(["gate", "lr"])["loss"].mean().unstack("lr").idxmin(axis=1)
+
+
+def best_loss_gain_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
+    """Per seed: baseline's clipped final loss at its best lr (:func:`best_lr`) minus ``gated``'s
+    at its own best lr (Qiu et al. Table 2 compares each model at its best learning rate)."""
+    best = best_lr(table)
+    at = lambda g: table[(table.gate == g) & np.isclose(table.lr, best[g])].set_index("seed")["loss"]  # noqa: E731
+    return (at("none") - at(gated)).sort_index()
+
+
+def best_lr_on_grid_edge(table: pd.DataFrame, gates: Iterable[str] = ("none", "headwise")) -> int:
+    """How many of ``gates`` have their best lr at the smallest or largest grid point: then the
+    optimum is not bracketed and "best loss" means "best on this grid"."""
+    best, lrs = best_lr(table), sorted(table["lr"].unique())
+    return int(sum(np.isclose(best[g], lrs[0]) or np.isclose(best[g], lrs[-1]) for g in gates))
+
+
+def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "headwise") -> dict:
+    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`."""
+    base = table[table.gate == "none"]
+    spk = spikes_per_seed(table)
+    out = {
+        "baseline_failures": claims.exact(int(base["failed"].sum()),
+                                          f"count of failed baseline runs over the whole grid ({len(base)} runs)"),
+        "gated_failures": claims.exact(int(table[table.gate == gated]["failed"].sum()),
+                                       f"count of failed {gated} runs over the whole grid"),
+        "lrs_only_baseline_fails": claims.mean_interval(survival_per_seed(table, gated)),
+        "spikes_baseline": claims.exact(int(base["spikes"].sum()), "count of baseline loss spikes over the grid"),
+        "spikes_gated": claims.exact(int(table[table.gate == gated]["spikes"].sum()),
+                                     f"count of {gated} loss spikes over the grid"),
+        "spikes_baseline_minus_gated": claims.paired_difference(_column(spk, "none"), _column(spk, gated)),
+        "best_loss_gain": claims.mean_interval(best_loss_gain_per_seed(table, gated)),
+        "best_lr_on_grid_edge": claims.exact(best_lr_on_grid_edge(table, ("none", gated)),
+                                             f"how many of baseline and {gated} have their best lr at a grid edge"),
+    }
+    for g in ("headwise", "elementwise"):
+        if g in set(table.gate):
+            out[f"high_lr_gain_{g}"] = claims.mean_interval(high_lr_gain_per_seed(table, high_lr, g))
+    return out
+
+
+# --------------------------------------------------------------------------- massive_activations
+def activation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: lr, gate, seed, status, largest |hidden state| (max over layers; NaN for a
+    diverged run) and the mean gate score (mean over layers; NaN for the baseline)."""
+    p = runs["probes"]
+    max_h = p.map(lambda q: float(np.max(q["max_abs_hidden"])) if isinstance(q, dict)
+                  and q.get("max_abs_hidden") else NAN)
+    return pd.DataFrame({"gate": runs["gate"], "lr": runs["lr"], "seed": runs["seed"],
+                         "status": runs["status"], "max_abs_hidden": max_h,
+                         "gate_mean": p.map(lambda q: _probe(q, "gate_mean"))}).reset_index(drop=True)
+
+
+def common_lrs(table: pd.DataFrame, gates: Sequence[str]) -> list[float]:
+    """Learning rates at which every run of every one of ``gates`` finished with a finite max."""
+    t = table[table.gate.isin(gates)]
+    return [float(lr) for lr, d in t.groupby("lr")
+            if set(gates) <= set(d.gate) and bool(np.isfinite(d.max_abs_hidden).all())]
+
+
+def log_activation_ratio(table: pd.DataFrame, gated: str, lrs: Sequence[float]) -> pd.DataFrame:
+    """seed x lr: log(max|h| of the baseline / max|h| of ``gated``), same seed and lr."""
+    t = table[table.lr.isin(lrs)]
+    m = t.pivot_table(index=["seed", "lr"], columns="gate", values="max_abs_hidden")
+    return np.log(m["none"] / m[gated]).unstack("lr")
+
+
+def activation_cut(table: pd.DataFrame, gated: str) -> claims.Estimate:
+    """The max-activation cut over the whole grid: per seed the geometric mean over every lr both
+    models trained at (:func:`common_lrs`) of baseline / ``gated``; the estimate is the geometric
+    mean over seeds with a t interval on the log scale (the paper's 1053 -> 94 is this ratio at
+    one lr; here it is judged over all of them, not at the lr where it is largest)."""
+    lrs = common_lrs(table, ["none", gated])
+    if not lrs:
+        return claims.Estimate(NAN, None, 0, "no learning rate at which both models finished")
+    per_seed = log_activation_ratio(table, gated, lrs).mean(axis=1)
+    est = claims.mean_interval(per_seed.to_numpy(float))
+    interval = None if est.interval is None else (math.exp(est.interval[0]), math.exp(est.interval[1]))
+    method = (f"geometric mean over {len(lrs)} lrs ({', '.join(f'{lr:g}' for lr in lrs)}) per seed; "
+              + est.method.replace("of the mean", "of the mean log ratio"))
+    return claims.Estimate(math.exp(est.value), interval, est.n, method,
+                           tuple(math.exp(u) for u in est.units))
+
+
+def gate_score_mean(table: pd.DataFrame, gated: str, lr: float) -> claims.Estimate:
+    """Mean gate score of ``gated`` at ``lr``: mean over seeds of each run's mean score, t interval."""
+    t = table[(table.gate == gated) & np.isclose(table.lr, lr)].sort_values("seed")
+    return claims.mean_interval(t["gate_mean"].to_numpy(float))
+
+
+# --------------------------------------------------------------------------- loss
+def loss_gain(runs: pd.DataFrame, gated: str, baseline: str = "none") -> claims.Estimate:
+    """Baseline minus ``gated`` final validation loss, paired by seed (same seed = same batches
+    and the same initial shared weights), with a t interval over the paired differences."""
+    loss = wide(runs.assign(final_val_loss=runs["final_val_loss"].astype(float)), "final_val_loss")
+    return claims.paired_difference(_column(loss, baseline), _column(loss, gated))
+
+
+def paired_gains(runs: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
+    """seed x gated variant: baseline minus gated final loss (NaN where either diverged)."""
+    loss = wide(runs.assign(final_val_loss=runs["final_val_loss"].astype(float)), "final_val_loss")
+    base = _column(loss, baseline)
+    return loss.drop(columns=[baseline], errors="ignore").rsub(base, axis=0)
+
+
+def overhead_pct(turns: pd.DataFrame, gated: str, baseline: str = "none") -> claims.Estimate:
+    """Step-time overhead (%) of ``gated``: per timing round the median over its turns of
+    gated / baseline step time (adjacent steps, so slow drifts in load cancel) minus 1; the mean
+    over rounds with a t interval (``turns``: one row per turn, a ``round`` column and one
+    column of seconds per variant)."""
+    per_round = (turns[gated] / turns[baseline]).groupby(turns["round"]).median()
+    return claims.mean_interval(100 * (per_round.to_numpy(float) - 1), unit="timing rounds")
