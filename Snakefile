@@ -10,10 +10,8 @@
 
 from replicate.pipeline import Plan
 
-HARDWARE = config.get("hardware", "auto")
-SCALE = config.get("scale", "default")
-plan = Plan(hardware=HARDWARE, scale=SCALE, out=str(config.get("out", ".")))
-SETTINGS = f"hardware={plan.hardware} scale={SCALE} out={plan.out}"
+plan = Plan.for_snakemake(config)  # a bad --config value: one line, exit 2
+SETTINGS = f"hardware={plan.hardware} scale={plan.scale} out={plan.out}"
 
 wildcard_constraints:
     paper=r"[a-z0-9_]+",
@@ -23,7 +21,7 @@ wildcard_constraints:
 
 rule all:
     input:
-        [plan.figure_outputs(f)[0] for f in plan.figures],
+        [plan.figure_outputs(f)[0] for f in plan.all_figures],  # a broken config fails with its line
         plan.path("figures", "SCORECARD.md"),
         plan.path("figures", "index.html"),
 
@@ -64,8 +62,8 @@ rule figure:
 rule scorecard:
     """Every claim of every figure: the Markdown scorecard and the HTML report (one static page)."""
     input:
-        json=[plan.figure_outputs(f)[3] for f in plan.figures],
-        png=[plan.figure_outputs(f)[0] for f in plan.figures],
+        json=[plan.figure_outputs(f)[3] for f in plan.all_figures],
+        png=[plan.figure_outputs(f)[0] for f in plan.all_figures],
     output:
         plan.path("figures", "SCORECARD.md"),
         plan.path("figures", "index.html"),

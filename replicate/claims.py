@@ -319,6 +319,8 @@ def validate_specs(specs: Sequence[Mapping[str, Any]], where: str = "claims") ->
         cid = spec.get("id", "?")
         if ids.count(cid) > 1:
             raise ValueError(f"{where}: claim id '{cid}' appears {ids.count(cid)} times")
+        if spec.get("kind") in (None, "???"):
+            raise ValueError(f"{where}: claim '{cid}' has no kind: add `kind:` paper, control or sanity")
         if spec.get("kind") not in KINDS:
             raise ValueError(f"{where}: claim '{cid}' has kind {spec.get('kind')!r}; expected one of "
                              f"{', '.join(KINDS)}")

@@ -38,10 +38,19 @@ def _split(tokens: list[str]) -> tuple[dict, list[str]]:
 
 
 def cmd_list(args, options, overrides):
+    """Every figure; a broken figure config is reported on its own line and does not hide the rest."""
+    broken = []
     for name in C.list_figures():
-        cfg = C.compose(name, options["hardware"], options["scale"], overrides)
-        claims = ", ".join(c.id for c in cfg.figure.claims)
+        try:
+            cfg = C.compose(name, options["hardware"], options["scale"], overrides)
+        except C.ConfigError as err:
+            broken.append(str(err))
+            print(f"{name:45s} BROKEN: {err}")
+            continue
+        claims = ", ".join(f"{c.id}" + ("" if c.kind == "paper" else f" ({c.kind})") for c in cfg.figure.claims)
         print(f"{name:45s} {len(C.points(cfg)):3d} runs   claims: {claims}")
+    if broken:
+        raise C.ConfigError(f"{len(broken)} figure config(s) broken; first: {broken[0]}")
 
 
 def _requested_run(args, options, overrides):
@@ -136,5 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args, options, overrides)
     except C.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None:  # not a path problem the user can fix: let it raise
+            raise
+        print(f"error: cannot write or read {err.filename}: {err.strerror} "
+              "(check the out= folder's permissions and free space)", file=sys.stderr)
         return 2
     return 0

@@ -130,6 +130,12 @@ def resolve_hardware_name(name: str) -> str:
     return name
 
 
+def check_scale(name: str) -> str:
+    if name not in _choices("scale"):
+        raise ConfigError(f"unknown scale '{name}': choose from {', '.join(_choices('scale'))}")
+    return name
+
+
 def load_hardware(name: str) -> DictConfig:
     """One hardware profile, validated, with ``auto`` resolved."""
     resolved = resolve_hardware_name(name)
@@ -144,14 +150,17 @@ def compose(figure: str, hardware: str = "auto", scale: str = "default",
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
 
+    import yaml
+
     path = figure_file(figure)
     hardware = resolve_hardware_name(hardware)
-    if scale not in _choices("scale"):
-        raise ConfigError(f"unknown scale '{scale}': choose from {', '.join(_choices('scale'))}")
+    check_scale(scale)
     args = [f"figure={figure}", f"hardware={hardware}", f"scale={scale}", *overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             raw = hydra_compose("config", overrides=args)
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(err, path)) from None
     except HydraException as err:
         raise ConfigError(f"{figure}: {_first_line(err)} (overrides: {' '.join(overrides) or 'none'})") from None
     return _validate(raw, figure, scale, path, overrides)
@@ -218,6 +227,14 @@ def _check_claims(fig: DictConfig, path: Path) -> None:
         validate_specs(OmegaConf.to_container(fig.claims), where=str(path))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _yaml_error(err: Exception, path: Path) -> str:
+    """``<file>:<line>:<column>: YAML syntax error: <problem>`` (the file that failed to parse)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or _first_line(err)
+    return f"{where}: YAML syntax error: {problem}"
 
 
 def _first_line(err: Exception) -> str:

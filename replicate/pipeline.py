@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,13 @@ class Plan:
     def __post_init__(self):
         self.hardware = C.resolve_hardware_name(self.hardware)
         self.hw = C.load_hardware(self.hardware)
-        self.figures = {f: C.compose(f, self.hardware, self.scale) for f in C.list_figures()}
+        C.check_scale(self.scale)
+        self.figures, self.broken = {}, {}  # a broken figure config is reported, not fatal to the rest
+        for name in C.list_figures():
+            try:
+                self.figures[name] = C.compose(name, self.hardware, self.scale)
+            except C.ConfigError as err:
+                self.broken[name] = str(err)
         self._run_cfgs = {name: C.run_configs(cfg) for name, cfg in self.figures.items()}
         self._needs = {name: [self.run_path(run_cfg) for run_cfg in run_cfgs]
                        for name, run_cfgs in self._run_cfgs.items()}
@@ -46,15 +53,41 @@ class Plan:
         """The metrics.json that marks the run finished (replicate.runs.run_dir)."""
         return self.path("runs", run_cfg.paper, C.run_hash(run_cfg), "metrics.json")
 
+    @classmethod
+    def for_snakemake(cls, config: dict) -> "Plan":
+        """The Snakefile's plan; a bad ``--config`` value is one line on stderr and exit status 2."""
+        try:
+            return cls(hardware=config.get("hardware", "auto"), scale=config.get("scale", "default"),
+                       out=str(config.get("out", ".")))
+        except C.ConfigError as err:
+            fail(str(err))
+
+    @property
+    def all_figures(self) -> list[str]:
+        """Every configured figure, broken ones included (``all`` fails on them with their line)."""
+        return sorted([*self.figures, *self.broken])
+
+    def require(self, figure: str) -> str:
+        """``figure`` if it is configured and composes; else one line on stderr and exit 2.
+
+        Called from the Snakefile's input functions, where an exception would become a traceback.
+        """
+        if figure in self.broken:
+            fail(self.broken[figure])
+        if figure not in self.figures:
+            fail(f"unknown figure '{figure}' (no configs/figure/{figure}.yaml): known figures are "
+                 + ", ".join(self.all_figures))
+        return figure
+
     def run_metrics(self, figure: str) -> list[str]:
-        return self._needs[figure]
+        return self._needs[self.require(figure)]
 
     def figure_outputs(self, figure: str) -> list[str]:
         return [self.path("figures", f"{figure}{s}") for s in FIGURE_SUFFIXES]
 
     def figure_sha256(self, figure: str) -> str:
         """Hash of the figure's resolved config: a Snakemake param, so an edit reruns the figure."""
-        return C.config_sha256(self.figures[figure])
+        return C.config_sha256(self.figures[self.require(figure)])
 
     def paper_code(self, paper: str) -> list[str]:
         """The paper package's source files: inputs of its figures, so editing them reruns those."""
@@ -74,6 +107,12 @@ class Plan:
                        if name.startswith(paper + "/") for run_cfg in run_cfgs for t in _targets(run_cfg.run)}
             self._training_code[paper] = _import_closure([package, *targets], package)
         return self._training_code[paper]
+
+
+def fail(message: str) -> None:
+    """End the Snakemake process with one line on stderr and exit status 2 (no traceback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _import_closure(modules: list[str], package: str) -> list[str]:
@@ -142,6 +181,9 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
     out = Path(out).resolve()
     final_dir = out / "figures" / paper
     final_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in final_dir.glob(f".{name}.*"):  # staging of an attempt that was killed
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final_dir))
     params = {"figure": figure, "hardware": hardware, "scale": scale, "out": str(out),
               "figure_dir": str(staging), "train_missing": False}

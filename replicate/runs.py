@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -104,16 +105,61 @@ def read_metrics(directory: Path) -> dict:
 
 
 def ensure(run_cfg: DictConfig, out: str | Path) -> Path:
-    """Train the run unless an identical one has finished; return its directory."""
+    """Train the run unless an identical one has finished; return its directory.
+
+    The directory is locked while it trains (``.lock``, an advisory file lock): a second process
+    asking for the same run, from this checkout or another sharing the run store, is refused
+    with one line naming the holder. A run whose module or data cannot be built from its config
+    leaves no directory behind.
+    """
     directory = run_dir(out, run_cfg)
     if is_finished(directory):
         return directory
     from replicate.train import fit
 
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
-    write_json_atomic(directory / METRICS, fit(run_cfg, directory))
+    try:
+        with RunLock(directory):
+            if is_finished(directory):  # another process finished it while we waited for the lock
+                return directory
+            (directory / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
+            write_json_atomic(directory / METRICS, fit(run_cfg, directory))
+    except C.ConfigError:
+        if created and not (directory / "checkpoints" / "last.ckpt").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return directory
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<run dir>/.lock`` holding the holder's pid and host."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+        self.fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise C.ConfigError(f"run {self.path.parent} is being trained by {holder}; wait for it "
+                                "to finish (or stop that process)") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()  # closing releases the lock; the file stays (harmless, tiny)
 
 
 def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -> pd.DataFrame:

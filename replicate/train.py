@@ -187,19 +187,53 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     hardware.configure_process(hw)
     quiet_lightning()
     L.seed_everything(run_cfg.run.seed, workers=True, verbose=False)
-    module = instantiate(run_cfg.run.module, _convert_="all")
-    datamodule = instantiate(run_cfg.run.data, _convert_="all")
+    module = build(run_cfg, "module")
+    datamodule = build(run_cfg, "data")
     recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = CheckpointAfterValidation(last)
     trainer = build_trainer(run_cfg, run_dir, recorder, checkpoint)
-    resume_from = last if last.is_file() else None
+    resume_from = last if usable_checkpoint(last) else None
     print(f"training {run_cfg.run.trainer.max_steps} steps on {hw.accelerator} ({hw.precision})"
           + (f", resuming from {resume_from}" if resume_from else ""), file=sys.stderr, flush=True)
     trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule, ckpt_path=resume_from)
     checkpoint.save(trainer)
     return _metrics(recorder, module, datamodule, trainer)
+
+
+def build(run_cfg: DictConfig, part: str):
+    """Instantiate ``run.<part>`` (module or data); a config the constructor rejects (a wrong key,
+    a value of the wrong type) is a one-line :class:`ConfigError` naming the part and target."""
+    from hydra.errors import InstantiationException
+
+    from replicate.config import ConfigError
+
+    node = run_cfg.run[part]
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"{run_cfg.paper}: run.{part} ({node.get('_target_', '?')}) cannot be built "
+                          f"from its config: {type(cause).__name__}: {first}") from None
+
+
+def usable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint to resume from. One that cannot be read (a kill during a
+    save by an older version, a full disk) is moved aside to ``last.ckpt.corrupt-<time>`` and the
+    run starts from scratch, with a line in the log saying so."""
+    if not path.is_file():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception as err:  # any unreadable file: truncated zip, empty file, pickle error
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        print(f"checkpoint {path} cannot be read ({type(err).__name__}); moved to {aside.name}, "
+              "training from scratch", file=sys.stderr, flush=True)
+        return False
 
 
 def _metrics(recorder: RunRecorder, module, datamodule, trainer: L.Trainer) -> dict[str, Any]:
