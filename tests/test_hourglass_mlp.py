@@ -252,3 +252,78 @@ def test_denoise_figures_share_their_runs(scale):
               for f in ("pareto_denoise", "shape_trends", "pareto_superres")}
     assert hashes["pareto_denoise"] == hashes["shape_trends"]
     assert not set(hashes["pareto_denoise"]) & set(hashes["pareto_superres"])
+
+
+# --------------------------------------------------------------------------- analysis (claims' numbers)
+from replicate.papers.hourglass_mlp import analysis as A  # noqa: E402
+
+
+def shape_rows(family, specs, seed=0, lr=1e-2, **extra):
+    """Rows of ``shape_table``'s form: specs = [(trainable, val, test, depth, d_h)]."""
+    return [dict(family=family, d_z=extra.get("d_z", 0), d_h=d_h, depth=depth, train_lift=False,
+                 trainable=p, fixed=0, diverged=False, lr=lr, seed=seed, val_psnr=val, test_psnr=test,
+                 train_psnr=test) for p, val, test, depth, d_h in specs]
+
+
+def test_per_shape_selects_the_rate_on_validation_and_drops_a_rate_a_seed_diverged_at():
+    rows = []
+    for s in (0, 1):  # lr 1e-3: best validation but seed 1 diverged there; 1e-2 next best on validation
+        rows += shape_rows("conventional", [(100, 12.0 if s == 0 else float("nan"), 13.0, 1, 8)], seed=s, lr=1e-3)
+        rows += shape_rows("conventional", [(100, 11.0, 9.0, 1, 8)], seed=s, lr=1e-2)
+        rows += shape_rows("conventional", [(100, 10.0, 15.0, 1, 8)], seed=s, lr=3e-2)  # best test: never picked
+    best = A.per_shape(pd.DataFrame(rows))
+    assert best.lr.tolist() == [1e-2] and best.test_psnr.tolist() == [9.0] and best.key.tolist() == ["conventional"]
+
+
+def test_frontier_is_picked_on_validation_where_test_selection_would_pick_another_shape():
+    # A: (10, val 1, test 1), (20, val 3, test 2), (30, val 2, test 5): the 30-parameter shape has the best
+    # test PSNR but loses on validation to the 20-parameter one, so the validation frontier is {10, 20}.
+    a = pd.DataFrame(shape_rows("hourglass", [(10, 1.0, 1.0, 1, 4), (20, 3.0, 2.0, 2, 4), (30, 2.0, 5.0, 4, 4)]))
+    b = pd.DataFrame(shape_rows("conventional_head", [(15, 2.0, 3.0, 1, 8), (30, 4.0, 4.0, 2, 8)]))
+    assert A.val_frontier(a).trainable.tolist() == [10, 20]
+    picks = A.frontier_picks(a, [5, 30])
+    assert math.isnan(picks.test_psnr[0]) and picks.trainable[1] == 20 and picks.test_psnr[1] == 2.0
+    # distinct frontier points in [15, 30]: 15, 20 (A steps), 30 (B steps); A - B = 1-3, 2-3, 2-4
+    gap = A.frontier_gap(a, b)
+    assert gap["budgets"].tolist() == [15, 20, 30] and gap["gaps"].tolist() == [-2.0, -1.0, -2.0]
+    assert (gap["win_fraction"], gap["mean_gap"], gap["min_gap"], gap["n_points"]) == (0.0, -5 / 3, -2.0, 3)
+    # the old test-set selection would have credited A with the 30-parameter shape's 5 dB: a win at 30
+    assert compare_frontiers(a, b)["win_fraction"] == pytest.approx(1 / 3)
+
+
+def test_shape_trend_counts_each_distinct_frontier_point_once():
+    rows = pd.DataFrame(shape_rows("hourglass", [(10, 1.0, 1.0, 1, 64), (20, 2.0, 2.0, 2, 32),
+                                                 (25, 1.5, 9.0, 1, 16),  # off the validation frontier
+                                                 (40, 3.0, 3.0, 4, 16)]))
+    assert A.shape_trend(rows, "depth") == pytest.approx(1.0)
+    assert A.shape_trend(rows, "d_h") == pytest.approx(-1.0)
+    assert A.shape_trend(rows.iloc[:2], "depth") != A.shape_trend(rows.iloc[:2], "depth")  # NaN below 3 points
+    assert A.lr_edge_points(rows, [1e-3, 1e-2]) == 3 and A.lr_edge_points(rows, [1e-3, 1e-2, 1e-1]) == 0
+
+
+def test_over_seeds_reruns_the_selection_on_resampled_seeds():
+    # one shape, one rate; its test PSNR is 1, 2, 6 in seeds 0, 1, 2: the statistic (its selected
+    # test PSNR) over all seeds is their mean 3, per seed 1, 2, 6, and every resample's mean lies in [1, 6]
+    rows = [r for s, t in [(0, 1.0), (1, 2.0), (2, 6.0)] for r in shape_rows("hourglass", [(10, 0.0, t, 1, 4)], seed=s)]
+    table = pd.DataFrame(rows)
+    est = A.over_seeds(table, lambda shapes: float(shapes.test_psnr.iloc[0]), resamples=500)
+    assert est.value == pytest.approx(3.0) and est.units == (1.0, 2.0, 6.0) and est.n == 3
+    lo, hi = est.interval
+    assert 1.0 <= lo < 3.0 < hi <= 6.0 and "bootstrap over 3 seeds" in est.method
+    assert A.resample(table, [2, 2]).test_psnr.tolist() == [6.0, 6.0]
+
+
+def test_pareto_measurements_have_intervals_over_seeds_on_a_synthetic_grid():
+    rows = []
+    for s in (0, 1, 2):
+        rows += shape_rows("hourglass", [(10, 5 + s, 5 + s, 1, 4), (20, 7 + s, 7 + s, 2, 4), (40, 9 + s, 9 + s, 4, 4)], seed=s)
+        for fam in ("conventional", "conventional_head"):
+            rows += shape_rows(fam, [(15, 4 + s, 4 + s, 1, 8), (30, 6 + s, 6 + s, 2, 16)], seed=s)
+    m = A.pareto_measurements(pd.DataFrame(rows), [1e-3, 1e-2, 3e-2])
+    assert m["win_fraction_vs_plain"].value == 1.0 and m["win_fraction_vs_plain"].n == 3
+    # seed means: Hourglass (10, 6) (20, 8) (40, 10), baseline (15, 5) (30, 7); points 15, 20, 30 in [15, 30]:
+    # gaps 6-5, 8-5, 8-7 -> mean 5/3; every seed is the same grid shifted, so the interval is a point
+    gap = m["mean_gap_db_vs_head"]
+    assert gap.value == pytest.approx(5 / 3) and gap.interval == pytest.approx((5 / 3, 5 / 3))
+    assert gap.units == pytest.approx((5 / 3,) * 3) and m["frontier_points_vs_head"] == 3
+    assert m["lr_edge_frontier_points_hourglass"] == 0 and m["seeds"] == 3
