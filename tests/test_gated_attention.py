@@ -249,6 +249,7 @@ def test_optimizer_groups_and_schedule():
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from replicate.papers.gated_attention import analysis as A  # noqa: E402
@@ -399,3 +400,26 @@ def test_overhead_is_a_mean_over_rounds_of_median_ratios():
     est = A.overhead_pct(turns, "headwise")
     assert est.units == pytest.approx((2.0, 4.0, 1.0)) and est.value == pytest.approx(7 / 3)
     assert est.n == 3 and "timing rounds" in est.method
+
+
+def test_loss_analysis_survives_a_really_diverged_baseline(tmp_path):
+    """A smoke run of the `loss` figure with a huge learning rate for the baseline only: it
+    diverges, and the notebook's analysis gives a non-finite (inconclusive) gain, not a crash."""
+    from replicate import claims, config as C, runs as R
+
+    cfg = C.compose("gated_attention/loss", "cpu", "smoke",
+                    ["figure.run.trainer.max_steps=6", "figure.run.trainer.val_check_interval=3"])
+    rows = []
+    for k, values in enumerate(C.points(cfg)):
+        run_cfg = C.run_config(cfg, k)
+        if values["module.model.gate"] == "none":
+            run_cfg.run.module.optim.lr = 1e6
+        rows.append({"gate": values["module.model.gate"], "seed": values["seed"],
+                     **R.read_metrics(R.ensure(run_cfg, tmp_path))})
+    runs = pd.DataFrame(rows)
+    assert runs.set_index("gate").loc["none", "status"] == "diverged"
+    gains = {f"loss_gain_{g}": A.loss_gain(runs, g) for g in ("headwise", "elementwise")}
+    assert not any(np.isfinite(e.value) for e in gains.values())
+    judged = claims.evaluate([c for c in OmegaConf.to_container(cfg.figure.claims) if c["id"].startswith("loss_gain")], gains)
+    assert {c.verdict for c in judged} == {"inconclusive"}
+    assert A.paired_gains(runs).isna().all().all()
