@@ -3,6 +3,7 @@ the set model's invariances, the monotone quantile head, the pinball loss, the b
 estimate() entry point."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -282,3 +283,102 @@ def test_estimate_loads_exported_networks(tmp_path):
     nets = load_estimators(tmp_path)
     expected = predict(nets["mse"], evaluation_sets("in", [10], [1], 1)[:1])
     assert np.isfinite(expected).all() and np.isfinite(out["mi"])
+
+
+# --------------------------------------------------------------------------- claim numbers (measures.py)
+from replicate.papers.mist import measures  # noqa: E402
+
+
+def eval_table(mi, **estimates):
+    """A hand-made estimates table: one row per dataset."""
+    frame = pd.DataFrame({"split": "in", "n": 10, "d": 1, "mi": mi})
+    for name, values in estimates.items():
+        frame[name] = values
+    return frame
+
+
+def test_mi_strata_follow_the_issue_edges():
+    names = measures.mi_stratum([0.0, 0.3, 0.31, 1.0, 1.5])
+    assert list(names) == ["low", "low", "mid", "mid", "high"]
+    assert measures.stratum_label("mid") == "0.3 < MI <= 1"
+
+
+def test_mse_ratio_is_ksg_mse_over_mist_mse_with_an_interval_over_datasets():
+    t = eval_table([0.0] * 4, ksg=[1.0, 1.0, 2.0, 2.0], mist=[1.0, -1.0, 1.0, -1.0])
+    est = measures.mse_ratio(t, "ksg", "mist")  # (1 + 1 + 4 + 4) / 4 = 2.5 over 1
+    assert est.value == pytest.approx(2.5) and est.n == 4
+    lo, hi = est.interval
+    assert 1.0 <= lo <= 2.5 <= hi <= 4.0
+    assert "datasets" in est.method
+
+
+def test_win_rate_is_a_wilson_share_of_datasets():
+    t = eval_table([0.0] * 4, mist=[0.1, 0.1, 0.1, 0.9], ksg=[0.5, 0.5, 0.5, 0.5])
+    est = measures.win_rate(t, "mist", "ksg")
+    assert est.value == 0.75 and est.n == 4
+    assert est.interval == pytest.approx((0.3006, 0.9544), abs=1e-3)  # Wilson, z = 1.96, by hand
+
+
+def test_frac_bins_won_counts_bins_and_bootstraps_datasets():
+    t = eval_table([0.0] * 8, mist=[0.1] * 4 + [1.0] * 4, ksg=[1.0] * 4 + [0.1] * 4)
+    t["n"] = [10] * 4 + [20] * 4
+    est = measures.frac_bins_won(t, "n", "mist", "ksg")  # MIST wins n = 10, loses n = 20
+    assert est.value == 0.5 and est.n == 8
+    t["mist"] = 0.0
+    est = measures.frac_bins_won(t, "n", "mist", "ksg")
+    assert est.value == 1.0 and est.interval == (1.0, 1.0)
+
+
+def test_log_ratio_slope_recovers_a_known_trend():
+    d = np.repeat([1, 2, 3], 3)
+    t = eval_table(np.zeros(9), mist=np.ones(9), ksg=np.sqrt(np.exp(0.5 * d)))  # log ratio = 0.5 d
+    t["d"] = d
+    est = measures.log_ratio_slope(t, "d", "ksg", "mist")
+    assert est.value == pytest.approx(0.5)
+    assert est.interval[0] == pytest.approx(0.5) and est.interval[1] == pytest.approx(0.5)
+
+
+def test_stratified_comparison_splits_by_true_mi():
+    t = eval_table([0.1, 0.2, 0.5, 1.5], mist=[0.4, 0.5, 0.5, 1.5], ksg=[0.1, 0.2, 0.0, 0.5])
+    table = measures.stratified_comparison(t).set_index("stratum")
+    assert table.at["low", "datasets"] == 2 and table.at["low", "mse_mist"] == pytest.approx(0.09)
+    assert table.at["low", "ratio"].value == pytest.approx(0.0)
+    assert table.at["high", "mse_ksg"] == pytest.approx(1.0) and table.at["high", "win_rate"].value == 1.0
+    assert table.at["mid", "datasets"] == 1
+
+
+def test_nonfinite_estimates_counts_datasets():
+    t = eval_table([0.0] * 3, mist=[1.0, np.nan, 2.0], mist_qr=[1.0, 1.0, np.inf])
+    assert measures.nonfinite_estimates(t) == 2
+
+
+def test_calibration_error_and_coverage_by_hand():
+    t = eval_table([0.0, 1.0, 2.0, 3.0])
+    t["q_0.25"] = [0.5, 0.5, 0.5, 0.5]  # truth below in 1 of 4: empirical 0.25, error 0
+    t["q_0.75"] = [1.5, 1.5, 1.5, 1.5]  # truth below in 2 of 4: empirical 0.5, error 0.25
+    assert measures.calibration_error(t, (0.25, 0.75)).value == pytest.approx(0.125)
+    cover = measures.coverage_share(pd.Series([1.0, 0.0, np.nan, 1.0]))
+    assert cover.value == pytest.approx(2 / 3) and cover.n == 3
+    strata = measures.coverage_by_stratum(t, "q_0.25", "q_0.75").set_index("stratum")
+    assert strata.at["low", "truth below lo"] == 1.0 and strata.at["mid", "coverage"].value == 1.0
+    assert strata.at["high", "truth above hi"] == 1.0
+
+
+def test_coverage_gap_difference_by_hand():
+    est = measures.coverage_gap_difference([1, 0, 0, 0], [1, 1, 1, 1])  # |0.25 - 0.9| - |1 - 0.9|
+    assert est.value == pytest.approx(0.55) and est.n == 4
+
+
+def test_speedup_is_a_geometric_mean_with_a_log_t_interval():
+    times = pd.DataFrame({"repeat": [0, 0, 1, 1], "method": ["slow", "fast"] * 2, "seconds": [2.0, 1.0, 8.0, 2.0]})
+    est = measures.speedup(times, "slow", "fast")  # ratios 2 and 4
+    assert est.value == pytest.approx(np.sqrt(8.0)) and est.n == 2
+    half = stats.t.ppf(0.975, 1) * np.std(np.log([2.0, 4.0]), ddof=1) / np.sqrt(2)
+    assert est.interval == pytest.approx((np.sqrt(8.0) * np.exp(-half), np.sqrt(8.0) * np.exp(half)))
+
+
+def test_timing_repeats_warms_up_and_times_every_method_each_repeat():
+    calls = {"a": 0, "b": 0}
+    fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
+    frame = measures.timing_repeats(fns, 3)
+    assert calls == {"a": 4, "b": 4} and len(frame) == 6 and set(frame.repeat) == {0, 1, 2}
