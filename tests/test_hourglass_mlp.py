@@ -327,3 +327,19 @@ def test_pareto_measurements_have_intervals_over_seeds_on_a_synthetic_grid():
     assert gap.value == pytest.approx(5 / 3) and gap.interval == pytest.approx((5 / 3, 5 / 3))
     assert gap.units == pytest.approx((5 / 3,) * 3) and m["frontier_points_vs_head"] == 3
     assert m["lr_edge_frontier_points_hourglass"] == 0 and m["seeds"] == 3
+
+
+def test_a_baseline_diverged_everywhere_gives_an_inconclusive_claim_not_an_error():
+    from replicate import claims
+    rows = []
+    for s in (0, 1, 2):
+        rows += shape_rows("hourglass", [(10, 5.0, 5.0, 1, 4), (20, 6.0, 6.0, 2, 4), (40, 7.0, 7.0, 4, 4)], seed=s)
+        for fam in ("conventional", "conventional_head"):
+            rows += shape_rows(fam, [(15, float("nan"), float("nan"), 1, 8)], seed=s)
+    m = A.pareto_measurements(pd.DataFrame(rows), [1e-2])
+    assert math.isnan(m["win_fraction_vs_plain"].value) and m["frontier_points_vs_plain"] == 0
+    spec = C.compose("hourglass_mlp/pareto_denoise", "cpu", "smoke").figure.claims
+    from omegaconf import OmegaConf
+    judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(spec), m)}
+    assert judged["hourglass_dominates_plain"].verdict == "inconclusive"
+    assert "frontier_points_vs_plain" in judged["hourglass_dominates_plain"].reason
