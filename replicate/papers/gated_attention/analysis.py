@@ -128,6 +128,7 @@ def clipped_loss(table: pd.DataFrame, failed_above: float) -> pd.Series:
 def survival_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
     """Per seed: the number of learning rates at which the baseline failed and ``gated`` did not."""
     failed = table.pivot_table(index=["seed", "lr"], columns="gate", values="failed", aggfunc="any")
+    failed = failed.astype(object).fillna(False).astype(bool)  # a (seed, lr) one variant lacks
     return (failed["none"] & ~failed[gated]).groupby(level="seed").sum().astype(float)
 
 
