@@ -9,6 +9,7 @@ papermill so that a failed notebook leaves no figure behind.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import sys
@@ -109,6 +110,42 @@ class Plan:
         return self._training_code[paper]
 
 
+def present(executed: Path, claims_json: Path, paths: dict[str, str]) -> None:
+    """Make the executed notebook the reader's document: the answer (every claim's verdict, from
+    the claims json) right under the title, code cells collapsed (``source_hidden``; tagged
+    ``hide-input`` for renderers that honour it), and the injected parameters with the paths a
+    reader can follow (relative to the repository) instead of this machine's temporary ones."""
+    import nbformat
+
+    from replicate import scorecard
+
+    nb = nbformat.read(str(executed), as_version=4)
+    record = json.loads(claims_json.read_text())
+    answer = nbformat.v4.new_markdown_cell(scorecard.answer_markdown(record))
+    answer.metadata["tags"] = ["answer"]
+    nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, answer)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags:
+            for old, new in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+                cell.source = cell.source.replace(f'"{old}"', f'"{new}"')
+        if "hide-input" not in tags:
+            tags.append("hide-input")
+        cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+    nbformat.write(nb, str(executed))
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository root when it is inside it, else as it is."""
+    try:
+        return Path(os.path.relpath(path, C.REPO_ROOT)).as_posix() if Path(path).resolve().is_relative_to(
+            C.REPO_ROOT.resolve()) else str(path)
+    except ValueError:
+        return str(path)
+
+
 def fail(message: str) -> None:
     """End the Snakemake process with one line on stderr and exit status 2 (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -195,6 +232,8 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
         if missing:
             raise RuntimeError(f"notebook {source} ran but wrote no {', '.join(missing)} "
                                "(it must call FigureContext.save and .report)")
+        present(staging / f"{name}.ipynb", staging / f"{name}.json", {
+            str(staging): _shown_path(final_dir), str(out): _shown_path(out)})
         for suffix in FIGURE_SUFFIXES:
             os.replace(staging / f"{name}{suffix}", final_dir / f"{name}{suffix}")
     except BaseException:

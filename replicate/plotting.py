@@ -12,7 +12,7 @@ PALETTE = "colorblind"
 
 def set_theme() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=1.0,
-                  rc={"figure.dpi": 110, "savefig.dpi": 160, "axes.titleweight": "semibold",
+                  rc={"figure.dpi": 110, "savefig.dpi": 160, "axes.titleweight": "bold",
                       "axes.spines.top": False, "axes.spines.right": False,
                       "legend.frameon": False, "figure.constrained_layout.use": True})
 

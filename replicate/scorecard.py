@@ -334,6 +334,35 @@ def interval_text(claim: dict) -> str:
     return f"— (n={n})" if n else "—"
 
 
+def answer_markdown(record: dict) -> str:
+    """The answer of one figure, for the top of its executed notebook: totals, then every paper
+    claim (its controls under it) with our number, interval, the paper's and the verdict's reason."""
+    entry = Entry(record, Path(f"{record.get('figure', 'figure')}.json"))
+    paper = kind_claims(entry)
+    total = Counter(c["verdict"] for c in paper)
+    lines = ["## The answer", "",
+             f"**{len(paper)} paper claim{'s' if len(paper) != 1 else ''}**: "
+             + ", ".join(f"{total[v]} {v.replace('_', ' ')}" for v in VERDICTS if total[v])
+             + f" — at scale `{record.get('scale', '?')}` on `{record.get('hardware', '?')}` "
+               f"(commit `{short_commit(record)}`). Verdicts are computed from each interval and "
+               "the rules in the figure's config; how: the Claims section at the end.", "",
+             "| claim | verdict | ours [interval] (n) | paper | why |", "|---|---|---|---|---|"]
+    for c, control in ordered_claims(entry):
+        what = f"↳ control `{c['id']}`" if control else f"`{c['id']}`"
+        source = f" ({c['source']})" if c.get("source") else ""
+        lines.append(f"| {what}: {_cell(c.get('statement', ''))} | {BADGE[c['verdict']]} "
+                     f"| {_cell(fmt(c.get('measured')))} {_cell(interval_text(c))} "
+                     f"| {_cell(c.get('paper_value', '') + source)} "
+                     f"| {_cell(c.get('reason', ''))} |")
+    sanity = kind_claims(entry, "sanity")
+    if sanity:
+        held = sum(c["verdict"] == "replicated" for c in sanity)
+        lines += ["", f"Sanity checks (true by construction, not counted): {held} of {len(sanity)} hold"
+                  + ("." if held == len(sanity) else ": " + ", ".join(
+                      f"`{c['id']}` {c['verdict']}" for c in sanity if c["verdict"] != "replicated") + ".")]
+    return "\n".join(lines)
+
+
 def ordered_claims(entry: Entry) -> list[tuple[dict, bool]]:
     """Paper claims, each followed by the controls that qualify it: ``(claim, is_control)``."""
     controls = kind_claims(entry, "control")

@@ -68,6 +68,21 @@ def test_every_figure_has_png_pdf_notebook_and_claims(built):
         assert all(c["kind"] in ("paper", "control", "sanity") and c["reason"] for c in record["claims"])
 
 
+def test_each_executed_notebook_opens_with_its_answer_and_hides_its_code(built):
+    for figure in C.list_figures():
+        nb = json.loads((built / "figures" / f"{figure}.ipynb").read_text())
+        answer = next(i for i, c in enumerate(nb["cells"]) if "answer" in c["metadata"].get("tags", []))
+        assert answer <= 1 and "## The answer" in "".join(nb["cells"][answer]["source"])
+        record = json.loads((built / "figures" / f"{figure}.json").read_text())
+        for claim in record["claims"]:
+            if claim["kind"] != "sanity":
+                assert f"`{claim['id']}`" in "".join(nb["cells"][answer]["source"])
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["metadata"]["jupyter"]["source_hidden"] for c in code)
+        params = "".join(next(c["source"] for c in code if "injected-parameters" in c["metadata"]["tags"]))
+        assert f'figure_dir = "{built / "figures"}' not in params and "/." not in params, params
+
+
 def test_every_run_metrics_json_is_strict(built):
     for path in (built / "runs").glob("*/*/metrics.json"):
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} is not strict JSON: {c}"))
