@@ -285,9 +285,12 @@ def judge(value: float | None, interval: Sequence[float] | None, replicated: str
         return "replicated", f"interval {shown} lies inside '{replicated}'"
     if not holds_somewhere(weaker, lo, hi):
         return "not_replicated", f"interval {shown} lies outside '{weaker}'"
+    if holds_somewhere(replicated, lo, hi):
+        return "partial", f"interval {shown} straddles '{replicated}': within noise"
     if partial and holds_everywhere(partial, lo, hi):
-        return "partial", f"interval {shown} inside '{partial}' but not inside '{replicated}': a weaker effect"
-    return "partial", f"interval {shown} straddles '{weaker if partial else replicated}': within noise"
+        return "partial", f"interval {shown} inside '{partial}' but outside '{replicated}': a weaker effect"
+    return "partial", (f"interval {shown} outside '{replicated}' and straddles '{partial}': at most "
+                       "a weaker effect, within noise")
 
 
 @dataclass

@@ -40,9 +40,11 @@ def test_interval_rules(rule, lo, hi, everywhere, somewhere):
 
 def test_verdict_from_interval_inside_straddling_outside():
     assert claims.judge(0.1, [0.06, 0.2], ">= 0.05", "> 0")[0] == "replicated"
-    verdict, reason = claims.judge(0.07, [0.01, 0.13], ">= 0.05", "> 0")
-    assert verdict == "partial" and "[0.01, 0.13]" in reason and "weaker" in reason
-    verdict, reason = claims.judge(0.04, [-0.01, 0.09], ">= 0.05", "> 0")
+    verdict, reason = claims.judge(0.07, [0.01, 0.13], ">= 0.05", "> 0")  # straddles the bar
+    assert verdict == "partial" and reason == "interval [0.01, 0.13] straddles '>= 0.05': within noise"
+    verdict, reason = claims.judge(0.03, [0.01, 0.04], ">= 0.05", "> 0")  # all between the bars
+    assert verdict == "partial" and "inside '> 0' but outside '>= 0.05': a weaker effect" in reason
+    verdict, reason = claims.judge(0.01, [-0.01, 0.04], ">= 0.05", "> 0")  # below, straddling partial
     assert verdict == "partial" and "straddles '> 0'" in reason and "within noise" in reason
     verdict, reason = claims.judge(-0.05, [-0.1, -0.01], ">= 0.05", "> 0")
     assert verdict == "not_replicated" and "outside '> 0'" in reason
