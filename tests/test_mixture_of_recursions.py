@@ -297,3 +297,111 @@ def test_training_step_reduces_loss_and_carries_aux_loss():
         opt.step()
     assert float(ce.detach()) < first - 0.5
     assert module.model.routers[1].weight.grad.abs().sum() > 0  # the LM loss reaches the router
+
+
+# --------------------------------------------------------------------------- claim analysis
+
+
+def _nll_table(rows):
+    import pandas as pd
+
+    return pd.DataFrame([{"label": label, "budget": budget, "seed": seed, "nll_causal": nll, "nll_topk": nll - 0.01}
+                         for label, budget, seed, nll in rows])
+
+
+def test_paired_gaps_pool_nr_and_seed_pairs_with_a_t_interval():
+    from replicate.papers.mixture_of_recursions.analysis import gap_estimate, nr_comparisons, paired_gaps
+
+    table = _nll_table([("recursive N_r=2", 2, 0, 2.0), ("recursive N_r=2", 2, 1, 2.1),
+                        ("MoR-EC N_r=2", 2, 0, 1.8), ("MoR-EC N_r=2", 2, 1, 1.8), ("MoR-EC N_r=2", 2, 2, 1.0),
+                        ("recursive N_r=3", 2, 0, 2.2), ("recursive N_r=3", 2, 1, 2.3),
+                        ("MoR-EC N_r=3", 2, 0, 1.9), ("MoR-EC N_r=3", 2, 1, 2.1),
+                        ("MoR-EC N_r=3", -1, 0, 5.0)])  # an off-budget run is not at budget 2
+    gaps = paired_gaps(table, nr_comparisons("recursive N_r={n}", "MoR-EC N_r={n}", 2, 2))
+    assert list(gaps.gap.round(6)) == [0.2, 0.3, 0.3, 0.2]  # seed 2 has no recursive partner: left out
+    est = gap_estimate(gaps)
+    # mean 0.25, sd sqrt(0.01 / 3), t_{3, 0.975} = 3.182446: half-width 0.091870
+    assert est.n == 4 and est.value == pytest.approx(0.25)
+    assert est.interval == pytest.approx((0.25 - 0.091870, 0.25 + 0.091870), abs=1e-5)
+    assert "(N_r, seed) run pairs" in est.method
+    topk = paired_gaps(table, nr_comparisons("recursive N_r={n}", "MoR-EC N_r={n}", 2, 2, col_b="nll_topk"))
+    assert topk.gap.mean() == pytest.approx(0.26)
+
+
+def test_share_of_gain_is_a_ratio_of_mean_gains_over_shared_units():
+    import pandas as pd
+
+    from replicate.papers.mixture_of_recursions.analysis import share_of_gain
+
+    def gaps(values):
+        return pd.DataFrame([{"comparison": c, "seed": s, "a": 0.0, "b": 0.0, "gap": g}
+                             for (c, s), g in zip([("N_r=2", 0), ("N_r=2", 1), ("N_r=3", 0), ("N_r=3", 1)], values)])
+
+    est = share_of_gain(gaps([0.1, 0.1, 0.2, 0.2]), gaps([0.2, 0.3, 0.3, 0.2]))
+    assert est.value == pytest.approx(0.6) and est.n == 4
+    lo, hi = est.interval
+    assert lo <= 0.6 <= hi and 0.3 < lo and hi < 1.0  # bootstrap over 4 paired units
+
+
+def _depth_runs():
+    import pandas as pd
+
+    rows = []
+    for seed, deep in enumerate([0.1, 0.2, 0.4]):  # MoR-EC N_r=2, three seeds
+        rows.append({"seed": seed, "run_dir": f"ec2-{seed}", "probes": {
+            "variant": "mor_ec", "n_rec": 2, "kv_share": False, "dead_token_ratio": 0.1,
+            "depth_share": {"topk": [0.5, 0.5], "threshold": [1 - deep, deep]}, "rule_agreement": {"1": 0.6 + 0.1 * seed}}})
+    rows.append({"seed": 0, "run_dir": "ec3-0", "probes": {
+        "variant": "mor_ec", "n_rec": 3, "kv_share": False, "dead_token_ratio": 0.0,
+        "depth_share": {"topk": [1 / 3] * 3, "threshold": [0.3, 0.3, 0.4]}, "rule_agreement": {"1": 0.8, "2": 0.9}}})
+    rows.append({"seed": 0, "run_dir": "tc3-0", "probes": {
+        "variant": "mor_tc", "n_rec": 3, "kv_share": False, "dead_token_ratio": 0.0,
+        "depth_share": {"topk": [0.2, 0.3, 0.5], "threshold": [0.2, 0.3, 0.5]}}})
+    rows.append({"seed": 0, "run_dir": "van", "probes": {"variant": "vanilla", "n_rec": 2, "kv_share": False,
+                                                         "depth_share": {"topk": [], "threshold": []}}})
+    return pd.DataFrame(rows)
+
+
+def test_depth_claims_use_every_seed():
+    import math
+
+    from replicate.papers.mixture_of_recursions.analysis import causal_depth_deviation, depth_table, rule_agreement
+
+    depths = depth_table(_depth_runs())
+    assert list(depths.label) == ["MoR-EC N_r=2"] * 3 + ["MoR-EC N_r=3", "MoR-TC N_r=3"]  # vanilla has no depth
+    assert math.isnan(depths.capacity.iloc[-1])  # token-choice has no trained capacity
+    dev = causal_depth_deviation(depths)
+    # |0.1 - 0.5|, |0.2 - 0.5|, |0.4 - 0.5| = 0.4, 0.3, 0.1: mean 0.26667, sd 0.152753, t_{2, 0.975} = 4.302653
+    assert dev.n == 3 and dev.value == pytest.approx(0.8 / 3)
+    assert dev.interval == pytest.approx((0.8 / 3 - 0.379456, 0.8 / 3 + 0.379456), abs=1e-5)
+    assert causal_depth_deviation(depths, "MoR-EC N_r=3").value == pytest.approx(0.4 - 1 / 3)
+    agree = rule_agreement(depths)  # runs: 0.6, 0.7, 0.8 (N_r=2 seeds) and 0.85 (N_r=3: mean of its two steps)
+    assert agree.n == 4 and agree.value == pytest.approx((0.6 + 0.7 + 0.8 + 0.85) / 4)
+    assert depth_table(_depth_runs().iloc[-1:]).empty  # no MoR run: an empty table with its columns
+    assert causal_depth_deviation(depth_table(_depth_runs().iloc[-1:])).n == 0
+
+
+def test_round_speedups_pair_timing_rounds():
+    from replicate.papers.mixture_of_recursions.analysis import round_speedups, speedup_estimate
+
+    # model: batch 4 in 1 s and 2 s; baseline: batch 2 in 2 s twice -> (4/1)/(2/2) = 4, (4/2)/(2/2) = 2
+    assert list(round_speedups([1.0, 2.0], [2.0, 2.0], 4, 2)) == [4.0, 2.0]
+    est = speedup_estimate([1.0, 2.0, 4 / 3], [2.0, 2.0, 2.0], 4, 2)  # speed-ups 4, 2, 3
+    assert est.value == pytest.approx(3.0) and est.n == 3 and "timing rounds" in est.method
+    with pytest.raises(ValueError, match="not paired"):
+        round_speedups([1.0], [1.0, 2.0], 1, 1)
+
+
+def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
+    for figure in ("isoflop", "depth_map", "throughput"):
+        claims = C.compose(f"mixture_of_recursions/{figure}", "cpu", "default").figure.claims
+        for c in claims:
+            assert c.kind in ("paper", "control") and c.source
+        if figure == "isoflop":
+            controls = {c.id: c.qualifies for c in claims if c.kind == "control"}
+            assert controls == {"ec_gain_not_from_fixed_gate": "ec_beats_recursive",
+                                "ec_beats_recursive_equal_steps": "ec_beats_recursive",
+                                "ec_beats_fixed_gate_equal_steps": "ec_beats_recursive"}
+        if figure == "depth_map":  # every seed, at least three
+            assert {c.id: dict(c.requires) for c in claims} == {
+                "routers_separate": {"n_runs_ec": ">= 3"}, "causal_depth_close_to_capacity": {"n_seeds_ec2": ">= 3"}}

@@ -1,5 +1,12 @@
-"""Notebook-side tables of the Mixture-of-Recursions figures: one row per run with its model
-label, training FLOPs, isoFLOP budget and validation NLL under both routing rules."""
+"""Notebook-side analysis of the Mixture-of-Recursions figures (Bae et al. 2025): the run
+tables (one row per run: model label, seed, training FLOPs, isoFLOP budget, validation NLL under
+both routing rules; depth shares and rule agreement) and the numbers every claim is judged on,
+each an :class:`replicate.claims.Estimate` over its independent units.
+
+Units are independent training runs: seeds, and for comparisons pooled over N_r in {2, 3},
+(N_r, seed) pairs of runs (each pair a distinct pair of runs); never one seed picked. Notebook-only:
+the training code never imports this module.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from replicate import claims as claims_lib
 
 BUDGET_TOLERANCE = 0.05  # a run belongs to a budget when its FLOPs are within 5% of it
 
@@ -49,3 +58,117 @@ def mean_at(table: pd.DataFrame, label: str, budget: int, column: str) -> float:
 def nanmean(values) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
+
+
+def _seed(row) -> int:
+    seed = getattr(row, "seed", 0)
+    return 0 if seed is None or pd.isna(seed) else int(seed)
+
+
+# --------------------------------------------------------------------------- claim numbers
+
+OFF_BUDGET = -1  # run_table's budget for runs that spend no isoFLOP budget (equal-steps controls)
+
+
+def side_values(table: pd.DataFrame, label: str, budget: int, column: str) -> pd.Series:
+    """``column`` per seed for one model at one budget (``OFF_BUDGET`` for the equal-steps runs)."""
+    rows = table[(table.label == label) & (table.budget == budget)]
+    return rows.groupby("seed")[column].mean()
+
+
+def paired_gaps(table: pd.DataFrame, comparisons: dict) -> pd.DataFrame:
+    """One row per (comparison, seed) where both sides have a finished run: ``a``, ``b`` and
+    ``gap = a - b``.
+
+    ``comparisons`` maps a name (e.g. ``"N_r=2"``) to two sides ``((label, budget, column),
+    (label, budget, column))``; the sides are paired by seed (same seed, same data order).
+    """
+    rows = []
+    for name, (side_a, side_b) in comparisons.items():
+        a, b = side_values(table, *side_a), side_values(table, *side_b)
+        for seed in sorted(set(a.index) & set(b.index)):
+            rows.append({"comparison": name, "seed": int(seed), "a": float(a[seed]), "b": float(b[seed]),
+                         "gap": float(a[seed] - b[seed])})
+    return pd.DataFrame(rows, columns=["comparison", "seed", "a", "b", "gap"])
+
+
+def gap_estimate(gaps: pd.DataFrame) -> claims_lib.Estimate:
+    """Mean of ``gaps.gap`` with a t interval over its rows (independent pairs of runs)."""
+    unit = "seeds" if gaps.comparison.nunique() <= 1 else "(N_r, seed) run pairs"
+    return claims_lib.paired_difference(gaps.a, gaps.b, unit=unit)
+
+
+def share_of_gain(part: pd.DataFrame, whole: pd.DataFrame) -> claims_lib.Estimate:
+    """mean(part.gap) / mean(whole.gap) with a paired percentile bootstrap over the units the
+    two tables share (same comparison and seed): e.g. the fixed-gate model's gain over the
+    recursive model as a share of MoR-EC's."""
+    both = part.merge(whole, on=["comparison", "seed"], suffixes=("_part", "_whole"))
+    unit = "seeds" if both.comparison.nunique() <= 1 else "(N_r, seed) units"
+    return claims_lib.ratio_of_means(both.gap_part, both.gap_whole, paired=True, unit=unit)
+
+
+def nr_comparisons(minuend: str, subtrahend: str, budget_a: int, budget_b: int, col_a: str = "nll_causal",
+                   col_b: str = "nll_causal", n_recs=(2, 3)) -> dict:
+    """``{"N_r=n": ((minuend N_r=n, budget_a, col_a), (subtrahend N_r=n, budget_b, col_b))}``;
+    a label containing ``{n}`` is formatted with N_r."""
+    return {f"N_r={n}": ((minuend.format(n=n), budget_a, col_a), (subtrahend.format(n=n), budget_b, col_b))
+            for n in n_recs}
+
+
+DEPTH_COLUMNS = ["label", "variant", "seed", "n_rec", "deep_share_topk", "deep_share_causal", "capacity",
+                 "causal_deviation", "rule_agreement", "dead_token_ratio", "run_dir"]
+
+
+def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per MoR run: label, variant, seed, N_r, the share of tokens reaching the deepest
+    recursion under top-k and under the causal rule, its trained capacity (1/N_r for expert-choice;
+    token-choice has none) and the causal share's absolute deviation from it, the mean rule
+    agreement over routed steps (expert-choice) and the dead-token ratio."""
+    rows = []
+    for r in runs.itertuples():
+        p = r.probes
+        if p["variant"] not in ("mor_ec", "mor_tc"):
+            continue
+        n_rec = int(p["n_rec"])
+        deep = float(p["depth_share"]["threshold"][-1])
+        capacity = 1.0 / n_rec if p["variant"] == "mor_ec" else math.nan
+        agreement = p.get("rule_agreement") or {}
+        rows.append({"label": model_label(p["variant"], n_rec, p["kv_share"]), "variant": p["variant"],
+                     "seed": _seed(r),
+                     "n_rec": n_rec, "deep_share_topk": float(p["depth_share"]["topk"][-1]),
+                     "deep_share_causal": deep, "capacity": capacity,
+                     "causal_deviation": abs(deep - capacity),
+                     "rule_agreement": float(np.mean(list(agreement.values()))) if agreement else math.nan,
+                     "dead_token_ratio": float(p.get("dead_token_ratio", math.nan)),
+                     "run_dir": r.run_dir})
+    return pd.DataFrame(rows, columns=DEPTH_COLUMNS)
+
+
+def causal_depth_deviation(depths: pd.DataFrame, label: str = "MoR-EC N_r=2") -> claims_lib.Estimate:
+    """Mean over seeds of |causal deep share - capacity| for one expert-choice model, t interval
+    over seeds (every seed of that model)."""
+    return claims_lib.mean_interval(depths[depths.label == label].causal_deviation)
+
+
+def rule_agreement(depths: pd.DataFrame) -> claims_lib.Estimate:
+    """Mean over every expert-choice run (N_r in {2, 3}, every seed) of its rule agreement (each
+    run's mean over its routed steps), t interval over the runs."""
+    ec = depths[depths.variant == "mor_ec"]
+    return claims_lib.mean_interval(ec.rule_agreement, unit="runs (N_r x seeds)")
+
+
+def round_speedups(seconds_model: list[float], seconds_base: list[float], batch_model: int,
+                   batch_base: int) -> np.ndarray:
+    """Per timing round, the model's tokens/s over the baseline's: (batch_model / t_model) /
+    (batch_base / t_base) (both generate the same number of tokens per sequence)."""
+    t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
+    if len(t_m) != len(t_b):
+        raise ValueError(f"round_speedups: {len(t_m)} and {len(t_b)} rounds are not paired")
+    return (batch_model / t_m) / (batch_base / t_b)
+
+
+def speedup_estimate(seconds_model, seconds_base, batch_model: int, batch_base: int) -> claims_lib.Estimate:
+    """Mean per-round speed-up with a t interval over the interleaved timing rounds (one trained
+    model per variant: the interval covers timing noise, not seed-to-seed variation)."""
+    return claims_lib.mean_interval(round_speedups(seconds_model, seconds_base, batch_model, batch_base),
+                                    unit="timing rounds")
