@@ -237,6 +237,7 @@ def trend_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
     out["frontier_points_lift"] = lift["n_points"]
     front = val_frontier(hourglass)
     out["distinct_best_shapes"] = int(len(front))
+    out["distinct_best_shapes_conventional_head"] = int(len(val_frontier(family(shapes, "conventional_head"))))
     out["lr_edge_frontier_points_hourglass"] = lr_edge_points(hourglass, lr_grid)
     out["seeds"] = int(table["seed"].nunique())
     out["median_seed_sd_db"] = float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan
