@@ -59,8 +59,11 @@ class FigureContext:
                  f"*hardware* `{hw.name}` ({hw.accelerator}, {hw.precision}).",
                  f"*Sweep*: {sweep} — {len(C.points(self.cfg))} training runs."]
         if f.run is not None:
-            t = f.run.trainer
-            lines.append(f"*Training*: {t.max_steps} steps, validation every {t.val_check_interval}.")
+            trainers = [rc.run.trainer for rc in C.run_configs(self.cfg)] or [f.run.trainer]
+            steps = sorted({t.max_steps for t in trainers})
+            every = sorted({t.val_check_interval for t in trainers})
+            shown = lambda xs: str(xs[0]) if len(xs) == 1 else f"{xs[0]}–{xs[-1]} (by run)"  # noqa: E731
+            lines.append(f"*Training*: {shown(steps)} steps, validation every {shown(every)}.")
         return "\n".join(lines)
 
     def runs(self) -> pd.DataFrame:
