@@ -3,6 +3,7 @@ encoding, gradients, the tasks, the LightningModule and the notebook measurement
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -244,3 +245,101 @@ def test_primary_module_baseline_trains_the_same_functional_network():
     spec = PrimaryNet(**MLP)
     net = PrimaryModule(spec, torch.Generator().manual_seed(0))
     assert net.flat.numel() == spec.n_params and net(images()).shape == (6, 10)
+
+
+# --------------------------------------------------------------------------- claim estimates
+
+
+def _runs_frame(rows):
+    """A stand-in for ``ctx.runs()``: (variant, seed, val curve, final loss, status) per run."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run_dir": f"run{i}", "variant": v, "seed": s, "status": st,
+                          "final_val_loss": f, "val": [{"step": 10 * (j + 1), "val_loss": x} for j, x in enumerate(c)]}
+                         for i, (v, s, c, f, st) in enumerate(rows)])
+
+
+def _table():
+    from replicate.papers.hypernet_mip.analysis import seed_table
+
+    rows = [  # default reaches loss 1.0 at step 40, 30, never (censored 50); MIP at 10, 20, 10
+        ("default", 0, [2, 2, 2, 1.0, 0.9], 0.9, "finished"),
+        ("default", 1, [2, 2, 1.0, 0.8, 0.8], 0.8, "finished"),
+        ("default", 2, [2, 2, 2, 2, 2], 2.0, "finished"),
+        ("mip", 0, [1.0, 0.5, 0.5, 0.5, 0.4], 0.4, "finished"),
+        ("mip", 1, [2, 1.0, 0.6, 0.6, 0.6], 0.6, "finished"),
+        ("mip", 2, [0.9, 0.9, 0.9, 0.9, 0.9], 0.9, "finished"),
+    ]
+    return seed_table(_runs_frame(rows), {"noise": 1.0}, 50, regime_of=lambda d: "noise")
+
+
+def test_seed_table_censors_runs_that_never_reach_the_threshold():
+    t = _table()
+    assert t.steps_censored.tolist() == [40, 30, 50, 10, 20, 10]
+    assert t.reached.tolist() == [True, True, False, True, True, True]
+    from replicate.papers.hypernet_mip.analysis import reached_fraction
+
+    assert reached_fraction(t, "noise", "default") == pytest.approx(2 / 3)
+    assert reached_fraction(t, "noise", "mip") == 1.0
+
+
+def test_steps_ratio_is_a_ratio_of_mean_steps_with_a_paired_seed_interval():
+    from replicate.papers.hypernet_mip.analysis import steps_ratio
+
+    est = steps_ratio(_table(), "noise")
+    assert est.value == pytest.approx(40.0 / (40.0 / 3))  # (40+30+50)/3 over (10+20+10)/3 = 3
+    assert est.n == 3 and "paired seeds" in est.method
+    lo, hi = est.interval  # every bootstrap resample is a ratio of per-seed sums: within [1.5, 5]
+    assert 1.5 - 1e-9 <= lo <= est.value <= hi <= 5.0 + 1e-9
+
+
+def test_final_gain_is_the_mean_paired_difference_with_a_t_interval():
+    from scipy import stats
+
+    from replicate.papers.hypernet_mip.analysis import final_gain
+
+    est = final_gain(_table(), "noise")
+    diffs = [0.5, 0.2, 1.1]  # default - MIP per seed
+    mean, sd = sum(diffs) / 3, float(np.std(diffs, ddof=1))
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert est.value == pytest.approx(mean)
+    assert est.interval == pytest.approx((mean - half, mean + half))
+    assert est.units == pytest.approx(tuple(diffs))
+
+
+def test_final_gain_of_a_diverged_run_is_not_judged_as_finite():
+    from replicate import claims
+    from replicate.papers.hypernet_mip.analysis import final_gain, seed_table
+
+    rows = [("default", 0, [2.0], float("nan"), "diverged"), ("mip", 0, [1.0], 1.0, "finished"),
+            ("default", 1, [2.0], 2.0, "finished"), ("mip", 1, [1.0], 1.0, "finished")]
+    t = seed_table(_runs_frame(rows), 1.0, 10, regime_of=lambda d: "noise")
+    assert t.steps_censored.tolist() == [10, 10, 10, 10] and math.isinf(t.final[0])
+    est = final_gain(t, "noise")
+    assert est.interval is None
+    assert claims.judge(est.value if math.isfinite(est.value) else None, None, "> 0")[0] == "inconclusive"
+
+
+def test_cell_fraction_is_a_wilson_interval_over_cells():
+    from replicate.papers.hypernet_mip.analysis import cell_fraction
+
+    est = cell_fraction([True] * 24)
+    assert est.value == 1.0 and est.n == 24
+    assert est.interval[0] == pytest.approx(24 / (24 + 1.959964 ** 2), rel=1e-5)  # Wilson at p = 1
+    assert est.interval[0] >= 0.85  # so ">= 0.85" is replicated only when every one of 24 cells counts
+    assert cell_fraction([True] * 23 + [False]).interval[0] < 0.85
+    assert cell_fraction([True, float("nan"), False]).n == 2  # cells that say nothing are dropped
+
+
+def test_slope_over_seeds_fits_each_seed_and_averages():
+    import pandas as pd
+
+    from replicate.papers.hypernet_mip.analysis import slope_over_seeds
+
+    g = [0.1, 1.0, 10.0]
+    init = pd.DataFrame([{"variant": "a", "seed": s, "gamma": x, "q": x ** p}
+                         for s, p in ((0, 1.0), (1, 2.0), (2, -3.0)) for x in g])
+    est = slope_over_seeds(init, "a", "q")
+    assert est.units == pytest.approx((1.0, 2.0, -3.0)) and est.value == pytest.approx(0.0)
+    assert slope_over_seeds(init, "a", "q", absolute=True).value == pytest.approx(2.0)
+    assert est.n == 3 and "init seeds" in est.method

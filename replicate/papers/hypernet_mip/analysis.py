@@ -6,6 +6,11 @@ steps to a loss threshold, log-log slopes, and the effective setting of a run.
 ‖θ‖ when θ₀ = 0), ``theta_var`` the variance of θ's entries, ``logit_std`` the std of the primary
 network's logits on a fixed batch of clean images, and ``grad_norm`` ‖∂L/∂ω‖ of the task loss
 (with the fixed validation noise) over all hypernetwork parameters (θ₀ included).
+
+Claim estimates (each returns a ``replicate.claims.Estimate`` over its independent units):
+``steps_ratio`` (paired bootstrap over seeds of mean steps default ÷ variant), ``final_gain``
+(t over paired seed differences of the final loss), ``cell_fraction`` (Wilson interval over
+ablation cells) and ``slope_over_seeds`` (t interval over init seeds of a per-seed log-log slope).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 import torch
+
+from replicate import claims
 
 
 def steps_to_threshold(val: Iterable[Mapping[str, float]], threshold: float) -> float:
@@ -112,3 +119,81 @@ def random_gamma_norms(module, n: int, generator: torch.Generator) -> pd.DataFra
                          "theta_norm": float(module.model.flat_params(gamma).double().norm()),
                          "delta_norm": float(module.model.hyper.delta(gamma).double().norm())})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- claim estimates
+
+
+def seed_table(runs: pd.DataFrame, threshold: Mapping[str, float] | float, max_steps: int,
+               regime_of=None) -> pd.DataFrame:
+    """One row per run: regime, variant, seed, ``steps`` to the threshold (NaN = never),
+    ``steps_censored`` (never -> ``max_steps``, so a ratio involving it is a lower bound),
+    ``reached`` and ``final`` (the final validation loss; +inf for a diverged run).
+
+    ``threshold`` is one number or ``{regime: number}``; ``regime_of(run_dir)`` gives a run's
+    regime (default: the task kind of its effective config)."""
+    regime_of = regime_of or (lambda d: run_effective(d)["task"]["kind"])
+    rows = []
+    for r in runs.itertuples():
+        regime = regime_of(r.run_dir)
+        thr = threshold[regime] if isinstance(threshold, Mapping) else threshold
+        ok = r.status == "finished" and math.isfinite(float(r.final_val_loss))
+        steps = steps_to_threshold(r.val, thr) if ok else float("nan")
+        rows.append({"regime": regime, "variant": r.variant, "seed": int(r.seed), "steps": steps,
+                     "steps_censored": max_steps if math.isnan(steps) else steps,
+                     "reached": not math.isnan(steps),
+                     "final": float(r.final_val_loss) if ok else float("inf")})
+    return pd.DataFrame(rows)
+
+
+def _paired(table: pd.DataFrame, regime: str, a: str, b: str, col: str) -> pd.DataFrame:
+    """Seeds present for both variants ``a`` and ``b`` in ``regime``: columns a, b (values of col)."""
+    d = table[table.regime == regime].pivot_table(index="seed", columns="variant", values=col,
+                                                   aggfunc="first")
+    if a not in d or b not in d:
+        return pd.DataFrame(columns=[a, b])
+    return d[[a, b]].dropna()
+
+
+def steps_ratio(table: pd.DataFrame, regime: str, variant: str = "mip",
+                baseline: str = "default") -> claims.Estimate:
+    """mean over seeds of the baseline's censored steps-to-threshold ÷ the variant's, with a
+    percentile bootstrap over paired seeds (same seed = same init stream and data)."""
+    d = _paired(table, regime, baseline, variant, "steps_censored")
+    if not len(d):
+        return claims.Estimate(float("nan"), None, 0, "no paired seeds")
+    return claims.ratio_of_means(d[baseline].to_numpy(), d[variant].to_numpy(), paired=True)
+
+
+def final_gain(table: pd.DataFrame, regime: str, variant: str = "mip",
+               baseline: str = "default") -> claims.Estimate:
+    """Mean over seeds of baseline − variant final validation loss (nats; > 0: variant better),
+    with a t interval over the paired seed differences. A diverged run's +inf makes it infinite."""
+    d = _paired(table, regime, baseline, variant, "final")
+    if not len(d):
+        return claims.Estimate(float("nan"), None, 0, "no paired seeds")
+    return claims.paired_difference(d[baseline].to_numpy(), d[variant].to_numpy())
+
+
+def reached_fraction(table: pd.DataFrame, regime: str, variant: str) -> float:
+    """Share of a variant's seeds that reached the threshold (a precondition of a steps ratio)."""
+    d = table[(table.regime == regime) & (table.variant == variant)]
+    return float(d.reached.mean()) if len(d) else float("nan")
+
+
+def cell_fraction(flags: Iterable[bool]) -> claims.Estimate:
+    """Share of ablation cells for which ``flags`` holds, with a Wilson interval over the cells
+    (NaN flags, cells that say nothing, are dropped)."""
+    x = [bool(f) for f in flags if not (isinstance(f, float) and math.isnan(f))]
+    return claims.proportion(sum(x), len(x), unit="cells")
+
+
+def slope_over_seeds(init: pd.DataFrame, variant: str, quantity: str, absolute: bool = False,
+                     x: str = "gamma") -> claims.Estimate:
+    """Log-log slope of ``quantity`` against ``x`` fitted per init seed of ``variant`` (rows of
+    the ``init_probe`` table with a ``seed`` column), with a t interval over the seeds."""
+    d = init[init.variant == variant]
+    per_seed = [loglog_slope(g[x], g[quantity]) for _, g in d.groupby("seed")]
+    if absolute:
+        per_seed = [abs(v) for v in per_seed]
+    return claims.mean_interval(per_seed, unit="init seeds")
