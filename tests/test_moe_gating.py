@@ -264,3 +264,74 @@ def test_a_converged_run_resumed_from_its_checkpoint_does_not_iterate_again(tmp_
     assert first["steps"] < 50
     assert again["steps"] == first["steps"]
     assert again["probes"]["per_fit"]["ll_fit"] == first["probes"]["per_fit"]["ll_fit"]
+
+
+# --------------------------------------------------------------------------- analysis (notebook-side)
+def _frame(errors: dict[int, list[float]], ll_gap=None, converged=None):
+    """A fits table: errors[n] = one error per replicate."""
+    import pandas as pd
+
+    rows = [{"replicate": r, "n": n, "err": e} for n, es in errors.items() for r, e in enumerate(es)]
+    frame = pd.DataFrame(rows)
+    frame["ll_gap"] = ll_gap if ll_gap is not None else -1.0
+    frame["converged"] = converged if converged is not None else True
+    return frame
+
+
+def test_slope_estimate_is_the_slope_of_log_mean_error_with_a_bootstrap_over_replicates():
+    from replicate.papers.moe_gating import analysis as A
+
+    # replicate means 1.0, 0.1 at n = 100, 10000: slope log(0.1)/log(100) = -0.5 exactly
+    frame = _frame({100: [0.5, 1.5, 1.0], 10000: [0.05, 0.15, 0.1], 10**7: [9.0, 9.0, 9.0]})
+    est = A.slope_estimate(frame, "err", window=[100, 10000], n_boot=500)
+    assert est.value == pytest.approx(-0.5)
+    assert est.n == 3 and "replicates" in est.method
+    assert est.interval == pytest.approx((-0.5, -0.5))  # every resample has slope -0.5
+    # every replicate's own slope is -0.5 too (each replicate is one-tenth per factor 100)
+    assert est.units == pytest.approx((-0.5, -0.5, -0.5))
+    # replicates that disagree widen the interval: rows (1, 0.1) and (1, 1) give per-row slopes -0.5, 0
+    wide = A.slope_estimate(_frame({100: [1.0, 1.0], 10000: [0.1, 1.0]}), "err", [100, 10000], n_boot=500)
+    assert wide.value == pytest.approx(math.log(0.55) / math.log(100))
+    assert wide.interval[0] == pytest.approx(-0.5) and wide.interval[1] == pytest.approx(0.0, abs=1e-12)
+    # a zero or NaN error: nothing finite
+    assert math.isnan(A.slope_estimate(_frame({100: [1.0, 0.0], 1000: [1.0, 1.0]}), "err", [100, 1000]).value)
+
+
+def test_slope_difference_pairs_replicates_and_excludes_zero_flags_disagreement():
+    from replicate.papers.moe_gating import analysis as A
+
+    a = _frame({100: [1.0, 2.0, 3.0], 10000: [0.1, 0.2, 0.3]})      # slope -0.5 in every replicate
+    b = _frame({100: [1.0, 2.0, 3.0], 10000: [1.0, 2.0, 3.0]})      # slope 0
+    diff = A.slope_difference(a, b, "err", [100, 10000], n_boot=300)
+    assert diff.value == pytest.approx(-0.5) and diff.interval == pytest.approx((-0.5, -0.5))
+    assert A.excludes_zero(diff) == 1
+    same = A.slope_difference(a, a, "err", [100, 10000], n_boot=300)
+    assert same.value == pytest.approx(0.0) and A.excludes_zero(same) == 0
+    with pytest.raises(ValueError, match="same replicates"):
+        A.slope_difference(a, _frame({100: [1.0], 10000: [1.0]}), "err", [100, 10000])
+
+
+def test_fits_below_truth_and_the_iteration_cap_share():
+    from replicate.papers.moe_gating import analysis as A
+
+    frame = _frame({100: [1.0, 1.0], 1000: [1.0, 1.0]}, ll_gap=[-3.0, 2.0, 1e-9, 0.5],
+                   converged=[True, False, True, True])
+    assert A.fits_below_truth(frame) == 2           # gaps 2.0 and 0.5 nats; 1e-9 is within tolerance
+    share = A.cap_share(frame)
+    assert share.value == pytest.approx(0.25) and share.n == 4
+    assert share.interval[0] < 0.25 < share.interval[1]
+
+
+def test_a_fit_below_the_truth_makes_a_rate_claim_inconclusive():
+    from replicate import claims
+    from replicate.papers.moe_gating import analysis as A
+
+    spec = [{"id": "rate", "kind": "paper", "statement": "", "paper_value": "", "measured": "slope",
+             "replicated": "in [-0.65, -0.35]", "requires": {"fits_below_truth": "<= 0"}}]
+    frame = _frame({100: [1.0, 1.0], 10000: [0.1, 0.1]}, ll_gap=[-1.0, -1.0, -1.0, 5.0])
+    m = {"slope": A.slope_estimate(frame, "err", [100, 10000], n_boot=100),
+         "fits_below_truth": A.fits_below_truth(frame)}
+    (claim,) = claims.evaluate(spec, m)
+    assert claim.verdict == "inconclusive" and "fits_below_truth" in claim.reason
+    m["fits_below_truth"] = 0
+    assert claims.evaluate(spec, m)[0].verdict == "replicated"
