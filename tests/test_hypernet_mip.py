@@ -343,3 +343,24 @@ def test_slope_over_seeds_fits_each_seed_and_averages():
     assert est.units == pytest.approx((1.0, 2.0, -3.0)) and est.value == pytest.approx(0.0)
     assert slope_over_seeds(init, "a", "q", absolute=True).value == pytest.approx(2.0)
     assert est.n == 3 and "init seeds" in est.method
+
+
+def test_hyperlight_split_init_gives_each_primary_tensor_its_own_fan_out_std():
+    from replicate.papers.hypernet_mip.analysis import split_output_init_
+
+    spec = PrimaryNet(arch="mlp", in_shape=(1, 16, 16), hidden=(64,))  # fc0.weight 64x256, fc0.bias 64, ...
+    torch.manual_seed(0)
+    h = HyperNet(1, spec.n_params, hidden=(256, 256), activation="leakyrelu")
+    stds = split_output_init_(h, spec, torch.Generator().manual_seed(1))
+    # hand computation: LeakyReLU gain under Kaiming's default a = 0 is sqrt(2); fan-out = block rows
+    expected = {"fc0.weight": math.sqrt(2) / math.sqrt(64 * 256), "fc0.bias": math.sqrt(2) / 8.0,
+                "fc1.weight": math.sqrt(2) / math.sqrt(10 * 64), "fc1.bias": math.sqrt(2) / math.sqrt(10)}
+    assert stds == pytest.approx(expected)
+    offset = 0
+    for name, size in zip(spec.shapes, spec.sizes):
+        block = h.out.weight[offset:offset + size]
+        assert block.std().item() == pytest.approx(expected[name], rel=0.05), name
+        offset += size
+    assert torch.count_nonzero(h.out.bias) == 0
+    # the one-block init it replaces: std 1/sqrt(P) for every block
+    assert 1 / math.sqrt(spec.n_params) < min(expected.values())

@@ -197,3 +197,29 @@ def slope_over_seeds(init: pd.DataFrame, variant: str, quantity: str, absolute: 
     if absolute:
         per_seed = [abs(v) for v in per_seed]
     return claims.mean_interval(per_seed, unit="init seeds")
+
+
+# --------------------------------------------------------------------------- hyperlight's split init
+
+
+@torch.no_grad()
+def split_output_init_(hyper, spec, generator: torch.Generator | None = None) -> dict[str, float]:
+    """Re-initialise the hypernetwork's output weight as hyperlight's current default does
+    (``HyperNet._init_output_split`` in JJGO/hyperlight, after its commit b23eae3 "split init for
+    last dense"; read, not copied): each primary tensor's block of rows, shape (numel, width), is
+    Kaiming normal with fan-out = numel and the hypernetwork activation's gain, so block b has
+    std gain / sqrt(numel_b). Biases are left as they are (zero). Returns each block's std.
+
+    Notebook-only: the trained variants keep the one-block init of ``model.HyperNet``
+    (``init: hyperlight``, std 1/sqrt(P)); this shows what the paper's library would start from."""
+    from replicate.papers.hypernet_mip.model import kaiming_gain_name
+
+    # as torch.nn.init.kaiming_normal_ computes it (its default a = 0: LeakyReLU's gain is sqrt(2))
+    gain = torch.nn.init.calculate_gain(kaiming_gain_name(hyper.activation), 0)
+    stds, offset = {}, 0
+    for name, size in zip(spec.shapes, spec.sizes):
+        std = gain / math.sqrt(size)
+        block = hyper.out.weight[offset:offset + size]
+        block.copy_(torch.randn(block.shape, generator=generator) * std)
+        stds[name], offset = std, offset + size
+    return stds
