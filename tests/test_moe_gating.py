@@ -335,3 +335,14 @@ def test_a_fit_below_the_truth_makes_a_rate_claim_inconclusive():
     assert claim.verdict == "inconclusive" and "fits_below_truth" in claim.reason
     m["fits_below_truth"] = 0
     assert claims.evaluate(spec, m)[0].verdict == "replicated"
+
+
+def test_disagree_when_a_value_leaves_the_other_interval():
+    from replicate import claims
+    from replicate.papers.moe_gating import analysis as A
+
+    shrinking = claims.Estimate(-0.18, (-0.26, -0.11), 10)
+    fixed = claims.Estimate(-0.01, (-0.09, 0.06), 10)
+    assert A.disagree(shrinking, fixed) == 1
+    assert A.disagree(shrinking, claims.Estimate(-0.20, (-0.30, -0.10), 10)) == 0
+    assert math.isnan(A.disagree(shrinking, claims.Estimate(-0.2)))

@@ -106,11 +106,24 @@ def slope_difference(frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str, 
 
 
 def excludes_zero(est: claims.Estimate) -> int:
-    """1 when ``est``'s interval excludes 0 (the two settings disagree), else 0; NaN without one."""
+    """1 when ``est``'s interval excludes 0, else 0; NaN without a finite interval."""
     if est.interval is None or not all(math.isfinite(x) for x in est.interval):
         return math.nan
     lo, hi = est.interval
     return int(lo > 0 or hi < 0)
+
+
+def disagree(a: claims.Estimate, b: claims.Estimate) -> int:
+    """1 when either estimate's value lies outside the other's interval (two settings, e.g. two
+    initialisation schedules, give different rates), else 0; NaN without finite intervals.
+    A paired difference (:func:`slope_difference`) is shown beside it, but it is not the test:
+    when both schedules reach the same maximiser it is ~1e-4 with a tiny interval that can
+    exclude 0 for a difference nobody would call a disagreement."""
+    for est in (a, b):
+        if est.interval is None or not all(math.isfinite(x) for x in (est.value, *est.interval)):
+            return math.nan
+    inside = lambda v, e: e.interval[0] <= v <= e.interval[1]  # noqa: E731
+    return int(not (inside(a.value, b) and inside(b.value, a)))
 
 
 def fits_below_truth(frame: pd.DataFrame, tol: float = LL_TOL) -> int:
