@@ -61,7 +61,8 @@ def _slope(n: np.ndarray, rows: np.ndarray) -> float:
     mean = rows.mean(0)
     if not np.all(mean > 0):
         return math.nan
-    return float(np.polyfit(np.log(n), np.log(mean), 1)[0])
+    x = np.log(n) - np.log(n).mean()
+    return float(x @ np.log(mean) / (x @ x))
 
 
 def _intercept(n: np.ndarray, rows: np.ndarray) -> float:
