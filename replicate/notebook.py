@@ -103,14 +103,16 @@ class FigureContext:
 
 
 def git_commit() -> str:
-    """HEAD of the repo the configs come from, with ``-dirty`` when tracked files differ."""
+    """HEAD of the repo the configs come from, with ``-dirty`` when a tracked source file (anything
+    outside ``figures/``) differs from it."""
     def git(*args):
         return subprocess.run(["git", "-C", str(C.REPO_ROOT), *args], capture_output=True, text=True)
 
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    # figures/ holds outputs (rewritten while the pipeline runs): only sources make a run dirty
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures").stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 

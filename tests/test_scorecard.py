@@ -259,3 +259,21 @@ def test_the_shipped_scorecard_counts_equal_the_shipped_jsons():
     assert Counter(verdict_of(r[6]) for r in parse_rows(text) if "control" not in r[1]) == expected
     for p in jsons:  # strict JSON, and every shipped verdict follows from its numbers
         S.check_verdicts(S._read_strict(p), p)
+
+
+def test_provenance_commit_is_dirty_for_sources_not_for_figure_outputs(tmp_path, monkeypatch):
+    from replicate import notebook
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.json").write_text("{}")
+    (tmp_path / "module.py").write_text("x = 1\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "init")
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
+    clean = notebook.git_commit()
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "figures" / "a.json").write_text('{"rewritten": true}')  # the pipeline's own output
+    assert notebook.git_commit() == clean
+    (tmp_path / "module.py").write_text("x = 2\n")  # a source edit
+    assert notebook.git_commit() == clean + "-dirty"
