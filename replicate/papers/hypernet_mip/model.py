@@ -31,9 +31,13 @@ and starts at zero, as in a standard fully connected hypernetwork); ``encoding``
 
 Initialisation of ω (``init="hyperlight"``, the default everywhere): hidden ``Linear`` weights
 Kaiming normal, fan-out, with the gain of the hypernetwork's activation (GELU/SiLU use the
-LeakyReLU gain, as hyperlight does); the output layer Kaiming normal, fan-out, linear gain
-(std 1/√P for P primary parameters); every hidden bias zero. Under this init the default variant
-is *exactly* proportional for ReLU/LeakyReLU. ``init="torch"`` keeps PyTorch's own ``nn.Linear``
+LeakyReLU gain, as hyperlight does); the output layer as ONE block, Kaiming normal, fan-out,
+linear gain (std 1/√P for P primary parameters); every hidden bias zero. The one-block output
+init is what hyperlight did before its commit b23eae3 ("split init for last dense"); its current
+default re-initialises each predicted tensor's block of the output layer separately, which gives a
+larger ‖θ(γ=1)‖ (about 4.3 against about 1.0 here: the proportionality figure shows both at
+initialisation; issue 17). Under this init the default variant is *exactly* proportional for
+ReLU/LeakyReLU. ``init="torch"`` keeps PyTorch's own ``nn.Linear``
 initialisation (uniform weights *and uniform biases*), whose nonzero biases already break the
 exact proportionality — shown in the proportionality figure, never used for training claims.
 

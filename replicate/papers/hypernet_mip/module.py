@@ -26,7 +26,7 @@ sha256(seed, global step): a pure function of the step, so a resumed run continu
            family over a continuous input, as the paper's tasks; its own tasks differ, Sec. 5).
 ``l2``     γ weights the task loss against a weight penalty (k = 1): loss =
            (1 − γ)·CE(f(x; θ(γ)), y) + γ·l2_coef·Σ‖W‖² over the primary's weight matrices — the
-           shallow trade-off regime of the feasibility probe (../shared/PAPERS.md).
+           shallow trade-off regime of the feasibility probe (docs/papers/hypernet_mip.md).
 
 Validation (``val_loss``): the task loss averaged over the fixed grid ``val_gammas`` (γ = g·1 for
 k > 1, so every band has the same noise), on the fixed validation images with noise drawn from a
