@@ -40,7 +40,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,11 +93,6 @@ class Entry:
 
 
 # --------------------------------------------------------------------------- reading
-def load(figures_dir: Path) -> list[dict]:
-    """Every claims json under ``figures_dir`` (``<paper>/<figure>.json``), sorted by path."""
-    return [_read_strict(p) for p in sorted(Path(figures_dir).glob("*/*.json"))]
-
-
 def _read_strict(path: Path) -> dict:
     def refuse(constant):
         raise ValueError(f"non-finite number {constant} (write null and a note instead)")
