@@ -110,7 +110,7 @@ class Plan:
         return self._training_code[paper]
 
 
-def present(executed: Path, claims_json: Path, paths: dict[str, str]) -> None:
+def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str, str]) -> None:
     """Make the executed notebook the reader's document: the answer (every claim's verdict, from
     the claims json) right under the title, code cells collapsed (``source_hidden``; tagged
     ``hide-input`` for renderers that honour it), and the injected parameters with the paths a
@@ -121,7 +121,7 @@ def present(executed: Path, claims_json: Path, paths: dict[str, str]) -> None:
 
     nb = nbformat.read(str(executed), as_version=4)
     record = json.loads(claims_json.read_text())
-    answer = nbformat.v4.new_markdown_cell(scorecard.answer_markdown(record))
+    answer = nbformat.v4.new_markdown_cell(scorecard.answer_markdown(record, final_dir))
     answer.metadata["tags"] = ["answer"]
     nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, answer)
     for cell in nb.cells:
@@ -232,7 +232,7 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
         if missing:
             raise RuntimeError(f"notebook {source} ran but wrote no {', '.join(missing)} "
                                "(it must call FigureContext.save and .report)")
-        present(staging / f"{name}.ipynb", staging / f"{name}.json", {
+        present(staging / f"{name}.ipynb", staging / f"{name}.json", final_dir, {
             str(staging): _shown_path(final_dir), str(out): _shown_path(out)})
         for suffix in FIGURE_SUFFIXES:
             os.replace(staging / f"{name}{suffix}", final_dir / f"{name}{suffix}")

@@ -72,6 +72,7 @@ figcaption p { margin: 0; }
 td.measured { font-weight: 600; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.rule { color: var(--muted); font-size: 13px; }
 tr.control td { background: #fbfcfd; font-size: 13.5px; } tr.control td:first-child { padding-left: 26px; }
+h2 a.notes { font-size: 14px; font-weight: 400; margin-left: 10px; }
 .reason { color: var(--muted); font-size: 12.5px; margin-top: 3px; }
 table.sanity { margin-top: 10px; font-size: 13px; }
 footer { color: var(--muted); font-size: 13px; padding-top: 24px; padding-bottom: 40px; }
@@ -144,7 +145,10 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
     out.append("</header>")
     out.append("<main>")
     for paper, group in grouped.items():
-        out.append(f'<section class="paper" id="paper-{_e(paper)}"><h2>{_e(paper)}</h2>')
+        notes = S.notes_path(paper)
+        link = (f' <a class="notes" href="{_e(S.relative_link(notes, page_dir))}">research notes</a>'
+                if notes is not None else "")
+        out.append(f'<section class="paper" id="paper-{_e(paper)}"><h2>{_e(paper)}{link}</h2>')
         out += [_figure(e, page_dir) for e in group]
         out.append("</section>")
     out += ["</main>",

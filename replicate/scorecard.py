@@ -328,9 +328,16 @@ def interval_text(claim: dict) -> str:
     return f"— (n={n})" if n else "—"
 
 
-def answer_markdown(record: dict) -> str:
+def notes_path(paper: str) -> Path | None:
+    """The project's research notes on ``paper`` (docs/papers/<paper>.md), if there are any."""
+    path = C.REPO_ROOT / "docs" / "papers" / f"{paper}.md"
+    return path if path.is_file() else None
+
+
+def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
     """The answer of one figure, for the top of its executed notebook: totals, then every paper
-    claim (its controls under it) with our number, interval, the paper's and the verdict's reason."""
+    claim (its controls under it) with our number, interval, the paper's and the verdict's reason.
+    With ``page_dir`` (where the notebook will live) it links the paper's research notes."""
     entry = Entry(record, Path(f"{record.get('figure', 'figure')}.json"))
     paper = kind_claims(entry)
     total = Counter(c["verdict"] for c in paper)
@@ -348,6 +355,10 @@ def answer_markdown(record: dict) -> str:
                      f"| {_cell(fmt(c.get('measured')))} {_cell(interval_text(c))} "
                      f"| {_cell(c.get('paper_value', '') + source)} "
                      f"| {_cell(c.get('reason', ''))} |")
+    notes = notes_path(record.get("paper", ""))
+    if notes is not None and page_dir is not None:
+        lines += ["", f"The paper, its equations as implemented here and every deviation from it: "
+                      f"[{notes.name}]({relative_link(notes, page_dir)})."]
     sanity = kind_claims(entry, "sanity")
     if sanity:
         held = sum(c["verdict"] == "replicated" for c in sanity)
@@ -417,8 +428,11 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
               + " | ".join(f"**{total[v]}**" for v in VERDICTS)
               + f" | {total['stale']} | {total['control']} | {total['sanity']} |", ""]
     for paper, group in grouped.items():
-        lines += [f"## {paper}", "",
-                  "| figure | claim | paper | measured | interval (n) | rule | verdict | why |",
+        notes = notes_path(paper)
+        lines += [f"## {paper}", ""]
+        if notes is not None:
+            lines += [f"Research notes: [{notes.name}]({relative_link(notes, page_dir)})", ""]
+        lines += ["| figure | claim | paper | measured | interval (n) | rule | verdict | why |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in group:
             fig = (f"[{e.name}]({relative_link(e.output('.png'), page_dir)}) "

@@ -277,3 +277,14 @@ def test_provenance_commit_is_dirty_for_sources_not_for_figure_outputs(tmp_path,
     assert notebook.git_commit() == clean
     (tmp_path / "module.py").write_text("x = 2\n")  # a source edit
     assert notebook.git_commit() == clean + "-dirty"
+
+
+def test_the_answer_links_the_papers_research_notes(tmp_path):
+    record = {"paper": "gated_attention", "figure": "loss", "scale": "smoke", "hardware": "cpu",
+              "git_commit": "0" * 40, "claims": [c.to_dict() for c in claims_lib.evaluate(SPECS, {"cut": 4.0})]}
+    figures = C.REPO_ROOT / "figures" / "gated_attention"
+    text = S.answer_markdown(record, figures)
+    assert "(../../docs/papers/gated_attention.md)" in text
+    assert "**4 paper claims**: 1 replicated, 3 inconclusive" in text
+    assert "↳ control `fixed_gate`" in text and "not counted): 1 of 1 hold." in text
+    assert "docs/papers" not in S.answer_markdown({**record, "paper": "no_such_paper"}, figures)
