@@ -187,26 +187,14 @@ def bootstrap(samples: Sequence[Any], statistic, level: float = 0.95, resamples:
 
 
 def ratio_of_means(numerator: Sequence[float], denominator: Sequence[float], level: float = 0.95,
-                   paired: bool = True, unit: str = "seeds", seed: int = 0) -> Estimate:
-    """mean(numerator) / mean(denominator) with a percentile bootstrap interval.
-
-    ``paired`` resamples units jointly (same seed on both sides), else each side on its own.
-    """
+                   unit: str = "seeds", seed: int = 0) -> Estimate:
+    """mean(numerator) / mean(denominator) with a percentile bootstrap interval over paired units
+    (unit i is resampled on both sides at once: the same seed, the same dataset)."""
     num, den = _finite(numerator), _finite(denominator)
-    if paired:
-        if len(num) != len(den):
-            raise ValueError(f"ratio_of_means: {len(num)} and {len(den)} values are not paired")
-        return bootstrap(np.stack([num, den], 1), lambda u: u[:, 0].mean() / u[:, 1].mean(),
-                         level, seed=seed, unit=f"paired {unit}")
-    value = float(num.mean() / den.mean()) if len(num) and len(den) else math.nan
-    if min(len(num), len(den)) < 2 or not (np.isfinite(num).all() and np.isfinite(den).all()):
-        return Estimate(value, None, min(len(num), len(den)), f"{unit}: too few finite units")
-    rng = np.random.default_rng(seed)
-    draws = np.array([num[rng.integers(0, len(num), len(num))].mean()
-                      / den[rng.integers(0, len(den), len(den))].mean() for _ in range(4000)])
-    lo, hi = np.quantile(draws[np.isfinite(draws)], [0.5 - level / 2, 0.5 + level / 2])
-    return Estimate(value, (float(lo), float(hi)), min(len(num), len(den)),
-                    f"{level:.0%} percentile bootstrap, {unit} resampled per side (4000 resamples)")
+    if len(num) != len(den):
+        raise ValueError(f"ratio_of_means: {len(num)} and {len(den)} values are not paired")
+    return bootstrap(np.stack([num, den], 1), lambda u: u[:, 0].mean() / u[:, 1].mean(),
+                     level, seed=seed, unit=f"paired {unit}")
 
 
 def proportion(successes: int, trials: int, level: float = 0.95, unit: str = "seeds") -> Estimate:

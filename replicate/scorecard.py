@@ -100,7 +100,7 @@ def _read_strict(path: Path) -> dict:
     try:
         return json.loads(path.read_text(), parse_constant=refuse)
     except ValueError as err:  # JSONDecodeError is a ValueError
-        raise ScorecardError(f"{path}: not strict JSON ({_first_line(err)})") from None
+        raise ScorecardError(f"{path}: not strict JSON ({C._first_line(err)})") from None
 
 
 def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bool = True) -> list[Entry]:
@@ -260,10 +260,6 @@ def _git(cwd: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]
 
 
 def _rel(path: Path, root: Path) -> str:

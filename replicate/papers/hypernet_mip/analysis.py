@@ -162,7 +162,7 @@ def steps_ratio(table: pd.DataFrame, regime: str, variant: str = "mip",
     d = _paired(table, regime, baseline, variant, "steps_censored")
     if not len(d):
         return claims.Estimate(float("nan"), None, 0, "no paired seeds")
-    return claims.ratio_of_means(d[baseline].to_numpy(), d[variant].to_numpy(), paired=True)
+    return claims.ratio_of_means(d[baseline].to_numpy(), d[variant].to_numpy())
 
 
 def final_gain(table: pd.DataFrame, regime: str, variant: str = "mip",

@@ -64,7 +64,7 @@ def mse_ratio(table: pd.DataFrame, numerator: str = "ksg", denominator: str = "m
     better), with a paired percentile bootstrap over datasets (both estimators' errors on the same
     resampled datasets)."""
     return claims.ratio_of_means(squared_error(table, numerator), squared_error(table, denominator),
-                                 paired=True, unit="datasets")
+                                 unit="datasets")
 
 
 def win_rate(table: pd.DataFrame, method: str = "mist", other: str = "ksg") -> claims.Estimate:

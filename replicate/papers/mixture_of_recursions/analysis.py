@@ -104,7 +104,7 @@ def share_of_gain(part: pd.DataFrame, whole: pd.DataFrame) -> claims_lib.Estimat
     recursive model as a share of MoR-EC's."""
     both = part.merge(whole, on=["comparison", "seed"], suffixes=("_part", "_whole"))
     unit = "seeds" if both.comparison.nunique() <= 1 else "(N_r, seed) units"
-    return claims_lib.ratio_of_means(both.gap_part, both.gap_whole, paired=True, unit=unit)
+    return claims_lib.ratio_of_means(both.gap_part, both.gap_whole, unit=unit)
 
 
 def nr_comparisons(minuend: str, subtrahend: str, budget_a: int, budget_b: int, col_a: str = "nll_causal",
