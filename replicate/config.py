@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -91,10 +92,17 @@ class RunSchema:
 
 
 @dataclass
+class PaperSourceSchema:
+    arxiv: str = ""  # the paper's arXiv id, e.g. "2505.06708" (several: comma-separated)
+    where: str = ""  # the section / table / figure / equation this figure reproduces
+
+
+@dataclass
 class FigureSchema:
     paper: str = ""
     name: str = ""
     title: str = ""
+    source: PaperSourceSchema = field(default_factory=PaperSourceSchema)
     regime: str = ""  # which regime the figure uses and how it differs from the paper
     claims: list[ClaimSchema] = field(default_factory=list)
     run: Optional[RunSchema] = None
@@ -192,6 +200,7 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
         raise ConfigError(f"{path}: bad value at '{key}': {_first_line(err)}") from None
     _check_sweep(cfg.figure, path)
     _check_claims(cfg.figure, path)
+    _check_source(cfg.figure, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -227,6 +236,22 @@ def _check_claims(fig: DictConfig, path: Path) -> None:
         validate_specs(OmegaConf.to_container(fig.claims), where=str(path))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")
+
+
+def _check_source(fig: DictConfig, path: Path) -> None:
+    """``source.arxiv``, when given, is one or more comma-separated arXiv ids."""
+    ids = [part.strip() for part in fig.source.arxiv.split(",") if part.strip()]
+    bad = [i for i in ids if not ARXIV_ID.fullmatch(i)]
+    if bad:
+        raise ConfigError(f"{path}: source.arxiv '{bad[0]}' is not an arXiv id like 2505.06708")
+
+
+def arxiv_links(fig: DictConfig) -> list[str]:
+    """``https://arxiv.org/abs/<id>`` for every id in the figure's ``source.arxiv``."""
+    return [f"https://arxiv.org/abs/{part.strip()}" for part in fig.source.arxiv.split(",") if part.strip()]
 
 
 def _yaml_error(err: Exception, path: Path) -> str:

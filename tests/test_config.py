@@ -88,3 +88,17 @@ def test_a_sweep_may_be_a_list_of_grids_concatenated_in_order(tmp_path, monkeypa
         assert C.points(smoke) == [{"seed": 7}]  # a list in a scale block replaces the sweep
     finally:
         path.unlink()
+
+
+def test_every_figure_names_its_paper_source():
+    """Issue 19: each figure config gives the paper's arXiv id and the section/table it reproduces."""
+    for figure in C.list_figures():
+        fig = C.compose(figure, "cpu", "default").figure
+        assert fig.source.where, figure
+        assert C.arxiv_links(fig) and all(C.ARXIV_ID.search(u) for u in C.arxiv_links(fig))
+
+
+def test_a_malformed_arxiv_id_is_one_clear_error(tmp_path):
+    fig = C.OmegaConf.create({"source": {"arxiv": "2505.067", "where": "Table 1"}})
+    with pytest.raises(C.ConfigError, match="source.arxiv '2505.067' is not an arXiv id"):
+        C._check_source(fig, tmp_path / "f.yaml")
