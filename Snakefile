@@ -50,9 +50,13 @@ rule figure:
         notebook="notebooks/{paper}/{figure}.ipynb",
         code=lambda w: plan.paper_code(w.paper),
     output:
-        plan.figure_outputs("{paper}/{figure}"),
+        # the png goes into `snakemake --report`, one category per paper (caption: report/figure.rst)
+        report(plan.figure_outputs("{paper}/{figure}")[0], caption="report/figure.rst",
+               category="{paper}", labels={"figure": "{figure}"}),
+        plan.figure_outputs("{paper}/{figure}")[1:],
     params:
         config_sha256=lambda w: plan.figure_sha256(f"{w.paper}/{w.figure}"),
+        caption=lambda w: plan.caption(f"{w.paper}/{w.figure}"),
     log:
         plan.path("logs", "figures", "{paper}", "{figure}.log"),
     shell:
@@ -64,6 +68,7 @@ rule scorecard:
     input:
         json=[plan.figure_outputs(f)[3] for f in plan.all_figures],
         png=[plan.figure_outputs(f)[0] for f in plan.all_figures],
+        page=[plan.figure_outputs(f)[4] for f in plan.all_figures],  # index.html links them
     output:
         plan.path("figures", "SCORECARD.md"),
         plan.path("figures", "index.html"),

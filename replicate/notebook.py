@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from replicate import claims as claims_lib
 from replicate import config as C
 from replicate import plotting, runs as runs_lib
+from replicate.environment import describe
 
 
 class FigureContext:
@@ -82,13 +83,15 @@ class FigureContext:
         runs_wall = float(self._runs["wall_seconds"].sum()) if self._runs is not None and len(self._runs) else 0.0
         notebook_wall = time.perf_counter() - self._t0
         payload = {
-            "paper": self.figure.paper, "figure": self.figure.name,
+            "paper": self.figure.paper, "figure": self.figure.name, "title": self.figure.title,
+            "source": {**OmegaConf.to_container(self.figure.source), "links": C.arxiv_links(self.figure)},
+            "rerun": rerun_command(f"{self.figure.paper}/{self.figure.name}", self.cfg),
             "scale": self.cfg.scale.name, "hardware": self.cfg.hardware.name,
             "git_commit": git_commit(), "started": self.started,
             "wall_seconds": round(runs_wall + notebook_wall, 2),
             "runs_wall_seconds": round(runs_wall, 2), "notebook_wall_seconds": round(notebook_wall, 2),
             "config_sha256": C.config_sha256(self.cfg),
-            "environment": environment(),
+            "environment": describe(),
             "data": self._data_provenance(),
             "measurements": dict(measurements),
             "claims": [c.to_dict() for c in judged],
@@ -100,6 +103,13 @@ class FigureContext:
         if self._runs is None or "data" not in self._runs or not len(self._runs):
             return {}
         return self._runs["data"].iloc[0]
+
+
+def rerun_command(figure: str, cfg) -> str:
+    """The one command that re-executes this figure (its notebook; missing or changed runs
+    retrain first) at the scale and hardware it was made with."""
+    return (f"snakemake figures/{figure}.png --forcerun figure --cores all "
+            f"--config scale={cfg.scale.name} hardware={cfg.hardware.name}")
 
 
 def git_commit() -> str:
@@ -127,29 +137,3 @@ def claims_table(judged: list[claims_lib.Claim]) -> pd.DataFrame:
 
 def _interval_text(interval) -> str:
     return "—" if interval is None else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
-
-
-def environment() -> dict[str, Any]:
-    """What made the numbers: Python, torch and Lightning versions, CPU, threads, GPU if any."""
-    import os
-    import platform
-
-    import torch
-
-    try:
-        import lightning
-        lightning_version = lightning.__version__
-    except ImportError:
-        lightning_version = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "lightning": lightning_version, "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from replicate import config as C
 
-FIGURE_SUFFIXES = (".png", ".pdf", ".ipynb", ".json")
+FIGURE_SUFFIXES = (".png", ".pdf", ".ipynb", ".json")  # what the notebook writes
+PAGE_SUFFIX = ".html"  # the code-free page present() adds
 
 
 @dataclass
@@ -84,11 +86,18 @@ class Plan:
         return self._needs[self.require(figure)]
 
     def figure_outputs(self, figure: str) -> list[str]:
-        return [self.path("figures", f"{figure}{s}") for s in FIGURE_SUFFIXES]
+        return [self.path("figures", f"{figure}{s}") for s in (*FIGURE_SUFFIXES, PAGE_SUFFIX)]
 
     def figure_sha256(self, figure: str) -> str:
         """Hash of the figure's resolved config: a Snakemake param, so an edit reruns the figure."""
         return C.config_sha256(self.figures[self.require(figure)])
+
+    def caption(self, figure: str) -> str:
+        """The figure's report caption: its title, the paper's source and its regime."""
+        fig = self.figures[self.require(figure)].figure
+        links = ", ".join(f"`arXiv {url.rsplit('/', 1)[-1]} <{url}>`_" for url in C.arxiv_links(fig))
+        return (f"**{fig.title}** (paper: {links}, {fig.source.where}). {' '.join(fig.regime.split())} "
+                f"Verdicts: figures/{figure}.html and figures/SCORECARD.md.")
 
     def paper_code(self, paper: str) -> list[str]:
         """The paper package's source files: inputs of its figures, so editing them reruns those."""
@@ -113,8 +122,9 @@ class Plan:
 def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str, str]) -> None:
     """Make the executed notebook the reader's document: the answer (every claim's verdict, from
     the claims json) right under the title, code cells collapsed (``source_hidden``; tagged
-    ``hide-input`` for renderers that honour it), and the injected parameters with the paths a
-    reader can follow (relative to the repository) instead of this machine's temporary ones."""
+    ``hide-input`` for renderers that honour it), and every path of this machine (the temporary
+    output folder, the out dir, the checkout) replaced by the one a reader can follow, relative
+    to the repository. Then write the code-free HTML page next to it (:func:`write_page`)."""
     import nbformat
 
     from replicate import scorecard
@@ -128,13 +138,30 @@ def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str,
         if cell.cell_type != "code":
             continue
         tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags:
-            for old, new in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-                cell.source = cell.source.replace(f'"{old}"', f'"{new}"')
         if "hide-input" not in tags:
             tags.append("hide-input")
         cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+    nb = nbformat.reads(_relocate(nbformat.writes(nb), {**paths, str(C.REPO_ROOT): "."}), as_version=4)
     nbformat.write(nb, str(executed))
+    write_page(nb, executed.with_suffix(".html"))
+
+
+def _relocate(text: str, paths: dict[str, str]) -> str:
+    """``text`` with each absolute path in ``paths`` (longest first) replaced by its shown form,
+    where it is a whole path or a path's leading folders."""
+    for old, new in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(re.escape(old) + r"(?=[/\"'\s\\]|$)", lambda _: new, text)
+    return text
+
+
+def write_page(nb, target: Path) -> None:
+    """The executed notebook as a static HTML page without code (inputs and prompts left out):
+    the answer, the prose, the figures and the tables, for a reader who never opens Jupyter."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    target.write_text(body, encoding="utf-8")
 
 
 def _shown_path(path: Path) -> str:
@@ -234,10 +261,10 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
                                "(it must call FigureContext.save and .report)")
         present(staging / f"{name}.ipynb", staging / f"{name}.json", final_dir, {
             str(staging): _shown_path(final_dir), str(out): _shown_path(out)})
-        for suffix in FIGURE_SUFFIXES:
+        for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX):
             os.replace(staging / f"{name}{suffix}", final_dir / f"{name}{suffix}")
     except BaseException:
-        for suffix in FIGURE_SUFFIXES:  # no stale figure survives a failed notebook
+        for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX):  # no stale figure survives a failed notebook
             (final_dir / f"{name}{suffix}").unlink(missing_ok=True)
         failed = out / "logs" / "notebooks" / paper / f"{name}.ipynb"
         if (staging / f"{name}.ipynb").is_file():

@@ -351,10 +351,13 @@ def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
                      f"| {_cell(fmt(c.get('measured')))} {_cell(interval_text(c))} "
                      f"| {_cell(c.get('paper_value', '') + source)} "
                      f"| {_cell(c.get('reason', ''))} |")
+    lines += ["", source_markdown(record)]
     notes = notes_path(record.get("paper", ""))
     if notes is not None and page_dir is not None:
-        lines += ["", f"The paper, its equations as implemented here and every deviation from it: "
-                      f"[{notes.name}]({relative_link(notes, page_dir)})."]
+        lines[-1] += (f" Its equations as implemented here and every deviation from it: "
+                      f"[{notes.name}]({relative_link(notes, page_dir)}).")
+    if record.get("rerun"):
+        lines += ["", f"Rerun this figure: `{record['rerun']}`"]
     sanity = kind_claims(entry, "sanity")
     if sanity:
         held = sum(c["verdict"] == "replicated" for c in sanity)
@@ -362,6 +365,14 @@ def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
                   + ("." if held == len(sanity) else ": " + ", ".join(
                       f"`{c['id']}` {c['verdict']}" for c in sanity if c["verdict"] != "replicated") + ".")]
     return "\n".join(lines)
+
+
+def source_markdown(record: dict) -> str:
+    """``Paper: arXiv 2505.06708 (link), <where>.`` from the json's ``source``."""
+    source = record.get("source") or {}
+    links = ", ".join(f"[arXiv {url.rsplit('/', 1)[-1]}]({url})" for url in source.get("links", []))
+    where = source.get("where", "")
+    return f"Paper: {links or 'no arXiv id given'}{', ' + where if where else ''}."
 
 
 def ordered_claims(entry: Entry) -> list[tuple[dict, bool]]:

@@ -19,7 +19,7 @@ from replicate import config as C
 from replicate.claims import VERDICTS
 
 pytestmark = pytest.mark.slow
-COPIED = ("Snakefile", "configs", "notebooks", "replicate")
+COPIED = ("Snakefile", "configs", "notebooks", "replicate", "report")
 
 
 @pytest.fixture(scope="module")
