@@ -8,10 +8,12 @@ import pytest
 import torch
 from scipy import stats
 
-from replicate.papers.mist import baselines, estimate, load_estimators
-from replicate.papers.mist.analysis import export_net, predict
-from replicate.papers.mist.data import (OOD_FAMILIES, TRAIN_FAMILIES, MetaBatchStream, MetaDataModule,
-                                        evaluation_sets)
+from replicate.papers.mist import baselines, describe, estimate, load_estimators
+from replicate.papers.mist.analysis import predict
+from replicate.papers.mist.checkpoint import export_net, import_net, weights_sha256
+from replicate.papers.mist.data import DEFAULT_PRIOR, TRAIN_FAMILIES, MetaBatchStream, MetaDataModule, draw_mi
+from replicate.papers.mist.testsets import (COPULA_MARGINALS, OFFICIAL_OOMD, OOD_FAMILIES, copula_sets,
+                                            evaluation_sets, independence_sets)
 from replicate.papers.mist.families import (TRANSFORMS, dense_cov, gaussian_mi, lvm_cov_for, pairs_cov,
                                             sample_dataset, student_correction, transform, uniform_noise_eps,
                                             uniform_noise_mi)
@@ -20,7 +22,10 @@ from replicate.papers.mist.module import MISTModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
-TINY = dict(d_max=3, dim=16, heads=2, inducing=4, encoder_blocks=1, seeds=2, head_hidden=16, knots=8)
+TINY = dict(d_max=3, dim=16, heads=2, inducing=4, encoder_blocks=1, seeds=2, head_hidden=16, knots=8,
+            row_layers=1)
+SPEC = dict(families=TRAIN_FAMILIES, n_range=(10, 15), d_range=(1, 3), datasets=4, mi_prior=DEFAULT_PRIOR,
+            equal_dims=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -100,30 +105,66 @@ def test_transforms_are_strictly_increasing(name):
 
 
 @pytest.mark.parametrize("family", TRAIN_FAMILIES + OOD_FAMILIES)
-def test_every_family_samples_finite_data_with_mi_in_range(family):
-    x, y, mi = sample_dataset(family, 50, 3, np.random.default_rng(5), mi_max=2.0)
-    assert x.shape == y.shape == (50, 3) and np.isfinite(x).all() and np.isfinite(y).all()
-    assert 0.0 <= mi <= 2.0 + student_correction(2, 3, 3)
+@pytest.mark.parametrize("dx,dy", [(3, 3), (2, 5)])
+def test_every_family_samples_finite_data_with_the_target_mi(family, dx, dy):
+    x, y, mi = sample_dataset(family, 50, dx, dy, np.random.default_rng(5), 1.2)
+    assert x.shape == (50, dx) and y.shape == (50, dy) and np.isfinite(x).all() and np.isfinite(y).all()
+    if family.startswith("student"):
+        assert mi == pytest.approx(max(1.2, student_correction(2, dx, dy)), abs=0.4)
+    else:
+        assert mi == pytest.approx(1.2, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", [f for f in TRAIN_FAMILIES if not f.startswith("student")])
+def test_zero_target_gives_independent_pairs(family):
+    x, y, mi = sample_dataset(family, 4000, 2, 3, np.random.default_rng(6), 0.0)
+    assert mi == pytest.approx(0.0, abs=1e-12)
+    assert np.abs(np.corrcoef(np.hstack([x, y]), rowvar=False)[:2, 2:]).max() < 0.07
+
+
+def test_dense_covariance_with_unequal_dimensions_keeps_one_canonical_correlation():
+    cov = dense_cov(2, 0.7, 0.3, dy=5)
+    assert cov.shape == (7, 7) and np.linalg.eigvalsh(cov).min() > 0
+    assert gaussian_mi(cov, 2) == pytest.approx(-0.5 * np.log(1 - 0.49), rel=1e-10)
+
+
+def test_mi_prior_has_mass_at_zero_and_near_zero():
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_mi(rng, DEFAULT_PRIOR) for _ in range(4000)])
+    assert (draws == 0).mean() == pytest.approx(DEFAULT_PRIOR["zero"], abs=0.02)
+    low = DEFAULT_PRIOR["zero"] + DEFAULT_PRIOR["low"] + (1 - DEFAULT_PRIOR["zero"] - DEFAULT_PRIOR["low"]) * 0.15
+    assert (draws <= 0.3).mean() == pytest.approx(low, abs=0.03) and draws.max() <= DEFAULT_PRIOR["max"]
 
 
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown family"):
-        sample_dataset("normal-dense-cubic", 10, 2, np.random.default_rng(0))
+        sample_dataset("normal-dense-cubic", 10, 2, 2, np.random.default_rng(0), 0.5)
 
 
-def test_out_of_distribution_combinations_are_unseen_in_training():
+def test_out_of_distribution_split_is_the_official_list_and_unseen_in_training():
+    assert OOD_FAMILIES == OFFICIAL_OOMD and len(OFFICIAL_OOMD) == 7
     assert not set(TRAIN_FAMILIES) & set(OOD_FAMILIES)
 
 
+def test_copula_and_independence_sets_are_fixed_and_use_only_unseen_marginals():
+    a, b = copula_sets([30], [1, 2], 3, 0.6, [(1, 3)]), copula_sets([30], [1, 2], 3, 0.6, [(1, 3)])
+    assert len(a) == len(COPULA_MARGINALS) * 3 * 3
+    assert all(np.array_equal(p.x, q.x) and p.mi == q.mi for p, q in zip(a, b))
+    assert all(0 <= p.mi <= 0.6 + 1e-9 and p.y.shape[1] == p.dy for p in a)
+    indep = independence_sets([30], [2], 1, [(1, 3)])
+    assert all(abs(p.mi) < 1e-12 for p in indep) and not any(p.family.startswith("student") for p in indep)
+
+
 # --------------------------------------------------------------------------- data stream
-def test_meta_batch_stream_resumes_exactly():
-    spec = dict(families=TRAIN_FAMILIES, n_range=(10, 20), d_range=(1, 3), datasets=4, mi_max=2.0)
-    full = MetaBatchStream(spec, seed=7, length=6)
-    resumed = MetaBatchStream(spec, seed=7, length=3, offset=3)
+def test_meta_batch_stream_resumes_exactly_and_mixes_unequal_dimensions():
+    full = MetaBatchStream(SPEC, seed=7, length=12)
+    resumed = MetaBatchStream(SPEC, seed=7, length=3, offset=3)
     for i in range(3):
         a, b = full[3 + i], resumed[i]
-        assert torch.equal(a["x"], b["x"]) and torch.equal(a["mi"], b["mi"])
-    assert full[0]["x"].shape[0] == 4 and full[0]["x"].shape == full[0]["y"].shape
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"]) and torch.equal(a["mi"], b["mi"])
+    shapes = [(full[i]["x"].shape, full[i]["y"].shape) for i in range(12)]
+    assert all(sx[:2] == sy[:2] and sx[0] == 4 for sx, sy in shapes)
+    assert any(sx[2] != sy[2] for sx, sy in shapes) and any(sx[2] == sy[2] for sx, sy in shapes)
 
 
 def test_evaluation_sets_are_fixed():
@@ -132,9 +173,11 @@ def test_evaluation_sets_are_fixed():
     assert len(a) == len(OOD_FAMILIES) and all(np.array_equal(p.x, q.x) and p.mi == q.mi for p, q in zip(a, b))
 
 
-def test_datamodule_rejects_bad_ranges():
+def test_datamodule_rejects_bad_ranges_and_priors():
     with pytest.raises(ValueError, match="d_range"):
-        MetaDataModule(d_range=(1, 5), d_max=4)
+        MetaDataModule(d_range=(1, 9), d_max=8)
+    with pytest.raises(ValueError, match="mi_prior"):
+        MetaDataModule(mi_prior={"zero": 0.8, "low": 0.5})
 
 
 # --------------------------------------------------------------------------- model
@@ -184,8 +227,23 @@ def test_quantiles_never_cross_and_the_median_is_tau_one_half():
     with torch.no_grad():
         q = net(x, y, tau=tau)
         median = net(x, y, tau=torch.tensor([0.5]))[:, 0]
-    assert (q.diff(dim=1) >= 0).all()
-    torch.testing.assert_close(median, net.head.net(net.embedding(x, y))[:, 0].detach())
+    assert (q.diff(dim=1) >= 0).all() and (q >= 0).all()  # monotone, and clipped at 0 (MI >= 0)
+    torch.testing.assert_close(median, net.head.net(net.embedding(x, y))[:, 0].detach().clamp_min(0))
+
+
+def test_unequal_dimensions_and_mse_clipping_in_eval_mode():
+    net = tiny_net("mse")
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # train mode without dropout: only the clipping differs
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(3, 25, 1, generator=g), torch.randn(3, 25, 3, generator=g)
+    with torch.no_grad():
+        out = net(x, y)
+        net.train()
+        raw = net(x, y)
+    assert out.shape == (3,) and (out >= 0).all()
+    torch.testing.assert_close(out, raw.clamp_min(0))
 
 
 def test_pinball_loss_hand_cases():
@@ -203,8 +261,7 @@ def test_pinball_loss_hand_cases():
 @pytest.mark.parametrize("objective", ["mse", "quantile"])
 def test_module_training_step_gives_finite_loss_and_gradients(objective):
     module = MISTModule(objective, max_steps=10, model=TINY)
-    spec = dict(families=TRAIN_FAMILIES, n_range=(10, 15), d_range=(1, 3), datasets=4, mi_max=2.0)
-    batch = MetaBatchStream(spec, seed=0, length=1)[0]
+    batch = MetaBatchStream(SPEC, seed=0, length=1)[0]
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss)
@@ -273,16 +330,69 @@ def test_estimate_without_trained_weights_is_a_clear_error(tmp_path):
         estimate(np.zeros((20, 1)), np.zeros((20, 1)), checkpoint=tmp_path)
 
 
-def test_estimate_loads_exported_networks(tmp_path):
+TRAINED = {"trained": {"n_range": [10, 60], "d_range": [1, 3], "d_max": 3}, "config_hash": "abc", "git_commit": "f00"}
+
+
+def export_tiny(folder):
     for objective in ("mse", "quantile"):
-        export_net(tiny_net(objective), tmp_path / f"{objective}.pt", {"scale": "test"})
+        export_net(tiny_net(objective), folder / f"{objective}.pt", {"scale": "test", **TRAINED})
+
+
+def test_estimate_loads_exported_networks_with_provenance(tmp_path):
+    export_tiny(tmp_path)
     x, y = gaussian_pair(40, 0.9, 6)
     out = estimate(x, y, checkpoint=tmp_path, quantiles=(0.1, 0.9))
     q = out["quantiles"]
-    assert q[0.1] <= q[0.5] <= q[0.9]
+    assert 0 <= q[0.1] <= q[0.5] <= q[0.9] and np.isfinite(out["mi"]) and out["mi"] >= 0
     nets = load_estimators(tmp_path)
+    assert nets["mse"].provenance["weights_sha256"] == weights_sha256(nets["mse"].state_dict())
+    text = describe(tmp_path)
+    assert "config abc" in text and "commit f00" in text and "trained n 10..60" in text
     expected = predict(nets["mse"], evaluation_sets("in", [10], [1], 1)[:1])
-    assert np.isfinite(expected).all() and np.isfinite(out["mi"])
+    assert np.isfinite(expected).all()
+
+
+def test_estimate_is_batched_and_matches_one_at_a_time(tmp_path):
+    export_tiny(tmp_path)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((n, dx)) for n, dx in ((20, 1), (20, 1), (35, 3))]
+    ys = [rng.standard_normal((n, dy)) for n, dy in ((20, 2), (20, 2), (35, 1))]
+    many = estimate(xs, ys, checkpoint=tmp_path)
+    one = [estimate(a, b, checkpoint=tmp_path) for a, b in zip(xs, ys)]
+    assert len(many) == 3 and all(m["mi"] == pytest.approx(o["mi"], abs=1e-5) for m, o in zip(many, one))
+    stacked = estimate(np.stack(xs[:2]), np.stack(ys[:2]), checkpoint=tmp_path)
+    assert [r["mi"] for r in stacked] == pytest.approx([r["mi"] for r in many[:2]], abs=1e-5)
+
+
+def test_estimate_range_rule_refuses_or_warns(tmp_path):
+    export_tiny(tmp_path)
+    rng = np.random.default_rng(4)
+    with pytest.raises(ValueError, match="d_y=4 is outside the trained dimensions 1..3"):
+        estimate(rng.standard_normal((30, 2)), rng.standard_normal((30, 4)), checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="n=200 is outside the trained sample sizes 10..60"):
+        estimate(rng.standard_normal((200, 1)), rng.standard_normal((200, 1)), checkpoint=tmp_path)
+    with pytest.warns(UserWarning, match="extrapolation"):
+        out = estimate(rng.standard_normal((200, 1)), rng.standard_normal((200, 1)), checkpoint=tmp_path,
+                       outside="warn")
+    assert np.isfinite(out["mi"])
+
+
+def test_altered_checkpoint_weights_are_refused(tmp_path):
+    export_tiny(tmp_path)
+    saved = torch.load(tmp_path / "mse.pt", weights_only=False)
+    key = next(iter(saved["state_dict"]))
+    saved["state_dict"][key] = saved["state_dict"][key] + 1
+    torch.save(saved, tmp_path / "mse.pt")
+    with pytest.raises(ValueError, match="does not match"):
+        import_net(tmp_path / "mse.pt")
+
+
+def test_shipped_checkpoints_accept_eight_and_unequal_dimensions():
+    """The shipped default-scale networks take d_x = d_y = 8 and d_x != d_y (issue 16)."""
+    rng = np.random.default_rng(5)
+    for dx, dy in ((8, 8), (2, 7)):
+        out = estimate(rng.standard_normal((100, dx)), rng.standard_normal((100, dy)))
+        assert np.isfinite(out["mi"]) and out["quantiles"][0.05] <= out["quantiles"][0.95]
 
 
 # --------------------------------------------------------------------------- claim numbers (measures.py)
@@ -345,6 +455,15 @@ def test_stratified_comparison_splits_by_true_mi():
     assert table.at["low", "ratio"].value == pytest.approx(0.0)
     assert table.at["high", "mse_ksg"] == pytest.approx(1.0) and table.at["high", "win_rate"].value == 1.0
     assert table.at["mid", "datasets"] == 1
+
+
+def test_independence_measures_by_hand():
+    t = eval_table([0.0] * 4, mist=[0.0, 0.1, 0.0, 0.1])
+    t["q_0.05"] = [0.0, 0.0, 0.2, 0.0]
+    est = measures.mean_estimate(t, "mist")
+    assert est.value == pytest.approx(0.05) and est.n == 4
+    rate = measures.false_dependence_rate(t)
+    assert rate.value == pytest.approx(0.25) and rate.n == 4
 
 
 def test_nonfinite_estimates_counts_datasets():

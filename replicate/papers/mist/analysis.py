@@ -1,5 +1,8 @@
 """What the MIST notebooks measure: batched predictions, the evaluation table, error summaries,
-calibration, and the export of trained weights for :func:`replicate.papers.mist.estimate`."""
+calibration, and the export of trained weights for :func:`replicate.papers.mist.estimate`.
+
+Notebook-only: no training module imports this file (the pipeline's training closure is
+``module``, ``model``, ``data``, ``families``), so editing it never retrains a run."""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ import pandas as pd
 import torch
 
 from replicate.papers.mist import baselines
-from replicate.papers.mist.data import EvalDataset, evaluation_sets
+from replicate.papers.mist.checkpoint import CHECKPOINT_DIR, export_net, git_commit, import_net, load_net  # noqa: F401
 from replicate.papers.mist.model import MISTNet
-
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+from replicate.papers.mist.testsets import (EvalDataset, copula_sets, evaluation_sets,  # noqa: F401
+                                            independence_sets)
 TAU_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -38,10 +41,23 @@ def predict(net: MISTNet, datasets: list[EvalDataset], tau=None, batch: int = 64
     return out
 
 
-def eval_datasets(spec: dict, mi_max: float) -> dict[str, list[EvalDataset]]:
-    """The in- and out-of-meta-distribution evaluation sets of a figure's ``measure.eval``."""
-    return {split: evaluation_sets(split, spec["n_grid"], spec["d_grid"], spec["per_cell"], mi_max)
-            for split in ("in", "out")}
+def eval_datasets(spec: dict, mi_max: float, extra: dict | None = None) -> dict[str, list[EvalDataset]]:
+    """The in- and out-of-meta-distribution evaluation sets of a figure's ``measure.eval`` (plus
+    ``unequal`` (d_x, d_y) cells), and, from ``extra`` (``measure.copula`` / ``measure.independent``
+    when given), the external copula and independence splits."""
+    unequal = [tuple(p) for p in spec.get("unequal", [])]
+    sets = {split: evaluation_sets(split, spec["n_grid"], spec["d_grid"], spec["per_cell"], mi_max,
+                                   unequal=unequal) for split in ("in", "out")}
+    extra = extra or {}
+    if extra.get("copula"):
+        c = extra["copula"]
+        sets["copula"] = copula_sets(c["n_grid"], c["d_grid"], c["per_cell"], c["mi_max"],
+                                     [tuple(p) for p in c.get("unequal", [])])
+    if extra.get("independent"):
+        c = extra["independent"]
+        sets["independent"] = independence_sets(c["n_grid"], c["d_grid"], c["per_cell"],
+                                                [tuple(p) for p in c.get("unequal", [])])
+    return sets
 
 
 def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet], ksg_k: int = 5,
@@ -52,7 +68,7 @@ def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet]
     for split, datasets in sets.items():
         table = pd.DataFrame({"split": split, "family": [ds.family for ds in datasets],
                               "n": [ds.n for ds in datasets], "d": [ds.d for ds in datasets],
-                              "mi": [ds.mi for ds in datasets]})
+                              "dy": [ds.dy for ds in datasets], "mi": [ds.mi for ds in datasets]})
         table["mist"] = predict(nets["mse"], datasets)
         quantiles = predict(nets["quantile"], datasets, tau=tau)
         for j, t in enumerate(tau):
@@ -166,46 +182,29 @@ def runtime_table(net: MISTNet, spec: dict, infonce_spec: dict, ksg_k: int = 5) 
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- checkpoints
-def load_net(run_dir: str | Path) -> MISTNet:
-    """The trained network of a finished MIST run (its last checkpoint), in eval mode."""
-    from replicate.runs import load_module
-
-    return load_module(run_dir).net.eval()
-
-
-def export_net(net: MISTNet, path: str | Path, provenance: dict) -> Path:
-    """Write the network's weights and constructor arguments (what ``estimate`` loads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"init": net_init_args(net), "state_dict": net.state_dict(), "provenance": provenance}, path)
-    return path
-
-
-def net_init_args(net: MISTNet) -> dict:
-    head = net.head
-    quantile = net.objective == "quantile"
-    return {"objective": net.objective, "d_max": net.d_max, "dim": net.embed[-1].out_features,
-            "heads": net.mix.attn.num_heads, "inducing": net.encoder[0].points.shape[1],
-            "encoder_blocks": len(net.encoder), "seeds": net.pool.seeds.shape[1],
-            "head_hidden": (head.net[0] if quantile else head[0]).out_features,
-            "knots": head.knots if quantile else 20}
-
-
-def import_net(path: str | Path) -> MISTNet:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    net = MISTNet(**saved["init"])
-    net.load_state_dict(saved["state_dict"])
-    return net.eval()
-
-
 # --------------------------------------------------------------------------- notebooks
 def trained_nets(runs: pd.DataFrame) -> dict[str, MISTNet]:
     """{objective: trained network} from a figure's runs table (one run per objective)."""
     return {r.objective: load_net(r.run_dir) for r in runs.itertuples()}
 
 
-def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float) -> tuple[pd.DataFrame, dict]:
-    """(estimates table, evaluation sets) of a figure's runs on its ``measure.eval`` sets."""
-    sets = eval_datasets(measure["eval"], mi_max)
+def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float, extra_splits: bool = False) -> tuple[pd.DataFrame, dict]:
+    """(estimates table, evaluation sets) of a figure's runs on its ``measure.eval`` sets (and the
+    copula and independence splits of ``measure`` when ``extra_splits``)."""
+    extra = {k: measure.get(k) for k in ("copula", "independent")} if extra_splits else None
+    sets = eval_datasets(measure["eval"], mi_max, extra)
     return estimates_table(sets, trained_nets(runs), measure["ksg_k"]), sets
+
+
+def export_checkpoints(runs: pd.DataFrame, scale: str, folder: Path = CHECKPOINT_DIR) -> pd.DataFrame:
+    """Write every run's network to ``folder/<objective>.pt`` with its provenance (config hash,
+    git commit, trained ranges; the weights' sha256 is added on export); one row per file."""
+    rows = []
+    for r in runs.itertuples():
+        net = load_net(r.run_dir)
+        record = {**net.provenance, "scale": scale, "git_commit": git_commit()}
+        path = export_net(net, Path(folder) / f"{r.objective}.pt", record)
+        saved = import_net(path).provenance
+        rows.append({"file": path.name, "config hash": saved["config_hash"], "git commit": saved["git_commit"][:12],
+                     "weights sha256": saved["weights_sha256"][:16], "kB": round(path.stat().st_size / 1024)})
+    return pd.DataFrame(rows)

@@ -1,28 +1,31 @@
-"""MIST's meta-dataset as a resumable stream of meta-batches, plus the fixed test sets.
+"""MIST's meta-dataset as a resumable stream of meta-batches.
 
 Training (Gritsai et al. 2025, Sec. 3): every optimizer step sees ``datasets_per_step`` fresh
 datasets, generated on the fly (the paper stores 625k datasets; we never repeat one). One step's
-datasets share one sample size n ~ U{n_min..n_max} and one dimension d ~ U{d_min..d_max} (drawn
-per step) so that a meta-batch stacks without row padding; each dataset draws its family
-uniformly from ``train_families``. Item ``j`` of the stream is step ``j``'s meta-batch, a pure
-function of (seed, j) (``replicate.data.resumable``): a resumed run sees exactly the batches of an
+datasets share one sample size n ~ U{n_min..n_max} and one pair of dimensions (drawn per step):
+d_x ~ U{d_min..d_max}, then d_y = d_x with probability ``equal_dims`` and d_y ~ U{d_min..d_max}
+otherwise, so that a meta-batch stacks without row padding; each dataset draws its family uniformly
+from ``train_families``. Item ``j`` of the stream is step ``j``'s meta-batch, a pure function of
+(seed, j) (``replicate.data.resumable``): a resumed run sees exactly the batches of an
 uninterrupted one. Inputs are padded to ``d_max`` features by the model, not here.
 
-Validation: ``val_batches`` meta-batches from a stream seeded independently of the run's seed
-(the same for every run), in-meta-distribution families.
+MI prior (``mi_prior``, our meta-distribution; the paper's comes from bmi's task parameters): each
+dataset's target MI is exactly 0 (an independent pair, same marginals) with probability ``zero``,
+uniform on [0, ``low_max``] with probability ``low``, and uniform on [0, ``max``] otherwise. The
+point mass and the low-MI component are what lets a regressor be right at and near independence:
+a network trained on a uniform prior returns the posterior mean of a prior with no mass at 0,
+which is well above 0 on independent data (issue 16: 0.05-0.15 nats).
 
-Test sets (``evaluation_sets``): for each family of a split, each n of ``n_grid`` and each d of
-``d_grid``, ``per_cell`` datasets, seeded by sha256(split, family, n, d, rep): the same datasets
-for every run, model and notebook. The in-meta-distribution split uses the training families;
-the out-of-meta-distribution split uses family/transform combinations never seen in training
-(the paper's held-out combinations, Sec. 5).
+Validation: ``val_batches`` meta-batches from a stream seeded independently of the run's seed
+(the same for every run), in-meta-distribution families and the training prior.
+
+The fixed test sets live in ``testsets.py`` (not imported by training: they can change without
+retraining).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -36,35 +39,33 @@ TRAIN_FAMILIES = (
     "student-dense-base", "student-dense-wiggly", "student-sparse-halfcube", "student-sparse-base",
     "student-sparse-asinh", "student-2pair-asinh", "student-2pair-halfcube", "additive-noise-wiggly",
 )
-OOD_FAMILIES = (
-    "normal-dense-wiggly", "normal-sparse-normcdf", "normal-lvm-asinh", "normal-2pair-halfcube",
-    "student-dense-normcdf", "student-2pair-base", "additive-noise-base",
-)
+DEFAULT_PRIOR = {"zero": 0.15, "low": 0.25, "low_max": 0.3, "max": 2.0}
 VAL_SEED = 1_000_003  # the validation stream's seed: independent of the run's seed
 
 
-@dataclass
-class EvalDataset:
-    x: np.ndarray
-    y: np.ndarray
-    mi: float
-    family: str
-    n: int
-    d: int
+def draw_mi(rng: np.random.Generator, prior: dict) -> float:
+    """A target MI from the meta-distribution's prior (module docstring)."""
+    u = rng.uniform()
+    if u < prior["zero"]:
+        return 0.0
+    top = prior["low_max"] if u < prior["zero"] + prior["low"] else prior["max"]
+    return float(rng.uniform(0.0, top))
 
 
-def seeded_rng(*key) -> np.random.Generator:
-    digest = hashlib.sha256(":".join(map(str, ("mist", *key))).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+def draw_dims(rng: np.random.Generator, d_range, equal_dims: float) -> tuple[int, int]:
+    dx = int(rng.integers(d_range[0], d_range[1] + 1))
+    dy = dx if rng.uniform() < equal_dims else int(rng.integers(d_range[0], d_range[1] + 1))
+    return dx, dy
 
 
-def meta_batch(rng: np.random.Generator, families, n_range, d_range, datasets: int,
-               mi_max: float) -> dict[str, torch.Tensor]:
-    """``datasets`` datasets with a shared (n, d): x, y (B, n, d) float32, mi (B,) float32."""
+def meta_batch(rng: np.random.Generator, families, n_range, d_range, datasets: int, mi_prior: dict,
+               equal_dims: float = 0.5) -> dict[str, torch.Tensor]:
+    """``datasets`` datasets with a shared (n, d_x, d_y): x (B, n, d_x), y (B, n, d_y) float32,
+    mi (B,) float32."""
     n = int(rng.integers(n_range[0], n_range[1] + 1))
-    d = int(rng.integers(d_range[0], d_range[1] + 1))
+    dx, dy = draw_dims(rng, d_range, equal_dims)
     picks = rng.integers(0, len(families), datasets)
-    xs, ys, mis = zip(*(sample_dataset(families[i], n, d, rng, mi_max) for i in picks))
+    xs, ys, mis = zip(*(sample_dataset(families[i], n, dx, dy, rng, draw_mi(rng, mi_prior)) for i in picks))
     as_t = lambda a: torch.from_numpy(np.stack(a)).float()
     return {"x": as_t(xs), "y": as_t(ys), "mi": torch.tensor(mis, dtype=torch.float32)}
 
@@ -90,6 +91,16 @@ def first(items: list):
     return items[0]
 
 
+def check_prior(prior: dict) -> dict:
+    prior = {**DEFAULT_PRIOR, **(prior or {})}
+    if set(prior) != set(DEFAULT_PRIOR):
+        raise ValueError(f"mi_prior keys must be {sorted(DEFAULT_PRIOR)}, got {sorted(prior)}")
+    if not (0 <= prior["zero"] and 0 <= prior["low"] and prior["zero"] + prior["low"] <= 1
+            and 0 < prior["low_max"] <= prior["max"]):
+        raise ValueError(f"mi_prior needs zero, low >= 0, zero + low <= 1, 0 < low_max <= max; got {prior}")
+    return {k: float(v) for k, v in prior.items()}
+
+
 def check_ranges(n_range, d_range, d_max: int) -> None:
     if not 2 <= n_range[0] <= n_range[1]:
         raise ValueError(f"n_range must satisfy 2 <= lo <= hi, got {list(n_range)}")
@@ -106,15 +117,18 @@ class MetaDataModule(ResumableDataModule):
 
     batch_size = 1
 
-    def __init__(self, train_families=TRAIN_FAMILIES, n_range=(10, 200), d_range=(1, 4), d_max: int = 4,
-                 mi_max: float = 2.0, datasets_per_step: int = 64, max_steps: int = 1000, seed: int = 0,
-                 val_batches: int = 8, num_workers: int = 0):
+    def __init__(self, train_families=TRAIN_FAMILIES, n_range=(10, 200), d_range=(1, 8), d_max: int = 8,
+                 mi_prior: dict | None = None, equal_dims: float = 0.5, datasets_per_step: int = 64,
+                 max_steps: int = 1000, seed: int = 0, val_batches: int = 8, num_workers: int = 0):
         super().__init__()
         check_ranges(n_range, d_range, d_max)
         for family in train_families:
             parse_family(family)
+        if not 0 <= equal_dims <= 1:
+            raise ValueError(f"equal_dims is a probability, got {equal_dims}")
         self.spec = {"families": tuple(train_families), "n_range": tuple(n_range), "d_range": tuple(d_range),
-                     "datasets": int(datasets_per_step), "mi_max": float(mi_max)}
+                     "datasets": int(datasets_per_step), "mi_prior": check_prior(mi_prior),
+                     "equal_dims": float(equal_dims)}
         self.max_steps, self.seed, self.val_batches, self.num_workers = max_steps, seed, val_batches, num_workers
 
     @property
@@ -135,21 +149,3 @@ class MetaDataModule(ResumableDataModule):
     def val_dataloader(self) -> DataLoader:
         stream = MetaBatchStream(self.spec, VAL_SEED, self.val_batches, stream="mist-val")
         return DataLoader(stream, batch_size=1, shuffle=False, collate_fn=first)
-
-
-def evaluation_sets(split: str, n_grid, d_grid, per_cell: int, mi_max: float = 2.0,
-              families=None) -> list[EvalDataset]:
-    """The fixed test datasets of a split (``in`` or ``out`` of the meta-distribution)."""
-    if families is None:
-        if split not in ("in", "out"):
-            raise ValueError(f"split must be 'in' or 'out', got {split!r}")
-        families = TRAIN_FAMILIES if split == "in" else OOD_FAMILIES
-    out = []
-    for family in families:
-        for n in n_grid:
-            for d in d_grid:
-                for rep in range(per_cell):
-                    x, y, mi = sample_dataset(family, int(n), int(d), seeded_rng("eval", split, family, n, d, rep),
-                                              mi_max)
-                    out.append(EvalDataset(x, y, mi, family, int(n), int(d)))
-    return out

@@ -159,6 +159,36 @@ def nonfinite_estimates(table: pd.DataFrame, methods=("mist", "mist_qr")) -> int
     return int((~np.isfinite(values)).any(axis=1).sum())
 
 
+# --------------------------------------------------------------------------- independence
+def mean_estimate(table: pd.DataFrame, method: str = "mist") -> claims.Estimate:
+    """Mean of ``method``'s estimates over the table's datasets (on independent data the truth is
+    0, so this is the bias), with a t interval over datasets."""
+    values = table[method].to_numpy(dtype=float)
+    return claims.mean_interval(values[np.isfinite(values)], unit="datasets")
+
+
+def false_dependence_rate(table: pd.DataFrame, lo: str = "q_0.05", threshold: float = 0.0) -> claims.Estimate:
+    """Share of (independent) datasets whose lower quantile ``lo`` is above ``threshold``: the
+    rate of a false "dependent" call by the rule "q̂_0.05 > 0" (Wilson interval over datasets)."""
+    q = table[lo].to_numpy(dtype=float)
+    q = q[np.isfinite(q)]
+    return claims.proportion(int((q > threshold).sum()), len(q), unit="datasets")
+
+
+def independence_table(table: pd.DataFrame, methods=("mist", "mist_qr", "ksg"), by=("n", "d")) -> pd.DataFrame:
+    """Per ``by`` cell of independent data: datasets, every method's mean estimate (t interval)
+    and the false-dependence rate of MIST-QR's 5 % quantile (Wilson)."""
+    rows = []
+    for key, g in table.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key), datasets=len(g))
+        row.update({f"mean {m}": mean_estimate(g, m) for m in methods})
+        if "q_0.05" in g:
+            row["P(q0.05 > 0)"] = false_dependence_rate(g)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- calibration
 def coverage_share(covered: pd.Series) -> claims.Estimate:
     """Share of datasets whose interval covers the truth (Wilson), over rows with an interval."""

@@ -1,29 +1,41 @@
 """The MIST set model (Gritsai et al. 2025, Sec. 4) built from Set Transformer blocks (Lee et al.
-2019): MAB, ISAB, PMA.
+2019): MAB, SAB, ISAB, PMA, in the order of the official ``MISTSetTransformer``
+(grgera/mist, ``src/mist_statinf/model/architecture.py``).
 
 Input: a batch of datasets x (B, n, d_x), y (B, n, d_y) with an optional row mask (B, n) (True =
-a real sample; padded rows never influence the output). Each dataset's columns are standardised
-with the masked mean and std (our addition: the paper's code feeds raw values; MI is invariant to
-per-coordinate affine maps, so this removes a nuisance the network would otherwise learn), zero-
-padded to ``d_max`` features, and each row [x, y, feature masks] is embedded by an MLP. Then:
+a real sample; padded rows never influence the output); d_x and d_y may differ, each at most
+``d_max``. Each dataset's columns are standardised with the masked mean and std (our addition: the
+paper's code feeds raw values; MI is invariant to per-coordinate affine maps, so this removes a
+nuisance the network would otherwise learn), zero-padded to ``d_max`` features, and each row
+[x, y, feature masks] is embedded by an MLP (official: Linear → GELU → LN → Dropout → Linear →
+GELU → LN). Then, as in the official code:
 
-    rows -> ISAB x encoder_blocks (m inducing points) -> PMA(seeds) -> SAB over seeds -> flatten
-         -> concat [log n, d_x / d_max, d_y / d_max] -> head MLP
+    rows -> [SAB -> LN -> Dropout] x row_layers     (the official "feature interaction block")
+         -> ISAB x encoder_blocks (m inducing points)
+         -> PMA(seeds) -> decoder: SAB over the seeds -> PMA(1)
+         -> concat [log n, d_x / d_max, d_y / d_max] -> head
 
-Attention runs across samples only, as in the official implementation (every block attends over
-rows). The paper names its scheme "two-dimensional attention"; we could not confirm from the text
-available to us that a separate attention over features exists, so none is implemented: features
-enter through the row embedding, padded with masks. Every block is permutation-equivariant over
-rows and the PMA pooling is invariant, so the estimate does not depend on the order of samples.
+The one addition to the decoder output is the 3 numbers [log n, d_x/d_max, d_y/d_max] (the head
+sees the sample size and the dimensions explicitly; the official model must infer them from the
+padded tokens). Attention runs across samples only, as in the official implementation. Every block
+is permutation-equivariant over rows and the pooling is invariant, so the estimate does not depend
+on the order of samples.
+
+Non-negativity (ours): MI ≥ 0, so the estimate is clipped at 0 — for ``mse`` only in eval mode
+(training regresses the raw output, whose optimum is the posterior mean, already ≥ 0 in
+expectation); for ``quantile`` always (the pinball loss is taken on max(q, 0), a censored quantile
+regression: a quantile of a non-negative variable is ≥ 0, and clipping never increases the loss;
+without it the 5 % quantile of an independent pair would hover around 0 and be above 0 half the
+time).
 
 Heads (``objective``):
   ``mse``       one number, the MI estimate (MIST).
   ``quantile``  a monotone quantile function q(τ) (MIST-QR). The paper concatenates τ to the
                 pooled embedding before the head, which lets quantiles cross. Here the head
                 outputs a median m and K non-negative increments δ_k = softplus(·) on the knots
-                t_k = k/K, and q(τ) = m + Σ_k δ_k (r_k(τ) - r_k(½)) with the ramps
-                r_k(τ) = clip((τ - t_k) K, 0, 1): a piecewise-linear, non-decreasing function of τ
-                with q(½) = m. Quantiles cannot cross by construction.
+                t_k = k/K, and q(τ) = max(0, m + Σ_k δ_k (r_k(τ) - r_k(½))) with the ramps
+                r_k(τ) = clip((τ - t_k) K, 0, 1): a piecewise-linear, non-decreasing function of τ.
+                Quantiles cannot cross by construction.
 """
 
 from __future__ import annotations
@@ -48,6 +60,32 @@ class MAB(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(q + self.attn(q, k, k, key_padding_mask=pad, need_weights=False)[0])
         return self.norm2(h + self.ff(h))
+
+
+class SAB(nn.Module):
+    """Self-attention block MAB(X, X) over rows, with an optional key padding mask."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.mab = MAB(dim, heads)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mab(x, x, pad)
+
+
+class RowInteraction(nn.Module):
+    """The official feature-interaction block: [SAB -> LayerNorm -> Dropout] x layers over rows."""
+
+    def __init__(self, dim: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.sabs = nn.ModuleList(SAB(dim, heads) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        for sab, norm in zip(self.sabs, self.norms):
+            x = self.drop(norm(sab(x, pad)))
+        return x
 
 
 class ISAB(nn.Module):
@@ -110,24 +148,32 @@ class QuantileHead(nn.Module):
         out = self.net(z)
         median, steps = out[:, :1], nn.functional.softplus(out[:, 1:])
         tau = tau.expand(z.shape[0], -1) if tau.dim() == 1 else tau
-        return median + (self.ramps(tau) * steps.unsqueeze(1)).sum(-1)
+        return (median + (self.ramps(tau) * steps.unsqueeze(1)).sum(-1)).clamp_min(0.0)
 
 
 class MISTNet(nn.Module):
     """Set model over samples: f(x, y) -> MI estimate (``mse``) or quantiles (``quantile``)."""
 
-    def __init__(self, objective: str = "mse", d_max: int = 4, dim: int = 64, heads: int = 4,
+    def __init__(self, objective: str = "mse", d_max: int = 8, dim: int = 64, heads: int = 4,
                  inducing: int = 16, encoder_blocks: int = 2, seeds: int = 4, head_hidden: int = 64,
-                 knots: int = 20):
+                 knots: int = 20, row_layers: int = 2, row_dropout: float = 0.3, embed_dropout: float = 0.1):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES}")
         self.objective, self.d_max = objective, d_max
-        self.embed = nn.Sequential(nn.Linear(4 * d_max, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.init_args = {"objective": objective, "d_max": d_max, "dim": dim, "heads": heads,
+                          "inducing": inducing, "encoder_blocks": encoder_blocks, "seeds": seeds,
+                          "head_hidden": head_hidden, "knots": knots, "row_layers": row_layers,
+                          "row_dropout": row_dropout, "embed_dropout": embed_dropout}
+        self.embed = nn.Sequential(nn.Linear(4 * d_max, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim),
+                                   nn.Dropout(embed_dropout), nn.Linear(2 * dim, dim), nn.GELU(),
+                                   nn.LayerNorm(dim))
+        self.rows_block = RowInteraction(dim, heads, row_layers, row_dropout)
         self.encoder = nn.ModuleList(ISAB(dim, heads, inducing) for _ in range(encoder_blocks))
         self.pool = PMA(dim, heads, seeds)
-        self.mix = MAB(dim, heads)  # SAB over the pooled seeds
-        pooled = seeds * dim + 3
+        self.mix = SAB(dim, heads)  # decoder: SAB over the pooled seeds, then PMA(1)
+        self.readout = PMA(dim, heads, 1)
+        pooled = dim + 3
         if objective == "mse":
             self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Linear(head_hidden, 1))
         else:
@@ -143,18 +189,17 @@ class MISTNet(nn.Module):
         return torch.cat(parts, -1)
 
     def embedding(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The pooled dataset embedding (B, seeds * dim + 3)."""
+        """The pooled dataset embedding (B, dim + 3)."""
         if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != y.shape[:2]:
             raise ValueError(f"x and y must be (batch, n, d) with the same batch and n, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         pad = None if bool(mask.all()) else ~mask
-        h = self.embed(self.rows(x, y, mask))
+        h = self.rows_block(self.embed(self.rows(x, y, mask)), pad)
         for block in self.encoder:
             h = block(h, pad)
-        s = self.pool(h, pad)
-        s = self.mix(s, s).flatten(1)
+        s = self.readout(self.mix(self.pool(h, pad)), None)[:, 0]
         n = mask.sum(1, keepdim=True).to(x.dtype)
         dims = torch.tensor([x.shape[-1], y.shape[-1]], dtype=x.dtype, device=x.device) / self.d_max
         return torch.cat([s, n.log(), dims.expand(x.shape[0], -1)], -1)
@@ -163,7 +208,8 @@ class MISTNet(nn.Module):
         """MI estimates (B,) for ``mse``; quantiles (B, T) at levels ``tau`` for ``quantile``."""
         z = self.embedding(x, y, mask)
         if self.objective == "mse":
-            return self.head(z).squeeze(-1)
+            out = self.head(z).squeeze(-1)
+            return out if self.training else out.clamp_min(0.0)
         if tau is None:
             raise ValueError("the quantile model needs tau (quantile levels in (0, 1))")
         return self.head(z, tau.to(z))

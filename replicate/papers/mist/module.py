@@ -7,10 +7,11 @@ objective ``mse`` (MIST: squared error of the MI estimate) | ``quantile`` (MIST-
           at ``quantile.levels_per_dataset`` levels τ ~ U(0, 1) per dataset, drawn from a generator
           seeded by (seed, step), as the paper's τ ~ U(0, 1)).
 model     kwargs of :class:`MISTNet` (d_max, dim, heads, inducing, encoder_blocks, seeds,
-          head_hidden, knots).
+          head_hidden, knots, row_layers, row_dropout, embed_dropout).
 optim     AdamW (the paper's optimiser): lr, weight_decay, warmup_steps (linear warm-up), then
-          cosine decay to ``min_lr_ratio`` · lr at ``max_steps`` (our choice for a short budget;
-          the paper trains 30 epochs at a fixed lr 1.13e-4).
+          cosine decay to ``min_lr_ratio`` · lr at ``max_steps`` (our choice for a fixed step
+          budget on a stream without epochs; the official checkpoint uses ReduceLROnPlateau on
+          the training loss with patience 3 epochs, from lr 1.13e-4).
 
 Logged: ``train_loss``; ``val_loss`` (the objective on the fixed validation meta-batches: MSE, or
 the pinball loss averaged over the fixed τ grid ``quantile.val_levels``) and ``val_mse`` (MSE of
