@@ -7,10 +7,16 @@ steps to a loss threshold, log-log slopes, and the effective setting of a run.
 network's logits on a fixed batch of clean images, and ``grad_norm`` ‖∂L/∂ω‖ of the task loss
 (with the fixed validation noise) over all hypernetwork parameters (θ₀ included).
 
+Every run trains several seeds side by side (``module.HypernetMIP(seeds=...)``);
+``expand_seeds`` turns the run table into one row per (run, seed), labelled by variant and init
+(``variant_label``: ``default``, ``default_scaled``, ``default_oneblock`` ...).
+
 Claim estimates (each returns a ``replicate.claims.Estimate`` over its independent units):
 ``steps_ratio`` (paired bootstrap over seeds of mean steps default ÷ variant), ``final_gain``
 (t over paired seed differences of the final loss), ``cell_fraction`` (Wilson interval over
-ablation cells) and ``slope_over_seeds`` (t interval over init seeds of a per-seed log-log slope).
+ablation cells, each cell judged on its seed means with a tie tolerance by ``cell_outcomes``),
+``gain_over_seeds`` (t over seeds of the mean gain across cells) and ``slope_over_seeds`` (t
+interval over init seeds of a per-seed log-log slope).
 """
 
 from __future__ import annotations
@@ -53,12 +59,47 @@ def loglog_slope(x: Iterable[float], y: Iterable[float]) -> float:
     return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
 
 
+def variant_label(effective: Mapping[str, Any]) -> str:
+    """A run's variant, suffixed by its hypernetwork init unless it is hyperlight's default:
+    ``default``, ``mip``, ``default_scaled``, ``encoding_scaled``, ``default_oneblock`` ..."""
+    init = effective["hyper"]["init"]
+    return effective["variant"] + ("" if init == "hyperlight" else f"_{init}")
+
+
+def expand_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, seed) of a figure's run table (``FigureContext.runs()``): the run's
+    columns, with ``seed``, ``status``, ``val``, ``final_val_loss``, ``diverged_at_step`` and
+    ``probes`` replaced by that seed's (``probe_metrics()["per_seed"]``), ``variant`` by
+    ``variant_label`` of the run's effective config, and ``n_seeds`` the seeds the run trained.
+    A run that ended because every seed diverged records no probes: each of its seeds is a
+    diverged row."""
+    rows = []
+    for r in runs.to_dict("records"):
+        eff = run_effective(r["run_dir"])
+        label = variant_label(eff)
+        probes = r.get("probes") or {}
+        per_seed = probes.get("per_seed")
+        if not per_seed:
+            from omegaconf import OmegaConf
+            seeds = OmegaConf.load(Path(r["run_dir"]) / "config.yaml").run.module.seeds
+            per_seed = [{"seed": int(s), "status": "diverged", "diverged_at_step": r.get("diverged_at_step"),
+                         "val": [], "final_val_loss": float("nan")} for s in seeds]
+        shared = {k: v for k, v in probes.items() if k != "per_seed"}
+        for p in per_seed:
+            rows.append({**r, "variant": label, "base_variant": eff["variant"], "init": eff["hyper"]["init"],
+                         "seed": int(p["seed"]), "status": p["status"], "val": p["val"],
+                         "final_val_loss": p["final_val_loss"], "diverged_at_step": p.get("diverged_at_step"),
+                         "probes": {**shared, **p}, "n_seeds": len(per_seed)})
+    return pd.DataFrame(rows)
+
+
 def effective_setting(effective: Mapping[str, Any]) -> dict[str, Any]:
     """The ablated fields of a run's effective config (``probes.effective``) as flat columns."""
     return {"optimizer": effective["optim"]["name"], "lr": effective["optim"]["lr"],
             "activation": effective["hyper"]["activation"], "input_dim": effective["task"]["input_dim"],
             "norm": effective["hyper"]["norm"], "arch": effective["primary"]["arch"],
-            "task": effective["task"]["kind"], "variant": effective["variant"]}
+            "task": effective["task"]["kind"], "variant": effective["variant"],
+            "init": effective["hyper"]["init"]}
 
 
 def run_effective(run_dir: str | Path) -> dict[str, Any]:
@@ -69,7 +110,7 @@ def run_effective(run_dir: str | Path) -> dict[str, Any]:
     from replicate.papers.hypernet_mip.module import effective_config
 
     module = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml").run.module, resolve=True)
-    return effective_config(**{k: v for k, v in module.items() if k not in ("_target_", "seed")})
+    return effective_config(**{k: v for k, v in module.items() if k not in ("_target_", "seed", "seeds")})
 
 
 def build_module(module_cfg: Mapping[str, Any], seed: int, **overrides):
@@ -181,6 +222,51 @@ def reached_fraction(table: pd.DataFrame, regime: str, variant: str) -> float:
     return float(d.reached.mean()) if len(d) else float("nan")
 
 
+CELL_KEYS = ("optimizer", "lr", "activation", "input_dim", "norm", "arch")
+
+
+def cell_outcomes(table: pd.DataFrame, tie: float, max_steps: int,
+                  keys: Iterable[str] = CELL_KEYS) -> pd.DataFrame:
+    """One row per ablation cell from a ``seed_table``-like frame with the cell's ``keys`` as
+    columns (one row per run and seed: variant ``default`` | ``mip``, ``final`` (+inf when
+    diverged), ``steps`` (NaN = never)). Per cell and variant: the mean final loss and the mean
+    censored steps over seeds (never = ``max_steps``), seeds that reached the threshold; then
+
+    ``gain``        mean default − mean MIP final loss (+inf when only the default diverged)
+    ``mip_better``  gain > ``tie`` (a tie, |gain| <= tie, is not a win; a diverged MIP never wins)
+    ``mip_worse``   gain < −``tie``
+    ``mip_first``   MIP's mean steps <= the default's, where either reached the threshold (else NaN)
+    ``speedup``     default ÷ MIP mean steps
+    """
+    keys = list(keys)
+    d = table.assign(steps_censored=table.steps.fillna(max_steps))
+    agg = d.groupby(keys + ["variant"]).agg(loss=("final", "mean"), steps=("steps_censored", "mean"),
+                                            reached=("steps", lambda s: int(s.notna().sum())),
+                                            seeds=("seed", "nunique")).unstack("variant")
+    cells = pd.DataFrame({f"{q}_{v}": agg[(q, v)] for q in ("loss", "steps", "reached", "seeds")
+                          for v in ("default", "mip")}).reset_index()
+    with np.errstate(invalid="ignore"):
+        gain = cells.loss_default - cells.loss_mip
+    gain = gain.where(~(np.isinf(cells.loss_default) & np.isinf(cells.loss_mip)), np.nan)
+    cells["gain"] = gain
+    cells["mip_better"] = np.isfinite(cells.loss_mip) & (gain > tie)
+    cells["mip_worse"] = np.isfinite(cells.loss_default) & ((gain < -tie) | np.isinf(cells.loss_mip))
+    either = (cells.reached_default + cells.reached_mip) > 0
+    cells["mip_first"] = np.where(either, cells.steps_mip <= cells.steps_default, np.nan)
+    cells["speedup"] = cells.steps_default / cells.steps_mip
+    return cells
+
+
+def gain_over_seeds(table: pd.DataFrame, keys: Iterable[str] = CELL_KEYS) -> claims.Estimate:
+    """Per seed, the mean over ablation cells of default − MIP final loss (cells where either
+    diverged are left out), with a t interval over the seeds."""
+    keys = list(keys)
+    d = table.pivot_table(index=keys + ["seed"], columns="variant", values="final", aggfunc="first")
+    diff = (d["default"] - d["mip"]).replace([np.inf, -np.inf], np.nan).dropna()
+    per_seed = diff.groupby(level="seed").mean()
+    return claims.mean_interval(per_seed.to_numpy(), unit="seeds")
+
+
 def cell_fraction(flags: Iterable[bool]) -> claims.Estimate:
     """Share of ablation cells for which ``flags`` holds, with a Wilson interval over the cells
     (NaN flags, cells that say nothing, are dropped)."""
@@ -199,27 +285,12 @@ def slope_over_seeds(init: pd.DataFrame, variant: str, quantity: str, absolute: 
     return claims.mean_interval(per_seed, unit="init seeds")
 
 
-# --------------------------------------------------------------------------- hyperlight's split init
 
 
-@torch.no_grad()
-def split_output_init_(hyper, spec, generator: torch.Generator | None = None) -> dict[str, float]:
-    """Re-initialise the hypernetwork's output weight as hyperlight's current default does
-    (``HyperNet._init_output_split`` in JJGO/hyperlight, after its commit b23eae3 "split init for
-    last dense"; read, not copied): each primary tensor's block of rows, shape (numel, width), is
-    Kaiming normal with fan-out = numel and the hypernetwork activation's gain, so block b has
-    std gain / sqrt(numel_b). Biases are left as they are (zero). Returns each block's std.
-
-    Notebook-only: the trained variants keep the one-block init of ``model.HyperNet``
-    (``init: hyperlight``, std 1/sqrt(P)); this shows what the paper's library would start from."""
-    from replicate.papers.hypernet_mip.model import kaiming_gain_name
-
-    # as torch.nn.init.kaiming_normal_ computes it (its default a = 0: LeakyReLU's gain is sqrt(2))
-    gain = torch.nn.init.calculate_gain(kaiming_gain_name(hyper.activation), 0)
-    stds, offset = {}, 0
-    for name, size in zip(spec.shapes, spec.sizes):
-        std = gain / math.sqrt(size)
-        block = hyper.out.weight[offset:offset + size]
-        block.copy_(torch.randn(block.shape, generator=generator) * std)
-        stds[name], offset = std, offset + size
-    return stds
+def ablation_table(runs: pd.DataFrame, threshold: float, max_steps: int) -> pd.DataFrame:
+    """``seed_table`` of an ablation figure's runs (one row per run and seed) with the cell's
+    effective settings (``CELL_KEYS``) as columns: the input of ``cell_outcomes``."""
+    per_seed = expand_seeds(runs)
+    table = seed_table(per_seed, threshold, max_steps, regime_of=lambda d: "noise")
+    settings = pd.DataFrame([effective_setting(run_effective(d)) for d in per_seed.run_dir])
+    return pd.concat([table.reset_index(drop=True), settings[list(CELL_KEYS)]], axis=1)

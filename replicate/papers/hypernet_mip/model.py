@@ -201,23 +201,49 @@ class PrimaryModule(nn.Module):
 # --------------------------------------------------------------------------- the hypernetwork
 
 
+INITS = ("hyperlight", "oneblock", "scaled", "torch")
+
+
+def primary_init_norm(shape: Sequence[int]) -> float:
+    """Expected ‖·‖ of one primary tensor under the primary net's own init (``PrimaryNet.init_flat``:
+    Kaiming normal, fan-in, LeakyReLU gain for weights, i.e. std gain/√fan_in over numel entries;
+    0 for biases)."""
+    if len(shape) < 2:
+        return 0.0
+    fan_in = math.prod(shape[1:])
+    return math.sqrt(math.prod(shape)) * nn.init.calculate_gain("leaky_relu") / math.sqrt(fan_in)
+
+
 class HyperNet(nn.Module):
     """``θ(γ) = W_out · body(E(γ)) + b_out`` with ``b_out = θ₀`` (residual) or 0 (default).
 
     ``input_dim`` is k, the dimension of γ; the encoding is applied inside ``forward``.
     ``forward(gamma)`` takes γ of shape (k,) and returns the flat θ of shape (n_out,);
     ``delta(gamma)`` returns Δθ = θ − b_out, the part the hypernetwork *predicts*.
+    ``blocks`` are the predicted tensors' ``(name, shape)`` in output order (one block of n_out
+    rows when not given): the output layer's per-tensor blocks of rows.
+
+    ``init`` (see the module docstring): ``hyperlight`` (its current default, per-tensor output
+    blocks), ``oneblock`` (its init before commit b23eae3), ``scaled`` (``hyperlight``, then each
+    block rescaled so that Δθ(γ = 1) has the primary net's init scale), ``torch``.
     """
 
     def __init__(self, input_dim: int, n_out: int, hidden: Sequence[int] = (128, 128),
                  activation: str = "leakyrelu", norm: str = "none", encoding: str = "none",
-                 init: str = "hyperlight", theta0: torch.Tensor | None = None):
+                 init: str = "hyperlight", theta0: torch.Tensor | None = None,
+                 blocks: Sequence[tuple[str, Sequence[int]]] | None = None):
         super().__init__()
         self.input_dim, self.n_out = int(input_dim), int(n_out)
         self.encoding = _check("encoding", encoding, ENCODINGS)
         self.activation = _check("hyper.activation", activation, ACTIVATIONS)
         self.norm = _check("hyper.norm", norm, ("none", "layer"))
-        self.init = _check("hyper.init", init, ("hyperlight", "torch"))
+        self.init = _check("hyper.init", init, INITS)
+        self.blocks = [(str(n), tuple(int(d) for d in s)) for n, s in (blocks or [("theta", (self.n_out,))])]
+        if sum(math.prod(s) for _, s in self.blocks) != self.n_out:
+            raise ValueError(f"blocks cover {sum(math.prod(s) for _, s in self.blocks)} outputs, expected {self.n_out}")
+        if init == "scaled" and theta0 is not None:
+            raise ValueError("hyper.init=scaled gives Δθ(γ=1) the primary net's scale; with the residual θ₀ "
+                             "(variants residual, mip) θ already has it: use init=hyperlight")
         layers: list[nn.Module] = []
         width = encoded_dim(self.input_dim, encoding)
         for h in hidden:
@@ -231,21 +257,53 @@ class HyperNet(nn.Module):
         self.residual = theta0 is not None
         self.reset_parameters(theta0)
 
+    def block_slices(self) -> list[tuple[str, tuple[int, ...], slice]]:
+        out, offset = [], 0
+        for name, shape in self.blocks:
+            size = math.prod(shape)
+            out.append((name, shape, slice(offset, offset + size)))
+            offset += size
+        return out
+
+    def block_stds(self) -> dict[str, float]:
+        """The std each output block of rows is drawn with under ``init`` (hyperlight, oneblock)."""
+        if self.init == "oneblock":
+            return {name: 1.0 / math.sqrt(self.n_out) for name, _ in self.blocks}
+        # torch.nn.init.kaiming_normal_(nonlinearity=...) with its default a = 0 (LeakyReLU: √2);
+        # fan-out of a block of rows = its number of rows = the predicted tensor's numel
+        gain = nn.init.calculate_gain(kaiming_gain_name(self.activation), 0)
+        return {name: gain / math.sqrt(math.prod(shape)) for name, shape in self.blocks}
+
     @torch.no_grad()
     def reset_parameters(self, theta0: torch.Tensor | None = None) -> None:
-        if self.init == "hyperlight":
+        if self.init != "torch":
             gain_name = kaiming_gain_name(self.activation)
             for m in self.body:
                 if isinstance(m, nn.Linear):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=gain_name)
                     nn.init.zeros_(m.bias)
-            nn.init.kaiming_normal_(self.out.weight, mode="fan_out", nonlinearity="linear")
+            stds = self.block_stds()
+            for name, _, rows in self.block_slices():
+                self.out.weight[rows].normal_(0.0, stds[name])
             nn.init.zeros_(self.out.bias)
+            if self.init == "scaled":
+                self._rescale_to_primary_()
         # init == "torch": nn.Linear's own uniform weights and biases, as constructed
         if theta0 is not None:
             if theta0.shape != (self.n_out,):
                 raise ValueError(f"theta0 has shape {tuple(theta0.shape)}, expected ({self.n_out},)")
             self.out.bias.copy_(theta0)
+
+    @torch.no_grad()
+    def _rescale_to_primary_(self) -> None:
+        """Scale each weight block's rows so that ‖Δθ_b(γ = 1)‖ = ``primary_init_norm`` of that
+        tensor; bias blocks' rows are zeroed (the primary net starts its biases at 0)."""
+        z = self.features(torch.ones(self.input_dim))
+        for _, shape, rows in self.block_slices():
+            target = primary_init_norm(shape)
+            block = self.out.weight[rows]
+            now = float((block @ z).norm())
+            block.mul_(target / now if target > 0 and now > 0 else 0.0)
 
     @property
     def theta0(self) -> torch.Tensor:
@@ -278,7 +336,8 @@ class HyperModel(nn.Module):
         self.variant, self.primary = variant, primary
         theta0 = primary.init_flat() if use_residual else None
         self.hyper = HyperNet(input_dim, primary.n_params, hidden, activation, norm,
-                              encoding if use_encoding else "none", init, theta0)
+                              encoding if use_encoding else "none", init, theta0,
+                              blocks=list(primary.shapes.items()))
 
     def flat_params(self, gamma: torch.Tensor) -> torch.Tensor:
         return self.hyper(gamma)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 
 import lightning as L
 import torch
@@ -99,14 +100,32 @@ def band_sigma(gamma: torch.Tensor, height: int, noise_scale: float) -> torch.Te
     return noise_scale * gamma[band]
 
 
+def init_seed(seed: int) -> int:
+    """The torch seed a hypernetwork of run seed ``seed`` is initialised under (independent of the
+    other seeds trained beside it and of the process's global seed)."""
+    digest = hashlib.sha256(f"hypernet_mip:init:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 class HypernetMIP(L.LightningModule):
+    """One variant and setting, trained for every seed of ``seeds`` side by side (default: the one
+    ``seed``): one independent hypernetwork per seed, each with its own init, γ/noise stream and
+    (with ``data.SeedStackedDigits``) image stream. The returned training loss is the *sum* of the
+    seeds' losses, so each hypernetwork gets exactly the gradient of its own loss (the optimiser
+    is elementwise), i.e. the update it would get alone. A seed whose loss becomes non-finite is
+    recorded as diverged and dropped; the others go on. Per-seed validation curves live in
+    ``seed_state`` (saved in checkpoints) and land in ``probe_metrics()["per_seed"]``; the logged
+    ``val_loss`` (the run's curve in metrics.json) is the mean over the live seeds."""
+
     def __init__(self, variant: str = "mip", seed: int = 0, hyper: dict | None = None,
                  primary: dict | None = None, task: dict | None = None, optim: dict | None = None,
-                 setting: dict | None = None):
+                 setting: dict | None = None, seeds: list[int] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = effective_config(variant, hyper, primary, task, optim, setting)
-        self.seed = int(seed)
+        self.seeds = [int(s) for s in (seeds if seeds is not None else [seed])]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: expected distinct seeds, at least one")
         c = self.config
         if c["variant"] not in VARIANTS:
             raise ValueError(f"variant={c['variant']!r}; expected one of {sorted(VARIANTS)}")
@@ -119,16 +138,33 @@ class HypernetMIP(L.LightningModule):
         self.input_dim = int(c["task"]["input_dim"])
         self.spec = PrimaryNet(**c["primary"])
         h = c["hyper"]
-        self.model = HyperModel(self.spec, c["variant"], self.input_dim, h["hidden"], h["activation"],
-                                h["norm"], h["encoding"], h["init"])
+        self.models = torch.nn.ModuleList()
+        for s in self.seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed(s))
+                self.models.append(HyperModel(self.spec, c["variant"], self.input_dim, h["hidden"],
+                                              h["activation"], h["norm"], h["encoding"], h["init"]))
+        self.seed_state = {"val": [], "train": [], "diverged_at_step": [None] * len(self.seeds)}
+        self._val_sum, self._val_n = [0.0] * len(self.seeds), 0
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def model(self) -> HyperModel:
+        """The first seed's hypernetwork (the only one of a single-seed module)."""
+        return self.models[0]
 
     # ------------------------------------------------------------------ task
     def task_loss(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor,
-                  generator: torch.Generator, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator, reduction: str = "mean",
+                  model: HyperModel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of the task at one γ (k,), noise drawn from ``generator``."""
         t = self.config["task"]
+        model = self.model if model is None else model
         gamma = gamma.to(x.device, x.dtype)
-        params = self.model.params(gamma)
+        params = model.params(gamma)
         if t["kind"] == "noise":
             eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
             sigma = band_sigma(gamma, x.shape[-2], t["noise_scale"]).view(1, 1, -1, 1)
@@ -140,31 +176,92 @@ class HypernetMIP(L.LightningModule):
         g = gamma[0].float()
         return (1 - g) * ce + g * t["l2_coef"] * l2, logits
 
-    def train_gamma(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
-        g = step_generator(self.seed, step)
+    def train_gamma(self, step: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Generator]:
+        g = step_generator(self.seed if seed is None else seed, step)
         return torch.rand(self.input_dim, generator=g), g
 
-    def training_step(self, batch, batch_idx):
+    def _stacked(self, batch):
+        """(x (S, B, C, H, W), y (S, B)): a plain (B, ...) batch is shared by every seed."""
         x, y = batch
-        gamma, gen = self.train_gamma(self.global_step)
-        loss, _ = self.task_loss(x, y, gamma, gen)
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+        if x.dim() == 4:
+            x, y = x.expand(len(self.seeds), *x.shape), y.expand(len(self.seeds), *y.shape)
+        if x.shape[0] != len(self.seeds):
+            raise ValueError(f"batch stacks {x.shape[0]} seeds, the module trains {len(self.seeds)}")
+        return x, y
 
-    def grid_losses(self, x, y, batch_idx: int, gammas) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def training_step(self, batch, batch_idx):
+        x, y = self._stacked(batch)
+        step = self.global_step
+        dead = self.seed_state["diverged_at_step"]
+        total, live, last = None, [], None
+        for i, (s, m) in enumerate(zip(self.seeds, self.models)):
+            if dead[i] is not None:
+                continue
+            gamma, gen = self.train_gamma(step, s)
+            loss, _ = self.task_loss(x[i], y[i], gamma, gen, model=m)
+            last = loss
+            if not torch.isfinite(loss):
+                dead[i] = step
+                continue
+            total = loss if total is None else total + loss
+            live.append(float(loss.detach()))
+        if total is None:  # every seed diverged: a non-finite loss ends the run (train.RunRecorder)
+            return last
+        if step % self._log_every() == 0:
+            it = iter(live)
+            self.seed_state["train"].append({"step": step, "train_loss": [
+                None if d is not None else next(it) for d in dead]})
+        self.log("train_loss", sum(live) / len(live), on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=y.shape[-1])
+        return total
+
+    def _log_every(self) -> int:
+        try:
+            return max(1, int(self.trainer.log_every_n_steps))
+        except (AttributeError, RuntimeError, TypeError):
+            return 1
+
+    def grid_losses(self, x, y, batch_idx: int, gammas,
+                    model: HyperModel | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(loss, logits) at each γ of a grid (γ = g·1), with the fixed validation noise."""
         out = []
         for i, g in enumerate(gammas):
             gen = step_generator(VAL_STREAM, batch_idx * 1000 + i, stream="val")
-            out.append(self.task_loss(x, y, torch.full((self.input_dim,), float(g)), gen))
+            out.append(self.task_loss(x, y, torch.full((self.input_dim,), float(g)), gen, model=model))
         return out
+
+    def on_validation_epoch_start(self):
+        self._val_sum, self._val_n = [0.0] * len(self.seeds), 0
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        losses = [loss for loss, _ in self.grid_losses(x, y, batch_idx, self.config["task"]["val_gammas"])]
-        loss = torch.stack(losses).mean()
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
+        gammas = self.config["task"]["val_gammas"]
+        for i, m in enumerate(self.models):
+            losses = [loss for loss, _ in self.grid_losses(x, y, batch_idx, gammas, model=m)]
+            self._val_sum[i] += float(torch.stack(losses).mean()) * len(y)
+        self._val_n += len(y)
+
+    def on_validation_epoch_end(self):
+        if self._val_n == 0:
+            return
+        dead = self.seed_state["diverged_at_step"]
+        per_seed = []
+        for i, total in enumerate(self._val_sum):
+            v = total / self._val_n
+            if dead[i] is None and not math.isfinite(v):
+                dead[i] = self.global_step
+            per_seed.append(v if dead[i] is None else float("nan"))
+        live = [v for v, d in zip(per_seed, dead) if d is None]
+        self.seed_state["val"].append({"step": self.global_step, "val_loss": per_seed})
+        self.log("val_loss", sum(live) / len(live) if live else float("nan"), on_step=False, on_epoch=True,
+                 prog_bar=True, batch_size=self._val_n)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["hypernet_mip_seed_state"] = copy.deepcopy(self.seed_state)
+
+    def on_load_checkpoint(self, checkpoint):
+        if "hypernet_mip_seed_state" in checkpoint:
+            self.seed_state = copy.deepcopy(checkpoint["hypernet_mip_seed_state"])
 
     def configure_optimizers(self):
         o = self.config["optim"]
@@ -176,37 +273,51 @@ class HypernetMIP(L.LightningModule):
 
     # ------------------------------------------------------------------ probes
     @torch.no_grad()
-    def theta_norms(self, gammas) -> dict[str, list[float]]:
+    def theta_norms(self, gammas, model: HyperModel | None = None) -> dict[str, list[float]]:
         """‖θ(γ)‖, ‖Δθ(γ)‖ = ‖θ − θ₀‖ and the std of θ's entries at γ = g·1 for each g."""
+        model = self.model if model is None else model
         out = {"theta_norm": [], "delta_norm": [], "theta_std": []}
-        dev = self.model.hyper.out.weight.device
+        dev = model.hyper.out.weight.device
         for g in gammas:
             gamma = torch.full((self.input_dim,), float(g), device=dev)
-            theta = self.model.flat_params(gamma).double()
+            theta = model.flat_params(gamma).double()
             out["theta_norm"].append(float(theta.norm()))
-            out["delta_norm"].append(float(self.model.hyper.delta(gamma).double().norm()))
+            out["delta_norm"].append(float(model.hyper.delta(gamma).double().norm()))
             out["theta_std"].append(float(theta.std()))
         return out
 
     @torch.no_grad()
     def probe_metrics(self, datamodule) -> dict:
-        """Per-γ validation loss and accuracy on ``task.probe_gammas``, the norms of the predicted
-        weights at those γ, and the effective config of the run (base ⊕ setting)."""
+        """Per seed: its validation curve and final loss, status, per-γ validation loss and
+        accuracy on ``task.probe_gammas`` and the norms of the predicted weights at those γ; plus
+        the effective config of the run (base ⊕ setting)."""
         was_training = self.training
         self.eval()
         datamodule.setup("validate")
         gammas = self.config["task"]["probe_gammas"]
         dev = self.model.hyper.out.weight.device
-        loss_sum = torch.zeros(len(gammas), dtype=torch.float64)
-        correct = torch.zeros(len(gammas), dtype=torch.float64)
+        S = len(self.seeds)
+        loss_sum = torch.zeros(S, len(gammas), dtype=torch.float64)
+        correct = torch.zeros(S, len(gammas), dtype=torch.float64)
         n = 0
         for batch_idx, (x, y) in enumerate(datamodule.val_dataloader()):
             x, y = x.to(dev), y.to(dev)
-            for i, (loss, logits) in enumerate(self.grid_losses(x, y, batch_idx, gammas)):
-                loss_sum[i] += float(loss) * len(y)
-                correct[i] += float((logits.argmax(-1) == y).sum())
+            for s, m in enumerate(self.models):
+                for i, (loss, logits) in enumerate(self.grid_losses(x, y, batch_idx, gammas, model=m)):
+                    loss_sum[s, i] += float(loss) * len(y)
+                    correct[s, i] += float((logits.argmax(-1) == y).sum())
             n += len(y)
         self.train(was_training)
-        return {"gammas": list(gammas), "val_loss_by_gamma": (loss_sum / n).tolist(),
-                "val_acc_by_gamma": (correct / n).tolist(), **self.theta_norms(gammas),
+        state = self.seed_state
+        per_seed = []
+        for s, (seed, m) in enumerate(zip(self.seeds, self.models)):
+            dead = state["diverged_at_step"][s]
+            val = [{"step": v["step"], "val_loss": v["val_loss"][s]} for v in state["val"]]
+            per_seed.append({
+                "seed": seed, "status": "finished" if dead is None else "diverged", "diverged_at_step": dead,
+                "val": val, "final_val_loss": val[-1]["val_loss"] if val and dead is None else float("nan"),
+                "train": [{"step": t["step"], "train_loss": t["train_loss"][s]} for t in state["train"]],
+                "val_loss_by_gamma": (loss_sum[s] / n).tolist(), "val_acc_by_gamma": (correct[s] / n).tolist(),
+                **self.theta_norms(gammas, m)})
+        return {"gammas": list(gammas), "seeds": list(self.seeds), "per_seed": per_seed,
                 "primary_params": self.spec.n_params, "effective": copy.deepcopy(self.config)}
