@@ -6,6 +6,7 @@
     notebook <paper>/<figure>              execute the figure's notebook (needs its runs)
     scorecard                              rebuild <out>/figures/SCORECARD.md
     report                                 rebuild <out>/figures/index.html (every figure, one page)
+    plan                                   cost of every figure's runs at a scale (FLOPs, hours, memory, disk)
     new-paper <name> [figure=<figure>]     scaffold a paper: package, figure config, notebook, test
 
 Every command takes ``hardware=<auto|cpu|gpu> scale=<smoke|default|full> out=<dir>``; ``run``
@@ -122,7 +123,13 @@ def cmd_report(args, options, overrides):
     print(f"report written: {report.write(Path(options['out']) / 'figures')}")
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard,
+def cmd_plan(args, options, overrides):
+    from replicate import plan
+
+    print(plan.main(options["scale"], options["hardware"], overrides))
+
+
+COMMANDS = {"list": cmd_list, "plan": cmd_plan, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard,
             "report": cmd_report, "new-paper": cmd_new_paper}
 
 
