@@ -59,15 +59,23 @@ def packages(root: str = PROJECT, extras: tuple[str, ...] = EXTRAS) -> dict[str,
 
 
 def describe() -> dict[str, Any]:
-    """The machine and software of this process: Python, CPU model, cores, torch threads, GPU,
-    and :func:`packages` (torch and Lightning versions are among them)."""
+    """The machine and software of this process: Python, CPU model, cores, torch threads, load
+    average, GPU, and :func:`packages` (torch and Lightning versions are among them)."""
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "lightning": packages().get("lightning"), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "load_average": _load_average(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "packages": packages()}
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1-, 5- and 15-minute load averages: how shared it was while timings were taken."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def cpu_model() -> str:

@@ -90,6 +90,7 @@ class FigureContext:
             "git_commit": git_commit(), "started": self.started,
             "wall_seconds": round(runs_wall + notebook_wall, 2),
             "runs_wall_seconds": round(runs_wall, 2), "notebook_wall_seconds": round(notebook_wall, 2),
+            "runs": self._run_costs(),
             "config_sha256": C.config_sha256(self.cfg),
             "environment": describe(),
             "data": self._data_provenance(),
@@ -98,6 +99,13 @@ class FigureContext:
         }
         runs_lib.write_json_atomic(self.figure_dir / f"{self.figure.name}.json", payload)
         return claims_table(judged)
+
+    def _run_costs(self) -> list[dict]:
+        """Each training run this figure read: its directory name (the run's hash) and wall time."""
+        if self._runs is None or not len(self._runs):
+            return []
+        return [{"run": Path(row.run_dir).name, "wall_seconds": round(float(row.wall_seconds), 2)}
+                for row in self._runs.itertuples() if "wall_seconds" in self._runs]
 
     def _data_provenance(self) -> dict:
         if self._runs is None or "data" not in self._runs or not len(self._runs):

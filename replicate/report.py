@@ -57,7 +57,14 @@ table.summary { width: auto; min-width: 640px; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; }
 .dot.v-replicated { background: var(--rep); } .dot.v-partial { background: var(--par); }
 .dot.v-not_replicated { background: var(--not); } .dot.v-inconclusive { background: var(--inc); }
-nav ul { margin: 4px 0; padding-left: 20px; columns: 2; }
+nav.side { position: fixed; top: 0; left: 0; width: 250px; height: 100vh; overflow-y: auto;
+  padding: 20px 14px; border-right: 1px solid var(--line); background: var(--card); font-size: 13.5px; }
+nav.side h4 { margin: 14px 0 4px; font-size: 13.5px; } nav.side h4 a.arxiv { font-weight: 400; margin-left: 6px; }
+nav.side ul { margin: 0; padding-left: 14px; list-style: none; } nav.side li { margin: 2px 0; }
+@media (min-width: 1200px) { header, main, footer { margin-left: 270px; } }
+@media (max-width: 1199px) { nav.side { position: static; width: auto; height: auto; border-right: 0; } }
+.prov-note { border-left: 4px solid var(--inc); background: #f3f4f6; padding: 8px 12px; margin: 8px 0 12px;
+  font-size: 14px; }
 article.figure { border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px; margin: 18px 0;
   background: #fff; box-shadow: 0 1px 2px rgba(31,35,40,.06); }
 .meta { color: var(--muted); font-size: 13.5px; margin: 0 0 10px; }
@@ -134,21 +141,17 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
                        f'<td class="num">{len(group)}</td><td class="num">{sum(c[v] for v in VERDICTS)}</td>'
                        + "".join(f'<td class="num">{c[v]}</td>' for v in VERDICTS)
                        + f'<td class="num">{c["stale"]}</td></tr>')
-        out += ["</tbody></table>", "<nav><ul>"]
-        for paper, group in grouped.items():
-            for e in group:
-                dots = "".join(f'<span class="dot v-{c["verdict"]}" title="{_e(c.get("id", ""))}: '
-                               f'{LABEL[c["verdict"]]}"></span>' for c in S.kind_claims(e))
-                out.append(f'<li><a href="#{_e(_anchor(e))}">{_e(e.key)}</a>'
-                           f'<span class="dots">{dots}</span>{" ⚠" if e.stale else ""}</li>')
-        out.append("</ul></nav>")
+        out.append("</tbody></table>")
     out.append("</header>")
+    out.append(_navigation(grouped))
     out.append("<main>")
     for paper, group in grouped.items():
         notes = S.notes_path(paper)
         link = (f' <a class="notes" href="{_e(S.relative_link(notes, page_dir))}">research notes</a>'
                 if notes is not None else "")
-        out.append(f'<section class="paper" id="paper-{_e(paper)}"><h2>{_e(paper)}{link}</h2>')
+        arxiv = "".join(f' <a class="notes" href="{_e(u)}">arXiv {_e(u.rsplit("/", 1)[-1])}</a>'
+                        for u in S.paper_links(group))
+        out.append(f'<section class="paper" id="paper-{_e(paper)}"><h2>{_e(paper)}{arxiv}{link}</h2>')
         out += [_figure(e, page_dir) for e in group]
         out.append("</section>")
     out += ["</main>",
@@ -159,10 +162,27 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
     return "\n".join(out)
 
 
+def _navigation(grouped: dict[str, list[S.Entry]]) -> str:
+    """The side bar: each paper (with its arXiv link), its figures and one dot per paper claim."""
+    out = ['<nav class="side" aria-label="papers and figures"><a href="#totals"><b>replicate</b></a>']
+    for paper, group in grouped.items():
+        arxiv = "".join(f'<a class="arxiv" href="{_e(u)}">arXiv</a>' for u in S.paper_links(group)[:1])
+        out.append(f'<h4><a href="#paper-{_e(paper)}">{_e(paper)}</a>{arxiv}</h4><ul>')
+        for e in group:
+            dots = "".join(f'<span class="dot v-{c["verdict"]}" title="{_e(c.get("id", ""))}: '
+                           f'{LABEL[c["verdict"]]}"></span>' for c in S.kind_claims(e))
+            out.append(f'<li><a href="#{_e(_anchor(e))}">{_e(e.name)}</a>'
+                       f'<span class="dots">{dots}</span>{" ⚠" if e.stale else ""}</li>')
+        out.append("</ul>")
+    out.append("</nav>")
+    return "\n".join(out)
+
+
 def _figure(e: S.Entry, page_dir: Path) -> str:
     r = e.record
     link = lambda suffix: S.relative_link(e.output(suffix), page_dir)  # noqa: E731
-    links = [f'<a href="{_e(link(".ipynb"))}">executed notebook</a>']
+    links = [f'<a href="{_e(link(".html"))}">page (no code)</a>',
+             f'<a href="{_e(link(".ipynb"))}">executed notebook</a>']
     if e.config_path is not None:
         links.append(f'<a href="{_e(S.relative_link(e.config_path, page_dir))}">config</a>')
     links += [f'<a href="{_e(link(".pdf"))}">pdf</a>', f'<a href="{_e(link(".json"))}">claims json</a>']
@@ -172,9 +192,14 @@ def _figure(e: S.Entry, page_dir: Path) -> str:
              f"run {_e(str(r.get('started', '?'))[:16].replace('T', ' '))}"]
     if isinstance(wall, (int, float)):
         facts.append(f"{wall:.0f} s")
+    source = r.get("source") or {}
+    paper = ", ".join(f'<a href="{_e(u)}">arXiv {_e(u.rsplit("/", 1)[-1])}</a>' for u in source.get("links", []))
     parts = [f'<article class="figure" id="{_e(_anchor(e))}">',
              f"<h3>{_e(e.title or e.name)}</h3>",
-             f'<p class="meta">{" · ".join(facts)}<br>{" ".join(links)}</p>']
+             f'<p class="meta">{" · ".join(facts)}<br>Paper: {paper or "—"}'
+             f'{", " + _e(source["where"]) if source.get("where") else ""}<br>{" ".join(links)}</p>']
+    if e.provenance:
+        parts.append('<div class="prov-note"><b>Provenance:</b> ' + "; ".join(_e(p) for p in e.provenance) + "</div>")
     if e.stale:
         parts.append('<div class="stale-note"><span class="badge stale">stale</span> '
                      + "; ".join(_e(reason) for reason in e.stale) + "</div>")

@@ -50,6 +50,7 @@ from omegaconf import OmegaConf
 from replicate import claims as claims_lib
 from replicate import config as C
 from replicate.claims import VERDICTS
+from replicate.environment import LOCK, lock_differences, read_lock
 
 BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial",
          "not_replicated": "❌ not replicated", "inconclusive": "⚪ inconclusive"}
@@ -70,6 +71,7 @@ class Entry:
     regime: str = ""
     config_path: Path | None = None
     stale: list[str] = field(default_factory=list)  # reasons; empty when up to date
+    provenance: list[str] = field(default_factory=list)  # why its numbers may not rerun exactly
 
     @property
     def paper(self) -> str:
@@ -113,6 +115,7 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
     """
     root = Path(root) if root is not None else C.REPO_ROOT
     clock = VersionClock(root)
+    lock = read_lock(root / LOCK.name)
     entries = []
     for path in sorted(Path(figures_dir).glob("*/*.json")):
         record = _read_strict(path)
@@ -123,8 +126,27 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
         specs = _caption_and_config(entry, root, compose)
         check_verdicts(record, path, specs)
         entry.stale += _newer_inputs(entry, root, clock, config_by_time=specs is None and not entry.stale)
+        entry.provenance = provenance_warnings(record, lock)
         entries.append(entry)
     return entries
+
+
+def provenance_warnings(record: dict, lock: dict[str, str]) -> list[str]:
+    """Why a rerun of this figure may not give its numbers exactly: it was made from uncommitted
+    changes, or with package versions other than the lock's (``requirements-lock.txt``)."""
+    notes = []
+    if str(record.get("git_commit", "")).endswith("-dirty"):
+        notes.append(f"made from uncommitted changes (commit {short_commit(record)})")
+    if lock:
+        packages = (record.get("environment") or {}).get("packages")
+        if packages is None:
+            notes.append(f"records no package versions to compare with {LOCK.name}")
+        else:
+            differ = lock_differences(packages, lock)
+            if differ:
+                shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                notes.append(f"made with package versions other than {LOCK.name}: {shown}")
+    return notes
 
 
 def check_verdicts(record: dict, path: Path | str = "?", specs: dict[str, dict] | None = None) -> None:
@@ -290,6 +312,11 @@ def counts(entries: list[Entry]) -> Counter:
     return total
 
 
+def paper_links(group: list[Entry]) -> list[str]:
+    """The arXiv links of one paper's figures (each once, in order)."""
+    return list(dict.fromkeys(u for e in group for u in (e.record.get("source") or {}).get("links", [])))
+
+
 def papers(entries: list[Entry]) -> dict[str, list[Entry]]:
     out: dict[str, list[Entry]] = {}
     for e in sorted(entries, key=lambda e: (e.paper, e.name)):
@@ -370,9 +397,13 @@ def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
 def source_markdown(record: dict) -> str:
     """``Paper: arXiv 2505.06708 (link), <where>.`` from the json's ``source``."""
     source = record.get("source") or {}
-    links = ", ".join(f"[arXiv {url.rsplit('/', 1)[-1]}]({url})" for url in source.get("links", []))
     where = source.get("where", "")
-    return f"Paper: {links or 'no arXiv id given'}{', ' + where if where else ''}."
+    return f"Paper: {arxiv_markdown(source.get('links', []))}{', ' + where if where else ''}."
+
+
+def arxiv_markdown(links: list[str]) -> str:
+    """``[arXiv 2505.06708](https://arxiv.org/abs/2505.06708), ...`` (or a note when none)."""
+    return ", ".join(f"[arXiv {url.rsplit('/', 1)[-1]}]({url})" for url in links) or "no arXiv id given"
 
 
 def ordered_claims(entry: Entry) -> list[tuple[dict, bool]]:
@@ -434,16 +465,20 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
     lines += [f"| **all** | {len(entries)} | {sum(total[v] for v in VERDICTS)} | "
               + " | ".join(f"**{total[v]}**" for v in VERDICTS)
               + f" | {total['stale']} | {total['control']} | {total['sanity']} |", ""]
+    lines += cost_markdown(grouped)
     for paper, group in grouped.items():
         notes = notes_path(paper)
         lines += [f"## {paper}", ""]
+        about = [f"Paper: {arxiv_markdown(paper_links(group))}"]
         if notes is not None:
-            lines += [f"Research notes: [{notes.name}]({relative_link(notes, page_dir)})", ""]
+            about.append(f"research notes: [{notes.name}]({relative_link(notes, page_dir)})")
+        lines += ["; ".join(about) + ".", ""]
         lines += ["| figure | claim | paper | measured | interval (n) | rule | verdict | why |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in group:
             fig = (f"[{e.name}]({relative_link(e.output('.png'), page_dir)}) "
-                   f"([notebook]({relative_link(e.output('.ipynb'), page_dir)}))")
+                   f"([page]({relative_link(e.output('.html'), page_dir)}), "
+                   f"[notebook]({relative_link(e.output('.ipynb'), page_dir)}))")
             mark = f" {STALE}" if e.stale else ""
             for c, control in ordered_claims(e):
                 what = (f"↳ control: `{c.get('id', '')}`" if control else f"`{c.get('id', '')}`")
@@ -461,6 +496,8 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
                       for e, c in sanity]
         lines.append("")
         lines += ["Figures:", ""] + [f"- {_provenance_md(e, page_dir)}" for e in group] + [""]
+        lines += [f"- ⚠️ **{e.name}**: " + "; ".join(e.provenance) for e in group if e.provenance]
+        lines += [""] if any(e.provenance for e in group) else []
         stale = [e for e in group if e.stale]
         if stale:
             lines += [f"{STALE}: made before a change to what makes it; its numbers may no longer "
@@ -468,6 +505,39 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
             lines += [f"- **{e.name}**: " + "; ".join(e.stale) for e in stale]
             lines.append("")
     return "\n".join(lines)
+
+
+def paper_cost(group: list[Entry]) -> dict:
+    """What one paper's shipped figures cost, from their json: distinct training runs and the sum
+    of their wall times (a run shared by two figures counts once), the notebooks' wall time, and
+    the machine with the highest 1-minute load average seen while its figures were made."""
+    runs = {r["run"]: r["wall_seconds"] for e in group for r in e.record.get("runs", [])}
+    envs = [e.record.get("environment") or {} for e in group]
+    loads = [env["load_average"][0] for env in envs if env.get("load_average")]
+    return {"runs": len(runs), "train_minutes": sum(runs.values()) / 60,
+            "notebook_minutes": sum(e.record.get("notebook_wall_seconds") or 0 for e in group) / 60,
+            "machine": ", ".join(sorted({f"{env.get('cpu', '?')} ×{env.get('cpu_count', '?')}"
+                                         + (f", {env['gpu']}" if env.get("gpu") else "") for env in envs})),
+            "max_load": max(loads) if loads else None}
+
+
+def cost_markdown(grouped: dict[str, list[Entry]]) -> list[str]:
+    """The "What it cost" table: per paper, from the figures' own json (never typed)."""
+    lines = ["## What it cost", "",
+             "From each figure's json: training = the sum of its distinct runs' wall times (one "
+             "torch thread per run, so core-minutes; runs side by side share the machine); "
+             "notebooks = executing them. The load average says how busy the machine was.", "",
+             "| paper | runs | training (core-min) | notebooks (min) | machine | max 1-min load |",
+             "|---|---:|---:|---:|---|---:|"]
+    total = {"runs": 0, "train_minutes": 0.0, "notebook_minutes": 0.0}
+    for paper, group in grouped.items():
+        c = paper_cost(group)
+        load = f"{c['max_load']:.1f}" if c["max_load"] is not None else "—"
+        lines.append(f"| {paper} | {c['runs']} | {c['train_minutes']:.1f} | {c['notebook_minutes']:.1f} "
+                     f"| {_cell(c['machine'])} | {load} |")
+        total = {k: total[k] + c[k] for k in total}
+    lines += [f"| **all** | {total['runs']} | {total['train_minutes']:.1f} | {total['notebook_minutes']:.1f} | | |", ""]
+    return lines
 
 
 def _provenance_md(e: Entry, page_dir: Path) -> str:

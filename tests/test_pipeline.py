@@ -149,3 +149,11 @@ def test_train_jobs_depend_on_what_training_imports_not_on_notebook_helpers():
     assert "replicate/papers/hypernet_mip/model.py" in code  # imported by module.py
     assert "replicate/papers/hypernet_mip/analysis.py" not in code  # notebooks only
     assert "replicate/papers/hypernet_mip/analysis.py" in plan.paper_code("hypernet_mip")  # figures: all
+
+
+def test_machine_paths_are_relocated_whole():
+    from replicate.pipeline import _relocate
+
+    text = '"/tmp/x/out/figures/a.png" /tmp/x/outside /tmp/x/out\n/tmp/x/out/.a.123/b'
+    paths = {"/tmp/x/out": ".", "/tmp/x/out/.a.123": "figures/p"}
+    assert _relocate(text, paths) == '"./figures/a.png" /tmp/x/outside .\nfigures/p/b'

@@ -61,12 +61,14 @@ def site(tmp_path_factory):
         record = {"paper": paper, "figure": name, "scale": "smoke", "hardware": "cpu",
                   "git_commit": "abcdef0123456789", "started": "2026-01-02T03:04:05+00:00",
                   "wall_seconds": 42.0,
+                  "source": {"arxiv": "2505.06708", "where": "Table 1",
+                             "links": ["https://arxiv.org/abs/2505.06708"]},
                   "config_sha256": C.config_sha256(cfg) if i < len(FIGURES) - 1 else "f" * 64,
                   "measurements": measurements,
                   "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)]}
         runs.write_json_atomic(figures / paper / f"{name}.json", record)
         (figures / paper / f"{name}.png").write_bytes(png(640, 300, colours[i % 3]))
-        for suffix in (".pdf", ".ipynb"):
+        for suffix in (".pdf", ".ipynb", ".html"):
             (figures / paper / f"{name}{suffix}").write_text("{}")
     entries = S.collect(figures)
     page = report.write(figures, entries)
@@ -79,14 +81,26 @@ def test_the_page_is_self_contained_and_every_link_resolves(site):
     html = page.read_text()
     assert "<style>" in html and "<script" not in html and "<link" not in html and "@import" not in html
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
-    assert refs and not [r for r in refs if re.match(r"[a-z]+:|//", r)], "no URL with a scheme: offline"
+    assert not [r for r in re.findall(r'src="([^"]*)"', html) if re.match(r"[a-z]+:|//", r)], "offline"
+    external = [r for r in refs if re.match(r"[a-z]+:|//", r)]
+    assert external and set(external) == {"https://arxiv.org/abs/2505.06708"}  # the paper, a plain link
+    refs = [r for r in refs if r not in external]
     for ref in refs:
         if ref.startswith("#"):
             assert f'id="{ref[1:]}"' in html, ref
         else:
             assert (figures / ref).resolve().is_file(), ref
-    assert {Path(r).suffix for r in refs if not r.startswith("#")} >= {".png", ".ipynb", ".pdf", ".json", ".yaml", ".md"}
+    assert {Path(r).suffix for r in refs if not r.startswith("#")} >= {".png", ".html", ".ipynb", ".pdf", ".json", ".yaml", ".md"}
     assert re.findall(r'<img src="([^"]+)"', html) == [f"{f}.png" for f in FIGURES]
+
+
+def test_the_side_bar_lists_every_paper_with_its_arxiv_link_and_every_figure(site):
+    _, page, entries = site
+    nav = re.search(r'<nav class="side".*?</nav>', page.read_text(), re.S)[0]
+    for paper in {e.paper for e in entries}:
+        assert f'href="#paper-{paper}"' in nav
+    assert nav.count('href="https://arxiv.org/abs/2505.06708"') == len({e.paper for e in entries})
+    assert all(f'href="#{e.paper}-{e.name}"' in nav for e in entries)
 
 
 def test_every_figure_has_its_caption_claims_numbers_and_badges(site):

@@ -46,7 +46,7 @@ def write_figure(figures: Path, paper: str, figure: str, measurements: dict, spe
               "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)], **extra}
     path = figures / paper / f"{figure}.json"
     runs.write_json_atomic(path, record)
-    for suffix in (".png", ".pdf", ".ipynb"):
+    for suffix in (".png", ".pdf", ".ipynb", ".html"):
         path.with_suffix(suffix).write_bytes(b"x")
     return path
 
@@ -126,7 +126,7 @@ def test_every_claim_row_has_its_numbers_provenance_and_links(repo):
             assert row[5] == claim["criterion"] and verdict_of(row[6]) == claim["verdict"]
             assert row[7] == claim["reason"]
             links = re.findall(r"\]\(([^)]+)\)", row[0])
-            assert [Path(link).suffix for link in links] == [".png", ".ipynb"]
+            assert [Path(link).suffix for link in links] == [".png", ".html", ".ipynb"]
             assert all((figures / link).is_file() for link in links)
 
 
