@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,11 @@ import pytest
 from replicate import config as C
 from replicate.claims import VERDICTS
 
+from fixtures import make_smoke_reference as smoke_reference
+
 pytestmark = pytest.mark.slow
+REFERENCE = Path(__file__).parent / "fixtures" / "smoke_reference.json"
+REFERENCE_DIFFERS = smoke_reference.differs_from_here(REFERENCE)
 COPIED = ("Snakefile", "configs", "notebooks", "replicate", "report")
 
 
@@ -57,13 +62,14 @@ def built(repo):
 
 def test_every_figure_has_png_pdf_notebook_and_claims(built):
     for figure in C.list_figures():
-        for suffix in (".png", ".pdf", ".ipynb", ".json"):
+        for suffix in (".png", ".pdf", ".ipynb", ".json", ".html"):
             assert (built / "figures" / f"{figure}{suffix}").stat().st_size > 0, figure + suffix
         text = (built / "figures" / f"{figure}.json").read_text()
         record = json.loads(text, parse_constant=lambda c: pytest.fail(f"{figure}.json is not strict JSON: {c}"))
         assert record["scale"] == "smoke" and record["hardware"] == "cpu"
         assert record["wall_seconds"] > 0 and len(record["config_sha256"]) == 64
         assert record["environment"]["torch"] and record["environment"]["cpu_count"] >= 1
+        assert record["environment"]["packages"]["torch"] and record["source"]["links"]
         assert record["claims"] and all(c["verdict"] in VERDICTS for c in record["claims"])
         assert all(c["kind"] in ("paper", "control", "sanity") and c["reason"] for c in record["claims"])
 
@@ -96,6 +102,27 @@ def test_scorecard_counts_match_the_jsons(built):
     for verdict in VERDICTS:
         n = sum(c["verdict"] == verdict for c in claims)
         assert f"{n} {verdict.replace('_', ' ')}" in text
+
+
+def test_the_snakemake_report_holds_every_figure(built):
+    result = snakemake(built, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = zipfile.ZipFile(built / "report.zip").namelist()
+    for figure in C.list_figures():
+        assert any(n.endswith(f"figures/{figure}.png") for n in names), figure
+
+
+@pytest.mark.skipif(bool(REFERENCE_DIFFERS), reason=f"not the reference's software: {REFERENCE_DIFFERS}")
+def test_a_fresh_smoke_pipeline_reproduces_the_shipped_reference_exactly(built):
+    """Issue 19: the same code, versions and CPU give the same numbers in a fresh process and out
+    dir (timings excepted). The reference is tests/fixtures/smoke_reference.json (how to remake it:
+    tests/fixtures/make_smoke_reference.py)."""
+    reference = json.loads(REFERENCE.read_text())
+    ours = smoke_reference.measurements(built / "figures")
+    assert set(ours) == set(reference["figures"])
+    differ = {f: sorted(k for k in reference["figures"][f] if ours[f].get(k) != reference["figures"][f][k])
+              for f in ours}
+    assert {f: keys for f, keys in differ.items() if keys} == {}
 
 
 def test_rerun_is_a_no_op(built):
