@@ -284,7 +284,7 @@ def test_sink_claims_are_inconclusive_without_a_baseline_sink():
     spec = yaml.safe_load(open("configs/figure/gated_attention/attention_sink.yaml"))
     threshold = spec["measure"]["sink_threshold"]
     for c in spec["claims"]:  # every sink claim requires the config's own threshold
-        assert c["requires"] == {"baseline_first_token": f">= {threshold}",
+        assert c["requires"] == {"baseline_first_token_lower": f">= {threshold}",
                                  "baseline_first_token_min_seed": f">= {threshold}"}
     # the shipped default-scale baseline: 0.272 / 0.270 / 0.117, no seed above 0.3
     runs = sink_runs({"none": [0.272, 0.270, 0.117], "headwise": [0.05, 0.1, 0.05],
@@ -299,6 +299,22 @@ def test_sink_claims_are_inconclusive_without_a_baseline_sink():
     judged = {c.id: c for c in claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs)))}
     assert judged["sink_cut_headwise"].verdict == "replicated"  # 9x in every resample
     assert judged["value_gate_weaker"].verdict == "replicated"  # 4x
+    # every seed above 0.3 but a wide interval whose lower end is below it: still inconclusive
+    runs = sink_runs({"none": [0.31, 0.9, 0.31], "headwise": [0.05, 0.05, 0.05],
+                      "elementwise": [0.05, 0.05, 0.05], "value": [0.2, 0.2, 0.2],
+                      "input_independent": [0.3, 0.3, 0.3]})
+    m = A.sink_measurements(A.sink_table(runs))
+    assert m["baseline_first_token_lower"].value == pytest.approx(m["baseline_first_token"].interval[0])
+    judged = claims.evaluate(spec["claims"], m)
+    assert {c.verdict for c in judged} == {"inconclusive"}
+    assert all("baseline_first_token_lower" in c.reason for c in judged)
+    # a diverged baseline seed: no probes, NaN first-token attention -> inconclusive, no crash
+    runs = sink_runs({"none": [0.5, 0.5, 0.5], "headwise": [0.05, 0.05, 0.05]})
+    runs.loc[0, ["status", "probes"]] = ["diverged", {}]
+    m = A.sink_measurements(A.sink_table(runs), gates=("headwise",))
+    assert not np.isfinite(m["baseline_first_token_min_seed"].value)
+    assert {c.verdict for c in claims.evaluate(spec["claims"], m)} == {"inconclusive"}
+    assert A.shown(A.wide(A.sink_table(runs), "first_token")).loc[0, "none"] == "diverged"
 
 
 def test_spikes_by_hand():
@@ -393,6 +409,37 @@ def test_loss_analysis_survives_a_diverged_baseline():
     assert judged["loss_gain_headwise"].verdict == "inconclusive"
 
 
+def test_loss_measurements_pair_the_qk_norm_control_with_its_own_baseline():
+    runs = pd.DataFrame([{"gate": g, "qk_norm": qk, "seed": s, "final_val_loss": v, "params": 1,
+                          "status": "finished"}
+                         for (g, qk), vals in {("none", None): [2.0, 2.2, 2.1],
+                                               ("headwise", None): [1.9, 2.0, 2.0],
+                                               ("none", True): [1.8, 1.8, 1.8],
+                                               ("headwise", True): [1.8, 1.7, 1.9]}.items()
+                         for s, v in enumerate(vals)])
+    assert A.loss_variants(runs).unique().tolist() == ["none", "headwise", "none+qk_norm", "headwise+qk_norm"]
+    m = A.loss_measurements(runs)
+    assert sorted(m) == ["loss_gain_headwise", "loss_gain_headwise_qk_norm", "val_loss_baseline"]
+    assert m["loss_gain_headwise"].units == pytest.approx((0.1, 0.2, 0.1))
+    assert m["loss_gain_headwise_qk_norm"].units == pytest.approx((0.0, 0.1, -0.1))  # vs none+qk_norm
+    assert m["val_loss_baseline"].value == pytest.approx(2.1)
+    assert A.paired_gains(runs).columns.tolist() == ["headwise", "headwise+qk_norm"]
+    summary = A.loss_summary(runs)
+    assert summary.loc["none+qk_norm", "val_loss"] == pytest.approx(1.8) and summary.diverged.sum() == 0
+    spec = yaml.safe_load(open("configs/figure/gated_attention/loss.yaml"))
+    control = {c["id"]: c for c in spec["claims"]}["loss_gain_headwise_with_qk_norm"]
+    assert control["kind"] == "control" and control["qualifies"] == "loss_gain_headwise"
+    assert control["measured"] in m
+
+
+def test_regime_search_record_is_readable_and_names_the_chosen_settings():
+    sink, lr = A.regime_search("sink"), A.regime_search("lr")
+    assert len(sink) and len(lr)
+    chosen = sink[sink.chosen & (sink.gate == "none")]
+    assert len(chosen) == 1 and chosen.seeds.iloc[0] >= 5 and chosen.min_seed.iloc[0] >= 0.3
+    assert {"final_val_loss", "spikes"} <= set(lr.columns)
+
+
 def test_overhead_is_a_mean_over_rounds_of_median_ratios():
     turns = pd.DataFrame({"round": [0, 0, 0, 1, 1, 1, 2, 2, 2],
                           "none": [1.0] * 9,
@@ -412,14 +459,21 @@ def test_loss_analysis_survives_a_really_diverged_baseline(tmp_path):
     rows = []
     for k, values in enumerate(C.points(cfg)):
         run_cfg = C.run_config(cfg, k)
-        if values["module.model.gate"] == "none":
+        if values["module.model.gate"] == "none":  # both baselines (QK-norm off and on)
             run_cfg.run.module.optim.lr = 1e6
-        rows.append({"gate": values["module.model.gate"], "seed": values["seed"],
-                     **R.read_metrics(R.ensure(run_cfg, tmp_path))})
+        swept = {key.rsplit(".", 1)[-1]: v for key, v in values.items()}
+        rows.append({"point": k, **swept, **R.read_metrics(R.ensure(run_cfg, tmp_path))})
     runs = pd.DataFrame(rows)
-    assert runs.set_index("gate").loc["none", "status"] == "diverged"
-    gains = {f"loss_gain_{g}": A.loss_gain(runs, g) for g in ("headwise", "elementwise")}
+    assert (runs[runs.gate == "none"].status == "diverged").all()
+    m = A.loss_measurements(runs)  # what the notebook calls
+    gains = {k: v for k, v in m.items() if k.startswith("loss_gain")}
+    assert sorted(gains) == ["loss_gain_elementwise", "loss_gain_headwise", "loss_gain_headwise_qk_norm"]
     assert not any(np.isfinite(e.value) for e in gains.values())
-    judged = claims.evaluate([c for c in OmegaConf.to_container(cfg.figure.claims) if c["id"].startswith("loss_gain")], gains)
+    specs = [c for c in OmegaConf.to_container(cfg.figure.claims) if c["id"].startswith("loss_gain")]
+    judged = claims.evaluate(specs, m)
     assert {c.verdict for c in judged} == {"inconclusive"}
     assert A.paired_gains(runs).isna().all().all()
+    summary = A.loss_summary(runs)  # the notebook's table and prose survive too
+    assert summary.loc["none", "diverged"] == 1 and not np.isfinite(summary.loc["none", "val_loss"])
+    assert (A.shown(A.wide(runs.assign(variant=A.loss_variants(runs)), "final_val_loss",
+                           columns="variant"))["none"] == "diverged").all()

@@ -50,6 +50,48 @@ def _column(frame: pd.DataFrame, key: str) -> pd.Series:
     return frame[key] if key in frame else pd.Series(NAN, index=frame.index, dtype=float)
 
 
+# --------------------------------------------------------------------------- regime search
+def regime_search(figure: str, path=None) -> pd.DataFrame:
+    """The record of the regime search (``benchmarks/gated_attention_regime_search.json``) for
+    ``figure`` ("sink" or "lr"): one row per setting, gate and lr, with the per-seed results
+    (sink: the final first-token attention per seed; lr: final validation loss, loss spikes) and
+    whether it is the figure's chosen setting (``chosen`` in the json's ``chosen`` map)."""
+    import json
+    from pathlib import Path
+
+    from replicate.config import REPO_ROOT
+
+    path = Path(path) if path is not None else REPO_ROOT / "benchmarks" / "gated_attention_regime_search.json"
+    data = json.loads(path.read_text())
+    rows = []
+    for r in data["records"]:
+        if r["figure"] != figure:
+            continue
+        last = r["probes"][max(r["probes"], key=int)] if r["probes"] else {}
+        rows.append({"setting": r["setting"], "gate": r["gate"], "lr": r["lr"], "steps": r["steps"],
+                     "seed": r["seed"], "status": r["status"],
+                     "first_token": last.get("first_token_attention_mean", NAN),
+                     "val_loss": last.get("val_loss", NAN),
+                     "spikes": spikes([{"train_loss": v} for v in r["train_loss"]], 4, 0.25),
+                     "cpu_seconds": r["cpu_seconds"]})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    keys = ["setting", "gate", "lr", "steps"]
+    if figure == "sink":
+        out = t.groupby(keys, sort=False).agg(
+            seeds=("seed", "count"), first_token_per_seed=("first_token", lambda v: ", ".join(f"{x:.3f}" for x in v)),
+            min_seed=("first_token", "min"), cpu_s_per_run=("cpu_seconds", "mean"))
+    else:
+        out = t.groupby(keys, sort=False).agg(
+            seeds=("seed", "count"), final_val_loss=("val_loss", lambda v: ", ".join(f"{x:.3f}" for x in v)),
+            spikes=("spikes", "sum"), cpu_s_per_run=("cpu_seconds", "mean"))
+    chosen = data.get("chosen", {}).get(figure)
+    out = out.reset_index()
+    out["chosen"] = out["setting"] == chosen
+    return out.round(3)
+
+
 # --------------------------------------------------------------------------- attention_sink
 def sink_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: first-token attention (mean over queries t >= 1 and layers, Qiu et al.
@@ -73,16 +115,22 @@ def sink_measurements(table: pd.DataFrame, gates: Iterable[str] = ("headwise", "
                       "value", "input_independent")) -> dict[str, claims.Estimate]:
     """Every sink measurement of the ``attention_sink`` figure from :func:`sink_table`.
 
-    ``baseline_first_token``: mean over seeds with a t interval; ``baseline_first_token_min_seed``:
-    the smallest seed (the precondition "every seed forms a sink"); ``first_token_<g>``: mean and
+    ``baseline_first_token``: mean over seeds with a t interval; ``baseline_first_token_lower``:
+    its lower end (NaN without an interval); ``baseline_first_token_min_seed``: the smallest seed
+    (the preconditions "the sink is there throughout the interval and in every seed"); ``first_token_<g>``: mean and
     t interval per variant; ``sink_cut_<g>`` = mean(baseline) / mean(g) and ``<g>_over_headwise``
     = mean(g) / mean(headwise), each with a percentile bootstrap over paired seeds.
     """
     ft = wide(table, "first_token")
     col = lambda g: _column(ft, g).to_numpy(float)  # noqa: E731
     base = col("none")
+    base_est = claims.mean_interval(base)
+    lower = base_est.interval[0] if base_est.interval is not None else NAN
     out: dict[str, claims.Estimate] = {
-        "baseline_first_token": claims.mean_interval(base),
+        "baseline_first_token": base_est,
+        "baseline_first_token_lower": claims.exact(
+            lower, f"lower end of the baseline's {base_est.method} (the sink must be there "
+                   "throughout the interval)"),
         "baseline_first_token_min_seed": claims.exact(
             float(np.min(base)) if len(base) else NAN,
             f"smallest first-token attention of the baseline's {len(base)} seeds (every seed "
@@ -166,7 +214,10 @@ def best_lr_on_grid_edge(table: pd.DataFrame, gates: Iterable[str] = ("none", "h
 
 
 def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "headwise") -> dict:
-    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`."""
+    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`.
+
+    ``best_lr_on_grid_edge`` counts every variant of the table (baseline, headwise, elementwise)
+    whose best lr is a grid edge: the best-loss claim needs each optimum bracketed."""
     base = table[table.gate == "none"]
     spk = spikes_per_seed(table)
     out = {
@@ -180,8 +231,8 @@ def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "he
                                      f"count of {gated} loss spikes over the grid"),
         "spikes_baseline_minus_gated": claims.paired_difference(_column(spk, "none"), _column(spk, gated)),
         "best_loss_gain": claims.mean_interval(best_loss_gain_per_seed(table, gated)),
-        "best_lr_on_grid_edge": claims.exact(best_lr_on_grid_edge(table, ("none", gated)),
-                                             f"how many of baseline and {gated} have their best lr at a grid edge"),
+        "best_lr_on_grid_edge": claims.exact(best_lr_on_grid_edge(table, tuple(pd.unique(table.gate))),
+                                             "how many variants have their best lr at a grid edge"),
     }
     for g in ("headwise", "elementwise"):
         if g in set(table.gate):
@@ -239,18 +290,68 @@ def gate_score_mean(table: pd.DataFrame, gated: str, lr: float) -> claims.Estima
 
 
 # --------------------------------------------------------------------------- loss
+QK = "+qk_norm"  # suffix of the QK-norm control's variants in :func:`loss_variants`
+
+
+def loss_variants(runs: pd.DataFrame) -> pd.Series:
+    """Per run: its gate, with ``+qk_norm`` appended for the QK-norm control's runs (a run table
+    without a ``qk_norm`` column has none)."""
+    qk = runs["qk_norm"] if "qk_norm" in runs else pd.Series(False, index=runs.index)
+    qk = qk.astype(object).where(qk.notna(), False).astype(bool)
+    return runs["gate"].where(~qk, runs["gate"] + QK)
+
+
+def _loss_wide(runs: pd.DataFrame) -> pd.DataFrame:
+    t = runs.assign(final_val_loss=runs["final_val_loss"].astype(float), variant_key=loss_variants(runs))
+    return wide(t, "final_val_loss", columns="variant_key")
+
+
 def loss_gain(runs: pd.DataFrame, gated: str, baseline: str = "none") -> claims.Estimate:
     """Baseline minus ``gated`` final validation loss, paired by seed (same seed = same batches
-    and the same initial shared weights), with a t interval over the paired differences."""
-    loss = wide(runs.assign(final_val_loss=runs["final_val_loss"].astype(float)), "final_val_loss")
+    and the same initial shared weights), with a t interval over the paired differences.
+    ``gated``/``baseline`` name variants of :func:`loss_variants` (``headwise+qk_norm`` ...)."""
+    loss = _loss_wide(runs)
     return claims.paired_difference(_column(loss, baseline), _column(loss, gated))
 
 
 def paired_gains(runs: pd.DataFrame, baseline: str = "none") -> pd.DataFrame:
-    """seed x gated variant: baseline minus gated final loss (NaN where either diverged)."""
-    loss = wide(runs.assign(final_val_loss=runs["final_val_loss"].astype(float)), "final_val_loss")
-    base = _column(loss, baseline)
-    return loss.drop(columns=[baseline], errors="ignore").rsub(base, axis=0)
+    """seed x gated variant: its baseline (``none``, or ``none+qk_norm`` for the QK-norm control)
+    minus the gated final loss (NaN where either diverged)."""
+    loss = _loss_wide(runs)
+    out = {}
+    for v in loss.columns:
+        base = baseline + QK if v.endswith(QK) else baseline
+        if v != base:
+            out[v] = _column(loss, base) - loss[v]
+    return pd.DataFrame(out, index=loss.index)
+
+
+def loss_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (:func:`loss_variants`): mean and sd of the final loss over the finished seeds,
+    parameters, seeds, and how many runs diverged."""
+    t = runs.assign(final_val_loss=runs["final_val_loss"].astype(float), variant_key=loss_variants(runs))
+    return t.groupby("variant_key", sort=False).agg(
+        val_loss=("final_val_loss", "mean"), sd=("final_val_loss", "std"), params=("params", "first"),
+        seeds=("seed", "count"), diverged=("status", lambda s: int((s == "diverged").sum())))
+
+
+def loss_measurements(runs: pd.DataFrame) -> dict[str, claims.Estimate]:
+    """The loss claims' numbers: the baseline's final loss and every paired gain (``loss_gain_<g>``
+    and, for the QK-norm control, ``loss_gain_<g>_qk_norm``), each a t interval over seeds. A
+    diverged run makes its gain non-finite (the claim is inconclusive), never a crash."""
+    loss = _loss_wide(runs)
+    out = {"val_loss_baseline": claims.mean_interval(_column(loss, "none"))}
+    for v in loss.columns:
+        if v in ("none", "none" + QK):
+            continue
+        key = f"loss_gain_{v.replace(QK, '_qk_norm')}"
+        out[key] = loss_gain(runs, v, "none+qk_norm" if v.endswith(QK) else "none")
+    return out
+
+
+def shown(values: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A table of numbers for display, with every non-finite entry (a diverged run) as "diverged"."""
+    return values.apply(lambda col: col.map(lambda v: f"{v:.{digits}f}" if np.isfinite(v) else "diverged"))
 
 
 def overhead_pct(turns: pd.DataFrame, gated: str, baseline: str = "none") -> claims.Estimate:
