@@ -80,10 +80,11 @@ def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet]
     return pd.concat(rows, ignore_index=True)
 
 
-def subset_per_bin(table: pd.DataFrame, per_bin: int) -> pd.Index:
-    """Row labels of the first ``per_bin`` datasets of every (split, n, d) bin (families in turn)."""
+def subset_per_bin(table: pd.DataFrame, per_bin: int, splits=("in", "out")) -> pd.Index:
+    """Row labels of the first ``per_bin`` datasets of every (split, n, d) bin (families in turn),
+    for the splits in ``splits``."""
     picked = []
-    for _, group in table.groupby(["split", "n", "d"], sort=True):
+    for _, group in table[table.split.isin(splits)].groupby(["split", "n", "d"], sort=True):
         picked.extend(group.index[:: max(1, len(group) // per_bin)][:per_bin])
     return pd.Index(picked)
 
