@@ -107,9 +107,15 @@ def test_scorecard_counts_match_the_jsons(built):
 def test_the_snakemake_report_holds_every_figure(built):
     result = snakemake(built, "--report", "report.zip")
     assert result.returncode == 0, result.stderr[-3000:]
-    names = zipfile.ZipFile(built / "report.zip").namelist()
-    for figure in C.list_figures():
-        assert any(n.endswith(f"figures/{figure}.png") for n in names), figure
+    with zipfile.ZipFile(built / "report.zip") as report:
+        names = report.namelist()
+        page = report.read(next(n for n in names if n.endswith(".html"))).decode()
+    figures = C.list_figures()
+    assert sorted(n.rsplit("/", 1)[-1] for n in names if n.endswith(".png")) == sorted(
+        f"{f.split('/')[1]}.png" for f in figures)
+    for figure in figures:  # captioned with the title and the paper's arXiv id, under its paper
+        fig = C.compose(figure, "cpu", "smoke").figure
+        assert fig.title in page and fig.source.arxiv in page and fig.paper in page, figure
 
 
 @pytest.mark.skipif(bool(REFERENCE_DIFFERS), reason=f"not the reference's software: {REFERENCE_DIFFERS}")
