@@ -1,6 +1,7 @@
 """Hourglass MLP (Chen et al. 2025): parameter counts by hand, the fixed lift, training of both
-block types, batched-grid equivalence, PSNR and degradations, Pareto frontiers on hand cases,
-the data splits (digits and the MNIST fixture) and the figure configs."""
+block types, stacked-copies equivalence (one copy per learning rate = Adam alone at that rate),
+PSNR and degradations, Pareto frontiers on hand cases, the data (scikit-image photo patches,
+digits, the MNIST and ImageNet-32 fixtures) and the figure configs."""
 
 import math
 from pathlib import Path
@@ -10,30 +11,38 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from replicate import config as C
-from replicate.papers.hourglass_mlp.data import RestorationData, degrade, psnr, random_affine
+from replicate.config import ConfigError
+from replicate.papers.hourglass_mlp.data import (PatchData, RestorationData, degrade, psnr, random_affine,
+                                                 skimage_data_dir)
 from replicate.papers.hourglass_mlp.model import (ConventionalMLP, HourglassMLP, Shape, build,
                                                   count_parameters, module_parameters)
-from replicate.papers.hourglass_mlp.module import HourglassGrid, grid_shapes, warmup_cosine
+from replicate.papers.hourglass_mlp.module import HourglassGrid, grid_shapes, init_seed, warmup_cosine
 from replicate.papers.hourglass_mlp.pareto import (best_per_budget, compare_frontiers, frontier_value,
                                                    matched_budgets, pareto_mask, select_learning_rate,
                                                    trend)
+from replicate.papers.hourglass_mlp.stacked import StackedAdam, StackedNet
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist_tiny"
+FIXTURES = Path(__file__).parent / "fixtures"
+MNIST_FIXTURE = FIXTURES / "mnist_tiny"
+IMAGENET32_FIXTURE = FIXTURES / "hourglass_imagenet32_tiny"
 TASK = {"kind": "denoise", "sigma": 0.3, "factor": 2}
+LRS = {"hourglass": [1e-2, 3e-2], "conventional": [1e-2, 3e-2], "conventional_head": [1e-2, 3e-2]}
+PHOTOS = {"train": ["camera.png", "coins.png"], "val": ["moon.png"], "test": ["brick.png"]}
 
 
 def tiny_grid(**kw):
     grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [1, 2]}, "conventional": {"d_h": [24], "depth": [1]},
             "conventional_head": {"d_h": [24], "depth": [1]}}
-    return HourglassGrid(grid=kw.pop("grid", grid), task=kw.pop("task", TASK), image_shape=kw.pop("image_shape", (1, 4, 4)),
-                         max_steps=20, optim={"lr": 1e-2}, **kw)
+    return HourglassGrid(grid=kw.pop("grid", grid), task=kw.pop("task", TASK), lrs=kw.pop("lrs", LRS),
+                         image_shape=kw.pop("image_shape", (1, 4, 4)), max_steps=20, **kw)
 
 
 def train_steps(module, batch, steps):
-    opt = module.configure_optimizers()["optimizer"]
+    opt = module.configure_optimizers()["optimizer"]  # no scheduler step: multiplier 1
     for _ in range(steps):
         opt.zero_grad()
         module.training_step((batch,), 0).backward()
@@ -72,29 +81,43 @@ def test_grid_keeps_only_wide_narrow_wide_hourglass_shapes():
     assert sorted((s.d_z, s.d_h) for s in shapes) == [(8, 4), (16, 4), (16, 8)]
 
 
+def test_an_explicit_design_lists_its_shapes_times_the_lift_choices():
+    shapes = grid_shapes({"hourglass": {"shapes": [[16, 4, 1], [32, 8, 2]], "train_lift": [False, True]},
+                          "conventional": {"shapes": [[24, 3]]}})
+    assert [(s.d_z, s.d_h, s.depth, s.train_lift) for s in shapes[:4]] == [
+        (16, 4, 1, False), (16, 4, 1, True), (32, 8, 2, False), (32, 8, 2, True)]
+    assert (shapes[4].family, shapes[4].d_h, shapes[4].depth) == ("conventional", 24, 3)
+    with pytest.raises(ValueError, match="should be"):
+        grid_shapes({"hourglass": {"shapes": [[16, 4]]}})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        grid_shapes({"hourglass": {"shapes": [[16, 4, 1]], "d_z": [8]}})
+
+
 # --------------------------------------------------------------------------- the fixed lift
+
+
+def hourglass_nets(module):
+    return [n for n, s in zip(module.nets, module.shapes) if s.family == "hourglass"]
 
 
 def test_fixed_lift_gets_no_gradient_and_is_unchanged_by_training():
     module = tiny_grid()
-    hourglass = [m for m in module.models if isinstance(m, HourglassMLP)]
-    before = [m.lift.weight.clone() for m in hourglass]
-    batch = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    train_steps(module, batch, 5)
-    for m, w in zip(hourglass, before):
-        assert m.lift.weight.grad is None and not m.lift.weight.requires_grad
-        assert torch.equal(m.lift.weight, w)
-        assert m.head.weight.grad is not None  # the rest trained
+    nets = hourglass_nets(module)
+    before = [n.lift.clone() for n in nets]
+    train_steps(module, torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0)), 5)
+    for n, w in zip(nets, before):
+        assert "lift" not in dict(n.named_parameters()) and torch.equal(n.lift, w)
+        assert n.flat.grad is not None  # the rest trained
 
 
 def test_trained_lift_starts_from_the_same_weights_and_moves():
     grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [1], "train_lift": [False, True]}}
     module = tiny_grid(grid=grid)
-    fixed, trained = module.models
-    assert all(torch.equal(a, b) for a, b in zip(fixed.state_dict().values(), trained.state_dict().values()))
-    start = trained.lift.weight.clone()
+    fixed, trained = module.nets
+    assert torch.equal(fixed.lift, trained.view("lift")[0]) and torch.equal(fixed.view("head_w"), trained.view("head_w"))
+    start = trained.view("lift").clone()
     train_steps(module, torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(1)), 3)
-    assert not torch.equal(trained.lift.weight, start)
+    assert not torch.equal(trained.view("lift"), start)
 
 
 def test_lift_init_has_variance_one_over_input_width():
@@ -123,27 +146,83 @@ def test_both_block_types_reduce_the_loss_on_a_tiny_batch(make):
     assert loss.item() < 0.3 * first
 
 
-def test_grid_training_equals_training_each_shape_alone():
-    """Summed losses of independent models + elementwise Adam = independent training."""
-    grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [2]}, "conventional_head": {"d_h": [24], "depth": [1]}}
+@pytest.mark.parametrize("shape", [Shape("hourglass", 4, 2, 12), Shape("hourglass", 4, 1, 12, True),
+                                   Shape("conventional", 24, 2), Shape("conventional_head", 24, 1)])
+def test_a_stacked_copy_computes_what_its_reference_module_does(shape):
+    torch.manual_seed(0)
+    reference = build(shape, 16, 16)
+    net = StackedNet(shape, 16, 16, copies=3, reference=reference)
+    x = torch.rand(5, 16, generator=torch.Generator().manual_seed(6))
+    out = net(x)
+    assert out.shape == (3, 5, 16)
+    for k in range(3):
+        torch.testing.assert_close(out[k], reference(x), rtol=0, atol=1e-6)
+    assert module_parameters(net.copy_module(1)) == count_parameters(shape, 16, 16)
+
+
+def test_grid_training_equals_training_each_shape_alone_with_adam_at_each_rate():
+    """Summed losses of independent copies + per-copy Adam = each shape alone with torch's Adam."""
+    grid = {"hourglass": {"d_z": [12], "d_h": [4], "depth": [2], "train_lift": [True]},
+            "conventional_head": {"d_h": [24], "depth": [1]}}
+    lrs = {"hourglass": [3e-3, 3e-2], "conventional_head": [1e-2, 5e-2]}
     batch = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    together = tiny_grid(grid=grid)
-    train_steps(together, batch, 4)
-    for family, axes in grid.items():
-        alone = tiny_grid(grid={family: axes})
-        train_steps(alone, batch, 4)
-        shape_index = [s.family for s in together.shapes].index(family)
-        for a, b in zip(alone.models[0].parameters(), together.models[shape_index].parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    together = tiny_grid(grid=grid, lrs=lrs)
+    inputs, target = together.pairs(batch, torch.Generator().manual_seed(9))
+    alone = []
+    for shape in together.shapes:
+        for lr in lrs[shape.family]:
+            torch.manual_seed(init_seed(0, shape))
+            model = build(shape, 16, 16)
+            alone.append((model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)))
+    opt = together.configure_optimizers()["optimizer"]
+    for _ in range(4):
+        opt.zero_grad()
+        total = sum((net(inputs) - target).pow(2).mean(dim=(1, 2)).sum() for net in together.nets)
+        total.backward()
+        opt.step()
+        for model, o in alone:
+            o.zero_grad()
+            F.mse_loss(model(inputs), target).backward()
+            o.step()
+    copies = [net.copy_module(k) for net in together.nets for k in range(net.copies)]
+    for mine, (model, _) in zip(copies, alone):
+        for a, b in zip(mine.parameters(), model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
 
 
-def test_a_diverged_shape_is_dropped_and_the_others_train():
+def test_stacked_adam_state_round_trips_through_a_checkpoint():
+    net = StackedNet(Shape("conventional_head", 8, 1), 4, 4, copies=2)
+    opt = StackedAdam([{"params": [net.flat], "row_lr": [1e-3, 1e-2]}])
+    net(torch.rand(3, 4)).sum().backward()
+    opt.step()
+    again = StackedAdam([{"params": [net.flat], "row_lr": [1e-3, 1e-2]}])
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(again.state[net.flat]["exp_avg"], opt.state[net.flat]["exp_avg"])
+    assert again.param_groups[0]["row_lr"].tolist() == pytest.approx([1e-3, 1e-2])
+
+
+def test_a_diverged_copy_is_dropped_and_the_others_train():
     module = tiny_grid()
     with torch.no_grad():
-        module.models[0].head.weight.fill_(float("nan"))
+        module.nets[0].flat[1].fill_(float("nan"))  # copy 1 (the second rate) of the first shape
     batch = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     loss = module.training_step((batch,), 0)
-    assert torch.isfinite(loss) and module.alive.tolist() == [False] + [True] * (len(module.models) - 1)
+    assert torch.isfinite(loss) and module.nets[0].alive.tolist() == [True, False]
+    assert all(n.alive.all() for n in module.nets[1:])
+    rows = module.probe_metrics(FakeData((1, 4, 4)))["shapes"]
+    assert [r["diverged"] for r in rows[:2]] == [False, True] and math.isnan(rows[1]["test_psnr"])
+    assert [r["lr"] for r in rows[:2]] == LRS["hourglass"]
+
+
+class FakeData:
+    def __init__(self, shape):
+        self.x = torch.rand(12, *shape, generator=torch.Generator().manual_seed(8))
+
+    def held_out(self, split):
+        return self.x[:6] if split == "val" else self.x[6:]
+
+    def train_sample(self, n):
+        return self.x[:n]
 
 
 def test_warmup_then_cosine_schedule():
@@ -235,15 +314,71 @@ def test_digits_split_into_train_validation_and_test():
     assert (len(dm.data.train_y), len(val), len(test)) == (1258, 270, 269)
     assert not any(torch.equal(v, t) for v in val[:20] for t in test[:20])
     assert dm.provenance["n_test"] == 269
+    small = PatchData(source="digits", val_fraction=0.3)  # the same split through the patch datamodule
+    assert torch.equal(small.held_out("test"), test) and small.image_shape == (1, 8, 8)
+
+
+def test_skimage_patches_come_from_disjoint_photos_of_the_installed_wheel():
+    dm = PatchData(photos=PHOTOS, n_val=64, n_test=32, batch_size=8, max_steps=4, seed=0)
+    val, test = dm.held_out("val"), dm.held_out("test")
+    assert val.shape == (64, 1, 16, 16) and test.shape == (32, 1, 16, 16) and dm.image_shape == (1, 16, 16)
+    assert 0.0 <= float(val.min()) and float(val.max()) <= 1.0
+    meta = dm.provenance
+    assert (meta["package"], meta["source"], meta["photos"]) == ("scikit-image", "skimage", PHOTOS)
+    assert meta["version"] == __import__("importlib.metadata").metadata.version("scikit-image")
+    assert sorted(meta["sha256"]) == sorted(sum(PHOTOS.values(), [])) and (skimage_data_dir() / "moon.png").is_file()
+    # held-out patches are a fixed draw; training patches are the seed's stream, resumable at any offset
+    other = PatchData(photos=PHOTOS, n_val=64, n_test=32, batch_size=8, max_steps=4, seed=1)
+    assert torch.equal(other.held_out("val"), val)
+    a, b = dm.train_dataset(offset=0), other.train_dataset(offset=0)
+    assert not torch.equal(a[0][0], b[0][0])
+    assert torch.equal(dm.train_dataset(offset=5)[0][0], a[5][0])
+    # a moon patch is never a camera/coins patch: the validation photo is not in training
+    train = torch.stack([a[i][0] for i in range(32)])
+    assert not any(torch.equal(v, t) for v in val[:16] for t in train)
+
+
+def test_photo_splits_must_be_disjoint_and_present():
+    with pytest.raises(ValueError, match="more than one split"):
+        PatchData(photos={"train": ["moon.png"], "val": ["moon.png"], "test": ["brick.png"]})
+    with pytest.raises(ConfigError, match="not_a_photo.png"):
+        PatchData(photos={"train": ["not_a_photo.png"], "val": ["moon.png"], "test": ["brick.png"]}).setup()
 
 
 def test_mnist_fixture_loads_through_the_real_loader():
-    dm = RestorationData(source="mnist", path=str(MNIST_FIXTURE), batch_size=4)
+    dm = PatchData(source="mnist", path=str(MNIST_FIXTURE), batch_size=4)
     assert dm.image_shape == (1, 28, 28)
     assert (len(dm.held_out("val")), len(dm.held_out("test"))) == (5, 5)
     module = tiny_grid(image_shape=(1, 28, 28), grid={"hourglass": {"d_z": [1024], "d_h": [8], "depth": [1]}})
     probes = module.probe_metrics(dm)
     assert probes["shapes"][0]["fixed"] == 784 * 1024 and math.isfinite(probes["shapes"][0]["test_psnr"])
+    with pytest.raises(ConfigError, match="t10k-images-idx3-ubyte"):
+        PatchData(source="mnist", path=str(FIXTURES / "no_such_folder")).setup()
+
+
+def test_imagenet32_fixture_loads_and_missing_files_are_named():
+    dm = PatchData(source="imagenet32", path=str(IMAGENET32_FIXTURE), batch_size=2, max_steps=2)
+    assert dm.image_shape == (3, 32, 32) and (len(dm.held_out("val")), len(dm.held_out("test"))) == (2, 2)
+    sample = dm.train_dataset(offset=0)[0][0]
+    assert sample.dtype == torch.float32 and sample.shape == (3, 32, 32) and float(sample.max()) <= 1.0
+    assert dm.provenance["files"] == ["train_data_batch_1.npz", "val_data.npz"]
+    with pytest.raises(ConfigError, match="val_data.npz") as err:
+        PatchData(source="imagenet32", path=str(FIXTURES / "no_such_folder")).setup()
+    assert "\n" not in str(err.value)
+
+
+def test_default_figures_use_photo_patches_with_equal_grids_and_rate_counts_per_family():
+    for figure in ("pareto_denoise", "pareto_superres", "shape_trends"):
+        run = C.compose(f"hourglass_mlp/{figure}", "cpu", "default").figure.run
+        assert run.data.source == "skimage" and run.data.patch >= 16
+        assert list(run.module.image_shape) == [1, run.data.patch, run.data.patch]
+        sizes = {}
+        for shape in grid_shapes(OmegaConf.to_container(run.module.grid)):
+            if not shape.train_lift:
+                sizes[shape.family] = sizes.get(shape.family, 0) + 1
+        assert len(set(sizes.values())) == 1 and len(sizes) == 3, sizes
+        assert len({len(v) for v in run.module.lrs.values()}) == 1 and len(run.module.lrs.hourglass) >= 3
+        assert len(C.run_configs(C.compose(f"hourglass_mlp/{figure}", "cpu", "default"))) >= 3  # seeds
 
 
 @pytest.mark.parametrize("scale", ["smoke", "default", "full"])
@@ -299,6 +434,9 @@ def test_shape_trend_counts_each_distinct_frontier_point_once():
     assert A.shape_trend(rows, "d_h") == pytest.approx(-1.0)
     assert A.shape_trend(rows.iloc[:2], "depth") != A.shape_trend(rows.iloc[:2], "depth")  # NaN below 3 points
     assert A.lr_edge_points(rows, [1e-3, 1e-2]) == 3 and A.lr_edge_points(rows, [1e-3, 1e-2, 1e-1]) == 0
+    # per-family grids: the hourglass grid decides for hourglass rows
+    assert A.lr_edge_points(rows, {"hourglass": [1e-3, 1e-2, 1e-1], "conventional": [1e-2]}) == 0
+    assert A.at_lr_edge(rows, {"hourglass": [1e-2, 3e-2]}).all()
 
 
 def test_over_seeds_reruns_the_selection_on_resampled_seeds():
@@ -339,7 +477,6 @@ def test_a_baseline_diverged_everywhere_gives_an_inconclusive_claim_not_an_error
     m = A.pareto_measurements(pd.DataFrame(rows), [1e-2])
     assert math.isnan(m["win_fraction_vs_plain"].value) and m["frontier_points_vs_plain"] == 0
     spec = C.compose("hourglass_mlp/pareto_denoise", "cpu", "smoke").figure.claims
-    from omegaconf import OmegaConf
     judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(spec), m)}
     assert judged["hourglass_dominates_plain"].verdict == "inconclusive"
     assert "frontier_points_vs_plain" in judged["hourglass_dominates_plain"].reason

@@ -132,12 +132,28 @@ def shape_trend(rows: pd.DataFrame, dim: str, x: str = "trainable") -> float:
     return float(stats.spearmanr(front[x].to_numpy(float), values).statistic)
 
 
-def lr_edge_points(rows: pd.DataFrame, lr_grid: Iterable[float]) -> int:
+def family_grid(lr_grid, family: str) -> list[float]:
+    """The learning-rate grid of a family: ``lr_grid`` is one list for every family or a dict
+    ``{family: [...]}`` (the trained-lift Hourglass is family ``hourglass``)."""
+    grid = lr_grid[family] if isinstance(lr_grid, dict) else lr_grid
+    return sorted(float(v) for v in grid)
+
+
+def at_lr_edge(rows: pd.DataFrame, lr_grid) -> np.ndarray:
+    """True for the rows whose rate is the smallest or largest of their family's grid (their best
+    rate may lie outside it); every row of a family whose grid has one rate."""
+    out = []
+    for family, lr in zip(rows["family"], rows["lr"].to_numpy(float)):
+        grid = family_grid(lr_grid, family)
+        out.append(len(grid) < 2 or lr in (grid[0], grid[-1]))
+    return np.asarray(out, bool)
+
+
+def lr_edge_points(rows: pd.DataFrame, lr_grid) -> int:
     """How many of the family's validation-frontier shapes picked the smallest or largest rate of
-    the grid (their best rate may lie outside it)."""
-    grid = sorted(float(v) for v in lr_grid)
+    their family's grid (``lr_grid``: a list, or a dict per family)."""
     front = val_frontier(rows)
-    return int(np.isin(front["lr"].to_numpy(float), [grid[0], grid[-1]]).sum()) if len(grid) > 1 else len(front)
+    return int(at_lr_edge(front, lr_grid).sum()) if len(front) else 0
 
 
 def resample(table: pd.DataFrame, seeds: Iterable[int]) -> pd.DataFrame:
@@ -191,10 +207,10 @@ def trend_contrast_statistic(dim: str, other: str = "conventional_head") -> Call
     return lambda shapes: shape_trend(family(shapes, "hourglass"), dim) - shape_trend(family(shapes, other), dim)
 
 
-def pareto_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
+def pareto_measurements(table: pd.DataFrame, lr_grid) -> dict:
     """The Pareto figures' measurements: for each baseline, the Hourglass (fixed lift) frontier's
-    win fraction and mean gap over it with intervals over seeds, plus context numbers."""
-    lr_grid = list(lr_grid)
+    win fraction and mean gap over it with intervals over seeds, plus context numbers (the same
+    gaps with the Hourglass counted at its total parameters, fixed lift included; edge rates)."""
     shapes = per_shape(table)
     hourglass = family(shapes, "hourglass")
     out, cache = {}, {}
@@ -204,6 +220,9 @@ def pareto_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
         point = frontier_gap(hourglass, family(shapes, base))
         out[f"min_gap_db_vs_{name}"] = point["min_gap"]
         out[f"frontier_points_vs_{name}"] = point["n_points"]
+        total = frontier_gap(hourglass.assign(trainable=hourglass["trainable"] + hourglass["fixed"]), family(shapes, base))
+        out[f"mean_gap_db_vs_{name}_total_params"] = total["mean_gap"]
+        out[f"win_fraction_vs_{name}_total_params"] = total["win_fraction"]
     for key, rows in shapes.groupby("key"):
         front = val_frontier(rows)
         out[f"best_test_psnr_{key}"] = float(rows["test_psnr"].max())
@@ -216,7 +235,7 @@ def pareto_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
     return out
 
 
-def trend_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
+def trend_measurements(table: pd.DataFrame, lr_grid) -> dict:
     """The shape_trends figure's measurements: ρ of depth, d_z, d_h of the Hourglass picks, the
     depth-trend contrast with the conventional + head family, and the fixed-vs-trained lift gap
     at matched trainable budgets, each with an interval over seeds; plus context numbers."""
@@ -238,7 +257,8 @@ def trend_measurements(table: pd.DataFrame, lr_grid: Iterable[float]) -> dict:
     front = val_frontier(hourglass)
     out["distinct_best_shapes"] = int(len(front))
     out["distinct_best_shapes_conventional_head"] = int(len(val_frontier(family(shapes, "conventional_head"))))
-    out["lr_edge_frontier_points_hourglass"] = lr_edge_points(hourglass, lr_grid)
+    for key in ("hourglass", "hourglass_trained", "conventional_head"):
+        out[f"lr_edge_frontier_points_{key}"] = lr_edge_points(family(shapes, key), lr_grid)
     out["seeds"] = int(table["seed"].nunique())
     out["median_seed_sd_db"] = float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan
     return out

@@ -1,36 +1,53 @@
-"""Images for the Hourglass MLP tasks: clean images, a validation/test split, on-the-fly
-augmentation, the two degradations (Gaussian noise, downsampling) and PSNR.
+"""Images for the Hourglass MLP tasks: clean images with a validation/test split, the two
+degradations (Gaussian noise, downsampling) and PSNR.
 
-Data (``RestorationData``, on top of :class:`replicate.data.digits.DigitsDataModule`):
+Sources (selected by ``data._target_`` and ``data.source`` in the configs):
 
-* ``source="digits"`` (default, embedded): scikit-learn's 8×8 digits in [0, 1]; the suite's fixed
-  split holds out ``val_fraction`` of the images, which are cut in two halves by their order in
-  that split: the first half is *validation* (used to pick each shape's learning rate), the
-  second half is *test* (the PSNR every figure reports). With ``val_fraction=0.3``: 1258 train,
-  270 validation, 269 test images.
-* ``source="mnist"`` (full scale): the 60k training images; the 10k test file is cut the same way
-  (5k validation, 5k test).
+* :class:`PatchData`, ``source="skimage"`` (the default scale's embedded data): grey 16×16
+  patches cut from the photographs that ship inside the scikit-image wheel (``skimage/data/*.png``
+  / ``*.jpg``, read from the installed package's folder with Pillow: no pooch, no network; a
+  missing file is a one-line error naming it). Whole photos are split three ways (``photos.train``,
+  ``photos.val``, ``photos.test`` in the config), so validation and test patches come from photos
+  the networks never saw. Training patches are cut on the fly (photo uniform, position uniform:
+  effectively unlimited samples); validation and test patches are a fixed draw (a generator
+  seeded by sha256 of the split's name, the same for every run seed), an equal number per photo.
+  Colour photos are converted to grey with the ITU-R 709 luma weights
+  ``0.2125 R + 0.7154 G + 0.0721 B`` (those of ``skimage.color.rgb2gray``); pixels in [0, 1].
+  ``provenance`` names the package, its version, the photos of each split and their sha256.
+* :class:`PatchData`, ``source="imagenet32"`` (full scale): the downsampled ImageNet 32×32 of
+  Chrabaszcz, Loshchilov & Hutter (2017) from a local folder ``path`` holding the unzipped npz
+  release (``train_data_batch_1.npz`` ... ``train_data_batch_10.npz``, ``val_data.npz``; each with
+  ``data`` (N, 3072) uint8, channel-major). Whole RGB images (3×32×32); the official validation set
+  is cut in two halves (validation, test). Missing files stop with a one-line ``ConfigError``
+  naming them; nothing is downloaded.
+* :class:`PatchData`, ``source="digits"`` (a small option: scikit-learn's 8×8 digits) or
+  ``source="mnist"`` (full scale, 28×28, from a local folder in torchvision's layout,
+  ``download: false``; missing files are a one-line error naming them), both read by the shared
+  loader :func:`replicate.data.digits.load_images` (unchanged). Its fixed split holds out
+  ``val_fraction`` of the images (MNIST: the 10k test file), cut in two halves by their order in
+  that split: the first half is validation, the second test. :class:`RestorationData` (the
+  previous datamodule, on :class:`~replicate.data.digits.DigitsDataModule`) gives the same splits.
 
-Enlarging 1.3k training images (the feasibility probe found super-resolution overfitting-limited
-on them): ``random_affine`` warps every image of a training batch (rotation, isotropic zoom,
-translation; bilinear or nearest resampling, zero padding), drawn from a generator seeded by
-(run seed, step), so a run's batches stay a pure function of its seed and resume exactly.
-Validation and test images are never warped. The default configs leave it OFF: at the default
-budget (1000 steps) warps cost 1-3 dB of test PSNR on the centred, sharp test digits (measured,
-see configs/training/hourglass_mlp/digits_restoration.yaml), more than the overfitting they
-prevent; the figures report the train-minus-test gap instead. Not the paper's (it trained on
-MNIST and ImageNet-32 and mentions no augmentation).
+Every datamodule gives the module ``held_out("val" | "test")`` (clean images, fixed order) and
+``train_sample(n)`` (clean training images for the train-vs-test gap). ``random_affine``
+(optional warps of training batches, off by default) is kept for the digits option.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from importlib import metadata, resources
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from replicate.data.digits import DigitsDataModule
+from replicate.config import ConfigError
+from replicate.data.digits import DigitsDataModule, load_images
+from replicate.data.resumable import BlockStream, ResumableDataModule
 
 TASKS = ("denoise", "superres")
 
@@ -66,6 +83,215 @@ class RestorationData(DigitsDataModule):
     def provenance(self) -> dict:
         meta = dict(super().provenance)
         meta.update(n_val_selection=len(self.held_out("val")), n_test=len(self.held_out("test")))
+        return meta
+
+
+# --------------------------------------------------------------------------- photo patches
+LUMA = (0.2125, 0.7154, 0.0721)  # ITU-R 709, as skimage.color.rgb2gray
+IMAGENET32_TRAIN = [f"train_data_batch_{i}.npz" for i in range(1, 11)]
+IMAGENET32_VAL = "val_data.npz"
+PATCH_SOURCES = ("skimage", "imagenet32", "digits", "mnist")
+
+
+def skimage_data_dir() -> Path:
+    """The ``data`` folder inside the installed scikit-image package (the files its wheel ships)."""
+    return Path(str(resources.files("skimage") / "data"))
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_photo(path: Path) -> torch.Tensor:
+    """A photo as a grey float tensor (1, H, W) in [0, 1] (colour: ITU-R 709 luma; alpha dropped)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        a = np.asarray(img)
+    a = a.astype(np.float64) / (65535.0 if a.dtype == np.uint16 else 255.0)
+    if a.ndim == 3:
+        a = a[..., :3] @ np.asarray(LUMA)
+    return torch.from_numpy(a.astype(np.float32)).unsqueeze(0)
+
+
+def load_photos(names: list[str]) -> tuple[list[torch.Tensor], dict[str, str]]:
+    """The named photos of the scikit-image wheel and their sha256; a missing one is a one-line
+    ConfigError (they are read from the package folder, never fetched)."""
+    root = skimage_data_dir()
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise ConfigError(f"scikit-image photos {', '.join(missing)} not found in {root} (the installed "
+                          "scikit-image wheel does not ship them): choose data.photos among the files there")
+    return [read_photo(root / n) for n in names], {n: _sha256_file(root / n) for n in names}
+
+
+def _generator(name: str) -> torch.Generator:
+    digest = hashlib.sha256(name.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def draw_patches(photos: list[torch.Tensor], n: int, patch: int, generator: torch.Generator,
+                 balanced: bool = False) -> torch.Tensor:
+    """(n, 3) int64 rows (photo, top, left): photo uniform (``balanced``: round-robin, an equal
+    share per photo), then a uniform position of a ``patch``-square inside it."""
+    if balanced:
+        which = torch.arange(n) % len(photos)
+    else:
+        which = torch.randint(0, len(photos), (n,), generator=generator)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    room = torch.tensor([[p.shape[-2] - patch + 1, p.shape[-1] - patch + 1] for p in photos], dtype=torch.float64)
+    if (room < 1).any():
+        raise ValueError(f"a photo is smaller than the {patch}x{patch} patch")
+    pos = (u * room[which]).floor().long()
+    return torch.cat([which.unsqueeze(1), pos], 1)
+
+
+def cut(photos: list[torch.Tensor], where: torch.Tensor, patch: int) -> torch.Tensor:
+    """The patches (N, C, patch, patch) at rows (photo, top, left)."""
+    return torch.stack([photos[i][:, y:y + patch, x:x + patch] for i, y, x in where.tolist()])
+
+
+def load_imagenet32(path: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(train uint8 (N, 3, 32, 32), validation uint8, provenance) from the npz release."""
+    root = Path(path).expanduser() if path else None
+    train = [root / f for f in IMAGENET32_TRAIN if (root / f).is_file()] if root else []
+    if root is None or not train or not (root / IMAGENET32_VAL).is_file():
+        raise ConfigError(f"ImageNet-32 files {IMAGENET32_TRAIN[0]} ... {IMAGENET32_TRAIN[-1]}, {IMAGENET32_VAL} "
+                          f"not found under {root}: set data.path to the folder of the unzipped npz release "
+                          "(Imagenet32_train_npz, Imagenet32_val_npz); nothing is downloaded")
+
+    def images(f: Path) -> np.ndarray:
+        with np.load(f, allow_pickle=False) as z:
+            data = z["data"]
+        if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+            raise ValueError(f"{f}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+        return data.reshape(-1, 3, 32, 32)
+
+    tr = torch.from_numpy(np.concatenate([images(f) for f in train]))
+    va = torch.from_numpy(images(root / IMAGENET32_VAL))
+    files = [f.name for f in train] + [IMAGENET32_VAL]
+    return tr, va, {"source": "imagenet32", "path": str(root), "files": files,
+                    "sha256": {f: _sha256_file(root / f) for f in files}}
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float in [0, 1]; float images unchanged."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class PatchSamples(BlockStream):
+    """Training sample i: a patch at a seeded (photo, top, left) draw, or a seeded image index."""
+
+    def __init__(self, data: "PatchData", seed: int, length: int, offset: int = 0):
+        super().__init__(seed, length, offset, stream=f"hourglass-{data.source}-train")
+        self.data = data
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        d = self.data
+        if d.source == "skimage":
+            return draw_patches(d.photos["train"], self.block_size, d.patch, generator)
+        return torch.randint(0, len(d.train_images), (self.block_size,), generator=generator)
+
+    def sample(self, raw: torch.Tensor):
+        d = self.data
+        if d.source == "skimage":
+            i, y, x = raw.tolist()
+            return (d.photos["train"][i][:, y:y + d.patch, x:x + d.patch],)
+        return (as_float(d.train_images[int(raw)]),)
+
+
+class PatchData(ResumableDataModule):
+    """Clean image batches ``(images (B, C, patch, patch),)``; see the module docstring."""
+
+    def __init__(self, source: str = "skimage", photos: dict | None = None, patch: int = 16,
+                 n_val: int = 2048, n_test: int = 2048, batch_size: int = 64, max_steps: int = 1000,
+                 seed: int = 0, val_batches: int = 2, path: str | None = None, download: bool = False,
+                 val_fraction: float = 0.3, num_workers: int = 0):
+        super().__init__()
+        if source not in PATCH_SOURCES:
+            raise ValueError(f"unknown patch source {source!r}; expected one of {PATCH_SOURCES}")
+        if source == "skimage" and not (photos and all(photos.get(k) for k in ("train", "val", "test"))):
+            raise ValueError("data.photos needs non-empty train, val and test lists of scikit-image photos")
+        if source == "skimage":
+            names = [n for k in ("train", "val", "test") for n in photos[k]]
+            if len(set(names)) != len(names):
+                raise ValueError("data.photos: a photo is listed in more than one split")
+        self.source, self.photo_names = source, {k: list(v) for k, v in (photos or {}).items()}
+        self.patch, self.n_val, self.n_test = int(patch), int(n_val), int(n_test)
+        self.batch_size, self.max_steps, self.seed = batch_size, max_steps, seed
+        self.val_batches, self.path, self.num_workers = val_batches, path, num_workers
+        self.download, self.val_fraction = bool(download), float(val_fraction)
+        self._ready = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        if self.source == "skimage":
+            self.photos, self.sha256 = {}, {}
+            for split in ("train", "val", "test"):
+                self.photos[split], sha = load_photos(self.photo_names[split])
+                self.sha256.update(sha)
+            self._held = {}
+            for split, n in (("val", self.n_val), ("test", self.n_test)):
+                where = draw_patches(self.photos[split], n, self.patch, _generator(f"hourglass-patches:{split}"), balanced=True)
+                self._held[split] = cut(self.photos[split], where, self.patch)
+            where = draw_patches(self.photos["train"], 4096, self.patch, _generator("hourglass-patches:train-eval"))
+            self._train_eval = cut(self.photos["train"], where, self.patch)
+        else:  # whole images: the held-out split's first half validates, its second half tests
+            if self.source == "imagenet32":
+                self.train_images, val, self._meta = load_imagenet32(self.path)
+            else:  # the shared digits / MNIST loader (replicate.data.digits), unchanged
+                splits = load_images(self.source, self.val_fraction, self.path, self.download)
+                self.train_images, val, self._meta = splits.train_x, splits.val_x, dict(splits.meta)
+            half = (len(val) + 1) // 2
+            self._held = {"val": as_float(val[:half][:self.n_val]), "test": as_float(val[half:][:self.n_test])}
+            self._train_eval = as_float(self.train_images[:4096])
+            self.patch = int(self._held["val"].shape[-1])
+        self._ready = True
+
+    def prepare_data(self) -> None:
+        if self.source == "imagenet32":
+            load_imagenet32(self.path)
+        elif self.source == "mnist":
+            load_images("mnist", self.val_fraction, self.path, self.download)
+
+    def held_out(self, split: str) -> torch.Tensor:
+        """The clean ``"val"`` or ``"test"`` images (N, C, patch, patch) in a fixed order."""
+        self.setup()
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r}; expected 'val' or 'test'")
+        return self._held[split]
+
+    def train_sample(self, n: int) -> torch.Tensor:
+        """``n`` clean training patches of a fixed draw (the same for every run seed)."""
+        self.setup()
+        return self._train_eval[:n]
+
+    def train_stream(self, length: int, offset: int) -> PatchSamples:
+        return PatchSamples(self, self.seed, length, offset)
+
+    def val_dataloader(self) -> DataLoader:
+        images = self.held_out("val")
+        n = min(len(images), self.val_batches * self.batch_size)
+        return DataLoader(TensorDataset(images[:n]), batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        self.setup()
+        return tuple(self._held["val"].shape[1:])
+
+    @property
+    def provenance(self) -> dict:
+        self.setup()
+        if self.source == "skimage":
+            meta = {"source": "skimage", "package": "scikit-image", "version": metadata.version("scikit-image"),
+                    "folder": "skimage/data (inside the installed wheel)", "photos": self.photo_names,
+                    "sha256": self.sha256, "patch": self.patch, "grey": "ITU-R 709 luma (as skimage.color.rgb2gray)",
+                    "train_photo_pixels": int(sum(p[0].numel() for p in self.photos["train"]))}
+        else:
+            meta = dict(self._meta)
+        meta.update(n_val_selection=len(self._held["val"]), n_test=len(self._held["test"]),
+                    image_shape=list(self._held["val"].shape[1:]))
         return meta
 
 

@@ -30,9 +30,11 @@ def selected_shapes(runs: pd.DataFrame) -> pd.DataFrame:
     return per_shape(run_table(runs))
 
 
-def pareto_panel(ax, table: pd.DataFrame, keys) -> None:
+def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True) -> None:
     """Every shape faint (test PSNR at its selected lr); each family's frontier bold: the shapes
-    picked on validation PSNR, drawn at their test PSNR (a step: the pick within each budget)."""
+    picked on validation PSNR, drawn at their test PSNR (a step: the pick within each budget).
+    ``total``: the fixed-lift Hourglass frontier is drawn again, thin and dashed with hollow
+    markers, at its *total* parameters (trainable + the fixed lift's d_x d_z)."""
     for key in keys:
         rows = table[table.key == key]
         if rows.empty:
@@ -42,7 +44,42 @@ def pareto_panel(ax, table: pd.DataFrame, keys) -> None:
         ax.step(best["trainable"], best["test_psnr"], where="post", color=COLORS[key], lw=2.2,
                 label=f"{LABELS[key]} ({len(rows)} shapes, {len(best)} on the frontier)")
         ax.scatter(best["trainable"], best["test_psnr"], s=34, color=COLORS[key], edgecolor="k", lw=0.6, zorder=3)
+        if total and key == "hourglass" and (best["fixed"] > 0).any():
+            at = best["trainable"] + best["fixed"]
+            ax.step(at, best["test_psnr"], where="post", color=COLORS[key], lw=1, ls="--",
+                    label=f"{LABELS[key]} at total parameters (incl. fixed lift)")
+            ax.scatter(at, best["test_psnr"], s=30, facecolor="none", edgecolor=COLORS[key], lw=1, zorder=3)
     ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters (Hourglass: + a fixed lift of $d_x d_z$, not counted)",
+    ax.set(xlabel="trainable parameters (dashed, hollow: Hourglass at trainable + fixed lift $d_x d_z$)",
            ylabel="test PSNR (dB)")
     ax.legend(fontsize=8, loc="lower right")
+
+
+def lr_grids(runs: pd.DataFrame) -> dict:
+    """The learning-rate grid of each family, as the runs trained them (``probes.lrs``)."""
+    grids = [p.get("lrs") for p in runs["probes"] if p and p.get("lrs")]
+    if not grids:
+        raise ValueError("no run records its learning-rate grids (probes.lrs)")
+    return {k: sorted(float(v) for v in grid) for k, grid in grids[0].items()}
+
+
+def data_label(data: dict) -> str:
+    """A short name of the images, for titles: "16×16 patches of photos" or the dataset."""
+    side = (data.get("image_shape") or [0, 0, 0])[-1]
+    if data.get("source") == "skimage":
+        return f"{side}×{side} patches of scikit-image's photos"
+    return {"digits": "8×8 digits", "mnist": "MNIST 28×28", "imagenet32": "ImageNet 32×32"}.get(data.get("source"), "images")
+
+
+def data_markdown(data: dict) -> str:
+    """Where the images come from (the provenance the json records), as one paragraph."""
+    if data.get("source") == "skimage":
+        ph = data["photos"]
+        return (f"**Data.** Grey {data['patch']}×{data['patch']} patches of the photos shipped inside the "
+                f"`{data['package']}` {data['version']} wheel (`skimage/data`, read from the installed package, no "
+                f"download; colour converted with {data['grey']}). Training patches are cut on the fly from "
+                f"{len(ph['train'])} photos ({', '.join(ph['train'])}); validation: {data['n_val_selection']} fixed "
+                f"patches of {', '.join(ph['val'])}; test: {data['n_test']} fixed patches of {', '.join(ph['test'])} "
+                "(whole photos held out; sha256 of every file in the json's `data`).")
+    return (f"**Data.** {data_label(data)} (source `{data.get('source')}`): {data.get('n_val_selection')} validation "
+            f"and {data.get('n_test')} test images from the held-out split.")

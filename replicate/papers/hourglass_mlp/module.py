@@ -1,21 +1,26 @@
-"""One training job of the Hourglass architecture search: every shape of the grid, side by side.
+"""One training job of the Hourglass architecture search: every shape of the grid at every
+learning rate of its family, side by side, for one (task, seed).
 
 The paper (arXiv 2510.01796, Sec. 4) searches over (d_z, d_h, L) for the Hourglass MLP and over
 (d_h, L) for the conventional MLP and draws performance-vs-parameters Pareto frontiers. Each
-point is a small network, so one process trains *all* shapes of the grid for one
-(task, learning rate, seed): the loss is the sum of the shapes' mean squared errors. The shapes
-share no parameters, so every parameter's gradient is that of its own shape's loss, and Adam
-(elementwise) makes the same updates as if each shape were trained alone; gradient clipping is
-off because a global norm would couple them. All shapes see the same batches, warps and noise.
+point is a small network, so one process trains *all* of them: every shape is a
+:class:`~.stacked.StackedNet` holding one copy per learning rate of its family's grid
+(``lrs``), all copies starting from the shape's initialisation for this seed and seeing the same
+batches and noise. The loss is the sum of every copy's mean squared error; copies and shapes
+share no parameters, so each parameter's gradient is that of its own copy's loss, and
+:class:`~.stacked.StackedAdam` (Adam with a learning rate per copy) makes the updates each copy
+would get trained alone with Adam at its rate (tested). No gradient clipping (a global norm would
+couple the copies).
 
-A shape whose loss becomes non-finite is marked diverged (a buffer, saved in checkpoints) and
-left out from then on; the job goes on for the others and the probe reports it (NaN PSNR).
+A copy whose loss becomes non-finite is marked diverged (a buffer, saved in checkpoints) and left
+out of the loss from then on; the job goes on for the others and the probe reports it (NaN PSNR).
 
 Training: Adam, linear warmup then cosine decay to zero (our choice; the paper's schedule is not
 known to us), MSE between the network's output and the clean image (both flattened).
-Measurements (``probe_metrics``): per shape, mean per-image PSNR on the validation half (used to
-pick the learning rate), on the test half (what the figures show) and on the first training
-images (the overfitting gap), each with a fixed degradation independent of the run's seed.
+Measurements (``probe_metrics``): per shape and learning rate, mean per-image PSNR on the
+validation images (used to pick the learning rate and the frontier), on the test images (what the
+figures report) and on a fixed sample of training images (the overfitting gap), each with a fixed
+degradation independent of the run's seed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import nn
 
 from replicate.papers.hourglass_mlp.data import TASKS, degrade, psnr, random_affine
 from replicate.papers.hourglass_mlp.model import FAMILIES, Shape, build, count_parameters
+from replicate.papers.hourglass_mlp.stacked import StackedAdam, StackedNet
 
 EVAL_STREAMS = {"val": 1_000_003, "test": 1_000_033, "train": 1_000_037}  # fixed degradations
 
@@ -41,7 +47,11 @@ def stream_generator(seed: int, index: int, stream: str) -> torch.Generator:
 
 
 def grid_shapes(grid: dict) -> list[Shape]:
-    """Every shape of a search grid ``{family: {d_h: [...], depth: [...], d_z: [...], train_lift: [...]}}``.
+    """Every shape of a search grid. A family is either a product of axes
+    ``{d_h: [...], depth: [...], d_z: [...], train_lift: [...]}`` or an explicit design
+    ``{shapes: [[d_z, d_h, depth], ...], train_lift: [...]}`` (hourglass; conventional families
+    list ``[d_h, depth]``), e.g. a Latin square over three axes with as many shapes as a baseline's
+    full two-axis product (equal grid sizes per family).
 
     Hourglass shapes keep only d_h < d_z (wide-narrow-wide); conventional shapes are built at the
     input width, so their ``d_z`` is unused and must be absent.
@@ -50,12 +60,26 @@ def grid_shapes(grid: dict) -> list[Shape]:
     for family, axes in grid.items():
         if family not in FAMILIES:
             raise ValueError(f"grid family {family!r}; expected some of {FAMILIES}")
-        axes = dict(axes)
+        axes = {k: v for k, v in dict(axes).items() if not (k == "shapes" and v is None)}
         if family != "hourglass" and ("d_z" in axes or "train_lift" in axes):
             raise ValueError(f"grid.{family}: d_z and train_lift belong to the hourglass family only")
-        keys = list(axes)
-        for values in itertools.product(*(axes[k] for k in keys)):
-            shape = Shape(family=family, **dict(zip(keys, values)))
+        if "shapes" in axes:
+            names = ["d_z", "d_h", "depth"] if family == "hourglass" else ["d_h", "depth"]
+            extra = sorted(set(axes) - {"shapes", "train_lift"})
+            if extra:
+                raise ValueError(f"grid.{family}: {extra} cannot be combined with an explicit 'shapes' list")
+            lifts = list(axes.get("train_lift", [False])) if family == "hourglass" else [None]
+            designs = []
+            for row in axes["shapes"]:
+                if len(row) != len(names):
+                    raise ValueError(f"grid.{family}.shapes: {list(row)} should be {names}")
+                for lift in lifts:
+                    designs.append({**dict(zip(names, row)), **({} if lift is None else {"train_lift": lift})})
+        else:
+            keys = list(axes)
+            designs = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+        for design in designs:
+            shape = Shape(family=family, **design)
             if family != "hourglass" or shape.d_h < shape.d_z:
                 shapes.append(shape)
     if not shapes:
@@ -79,7 +103,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class HourglassGrid(L.LightningModule):
-    def __init__(self, grid: dict, task: dict, seed: int = 0, image_shape=(1, 8, 8),
+    def __init__(self, grid: dict, task: dict, lrs: dict, seed: int = 0, image_shape=(1, 16, 16),
                  augment: dict | None = None, optim: dict | None = None, max_steps: int = 1000,
                  train_eval_images: int = 512, eval_batch: int = 1024):
         super().__init__()
@@ -88,19 +112,27 @@ class HourglassGrid(L.LightningModule):
             raise ValueError(f"task.kind={task['kind']!r}; expected one of {TASKS}")
         self.task, self.seed, self.max_steps = dict(task), int(seed), int(max_steps)
         self.augment_cfg = dict(augment or {"rotate_deg": 0.0, "scale": 0.0, "shift_px": 0.0})
-        self.optim_cfg = {"lr": 1e-3, "warmup_fraction": 0.05, "betas": [0.9, 0.999], "weight_decay": 0.0,
-                          **(optim or {})}
+        self.optim_cfg = {"warmup_fraction": 0.05, "betas": [0.9, 0.999], "eps": 1e-8, **(optim or {})}
         self.image_shape = tuple(image_shape)
         self.d_x = math.prod(self.image_shape)
         self.shapes = grid_shapes(grid)
-        self.models = nn.ModuleList(self._build(s) for s in self.shapes)
-        self.register_buffer("alive", torch.ones(len(self.shapes), dtype=torch.bool))
+        self.lrs = {k: [float(v) for v in lrs[k]] for k in lrs}
+        missing = sorted({s.family for s in self.shapes} - set(self.lrs))
+        if missing:
+            raise ValueError(f"module.lrs has no learning-rate grid for {missing}")
+        self.nets = nn.ModuleList(self._build(s) for s in self.shapes)
         self.train_eval_images, self.eval_batch = int(train_eval_images), int(eval_batch)
+
+    def shape_lrs(self, shape: Shape) -> list[float]:
+        return self.lrs[shape.family]
 
     def _build(self, shape: Shape) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(self.seed, shape))
-            return build(shape, self.d_x, self.d_x)
+            reference = build(shape, self.d_x, self.d_x)
+        net = StackedNet(shape, self.d_x, self.d_x, len(self.shape_lrs(shape)), reference=reference)
+        net.register_buffer("alive", torch.ones(net.copies, dtype=torch.bool))
+        return net
 
     # ------------------------------------------------------------------ task
     def pairs(self, clean: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,50 +148,53 @@ class HourglassGrid(L.LightningModule):
         generator = stream_generator(self.seed, self.global_step, "train")
         clean = random_affine(batch[0], generator, **self.augment_cfg)
         inputs, target = self.pairs(clean, generator)
-        total, losses = None, []
-        for i, model in enumerate(self.models):
-            if not self.alive[i]:
+        total, live = None, []
+        for net in self.nets:
+            per_copy = (net(inputs) - target).pow(2).mean(dim=(1, 2))  # (copies,)
+            net.alive &= torch.isfinite(per_copy.detach())
+            if not net.alive.any():
                 continue
-            loss = F.mse_loss(model(inputs), target)
-            if not torch.isfinite(loss):
-                self.alive[i] = False
-                continue
-            losses.append(loss.detach())
+            loss = torch.where(net.alive, per_copy, torch.zeros_like(per_copy)).sum()
+            live.append(per_copy.detach()[net.alive])
             total = loss if total is None else total + loss
-        if total is None:  # every shape diverged: a zero loss keeps the loop going, nothing updates
+        if total is None:  # every copy diverged: a zero loss keeps the loop going, nothing updates
             return torch.zeros((), requires_grad=True)
-        self.log("train_mse_mean", torch.stack(losses).mean(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train_mse_mean", torch.cat(live).mean(), on_step=True, on_epoch=False, prog_bar=True)
         return total
 
     def validation_step(self, batch, batch_idx):
         inputs, target = self.pairs(batch[0], stream_generator(0, batch_idx, "val-loss"))
-        mses = [F.mse_loss(m(inputs), target) for i, m in enumerate(self.models) if self.alive[i]]
-        loss = torch.stack(mses).mean() if mses else torch.tensor(float("nan"))
+        mses = [(net(inputs) - target).pow(2).mean(dim=(1, 2))[net.alive] for net in self.nets]
+        mses = torch.cat(mses)
+        loss = mses.mean() if len(mses) else torch.tensor(float("nan"))
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(target))
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+        groups = [{"params": [net.flat], "row_lr": self.shape_lrs(shape)} for net, shape in zip(self.nets, self.shapes)]
+        opt = StackedAdam(groups, betas=tuple(o["betas"]), eps=o["eps"])
         warmup = max(1, int(o["warmup_fraction"] * self.max_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.max_steps, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ measurements
     @torch.no_grad()
-    def split_psnr(self, clean: torch.Tensor, stream: str) -> tuple[list[float], float]:
-        """(mean per-image PSNR of every shape, PSNR of the degraded input itself) on ``clean``
-        under the split's fixed degradation; NaN for diverged shapes."""
-        sums = torch.zeros(len(self.models) + 1, dtype=torch.float64)
-        dev = self.alive.device
+    def split_psnr(self, clean: torch.Tensor, stream: str) -> tuple[list[list[float]], float]:
+        """(mean per-image PSNR of every copy of every shape, PSNR of the degraded input itself) on
+        ``clean`` under the split's fixed degradation; NaN for diverged copies."""
+        sums = [torch.zeros(net.copies, dtype=torch.float64) for net in self.nets]
+        input_sum = torch.zeros((), dtype=torch.float64)
         for k, chunk in enumerate(clean.split(self.eval_batch)):
-            inputs, target = self.pairs(chunk.to(dev), stream_generator(EVAL_STREAMS[stream], k, stream))
-            sums[-1] += psnr(inputs, target).double().sum()
-            for i, model in enumerate(self.models):
-                if self.alive[i]:
-                    sums[i] += psnr(model(inputs), target).double().sum()
-        means = (sums / len(clean)).tolist()
-        return [m if bool(a) else float("nan") for m, a in zip(means[:-1], self.alive)], means[-1]
+            inputs, target = self.pairs(chunk.to(self.device), stream_generator(EVAL_STREAMS[stream], k, stream))
+            input_sum += psnr(inputs, target).double().sum()
+            for i, net in enumerate(self.nets):
+                out = net(inputs)  # (copies, n, d)
+                sums[i] += psnr(out.flatten(0, 1), target.repeat(net.copies, 1)).view(net.copies, -1).double().sum(1)
+        out = []
+        for net, total in zip(self.nets, sums):
+            means = (total / len(clean)).tolist()
+            out.append([m if bool(a) else float("nan") for m, a in zip(means, net.alive)])
+        return out, float(input_sum / len(clean))
 
     @torch.no_grad()
     def probe_metrics(self, datamodule) -> dict:
@@ -170,9 +205,10 @@ class HourglassGrid(L.LightningModule):
         measured = {name: self.split_psnr(images, name) for name, images in splits.items()}
         self.train(was_training)
         rows = []
-        for i, shape in enumerate(self.shapes):
+        for i, (shape, net) in enumerate(zip(self.shapes, self.nets)):
             counts = count_parameters(shape, self.d_x, self.d_x)
-            rows.append({**shape.as_dict(), **counts, "diverged": not bool(self.alive[i]),
-                         **{f"{name}_psnr": measured[name][0][i] for name in splits}})
+            for k, lr in enumerate(self.shape_lrs(shape)):
+                rows.append({**shape.as_dict(), **counts, "lr": lr, "diverged": not bool(net.alive[k]),
+                             **{f"{name}_psnr": measured[name][0][i][k] for name in splits}})
         return {"shapes": rows, "input_psnr": {name: measured[name][1] for name in splits},
-                "lr": self.optim_cfg["lr"], "task": self.task}
+                "lrs": self.lrs, "task": self.task}

@@ -35,7 +35,7 @@ def shape_table(runs: pd.DataFrame) -> pd.DataFrame:
     for run in runs.itertuples():
         probes = run.probes or {}
         for shape in probes.get("shapes", []):
-            rows.append({**shape, "lr": probes["lr"], "seed": run.seed, "task": probes["task"]["kind"],
+            rows.append({"lr": probes.get("lr"), **shape, "seed": run.seed, "task": probes["task"]["kind"],
                          "run_status": run.status})
     if not rows:
         raise ValueError("no run has shape measurements (probes.shapes): did every run diverge?")
