@@ -73,7 +73,8 @@ def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet]
         quantiles = predict(nets["quantile"], datasets, tau=tau)
         for j, t in enumerate(tau):
             table[f"q_{t:g}"] = quantiles[:, j]
-        table["mist_qr"] = predict(nets["quantile"], datasets, tau=(0.5,))[:, 0]
+        table["mist_qr"] = (table["q_0.5"] if 0.5 in tau
+                            else predict(nets["quantile"], datasets, tau=(0.5,))[:, 0])
         table["ksg"] = [baselines.ksg(ds.x, ds.y, ksg_k) for ds in datasets]
         table["cca"] = [baselines.gaussian_mi_estimate(ds.x, ds.y) for ds in datasets]
         rows.append(table)
@@ -189,12 +190,63 @@ def trained_nets(runs: pd.DataFrame) -> dict[str, MISTNet]:
     return {r.objective: load_net(r.run_dir) for r in runs.itertuples()}
 
 
-def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float, extra_splits: bool = False) -> tuple[pd.DataFrame, dict]:
+CACHE_SOURCES = ("analysis.py", "testsets.py", "families.py", "data.py", "baselines.py", "model.py",
+                 "checkpoint.py")
+
+
+def cache_key(*parts) -> str:
+    """sha256 of ``parts`` (JSON) and of the source of every module an evaluation depends on."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    here = Path(__file__).resolve().parent
+    for name in CACHE_SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def cached(folder: Path | None, key: str, compute):
+    """``compute()``, stored as ``folder/<key>.pkl`` and read back on the next call with the same key
+    (the key covers the runs, the specs and the code: a pure-function cache shared by the MIST
+    notebooks, which evaluate the same networks on the same datasets). ``folder=None``: no cache."""
+    import os
+    import pickle
+
+    if folder is None:
+        return compute()
+    path = Path(folder) / f"{key}.pkl"
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(value))
+    tmp.replace(path)  # atomic: notebooks running at once never read half a file
+    return value
+
+
+def cache_folder(runs: pd.DataFrame) -> Path | None:
+    """``<out>/cache/mist`` of the run store holding ``runs`` (``<out>/runs/mist/<hash>``)."""
+    dirs = [Path(d) for d in runs.run_dir]
+    return dirs[0].parents[2] / "cache" / "mist" if dirs else None
+
+
+def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float, extra_splits: bool = False,
+             infonce: bool = False) -> tuple[pd.DataFrame, dict]:
     """(estimates table, evaluation sets) of a figure's runs on its ``measure.eval`` sets (and the
-    copula and independence splits of ``measure`` when ``extra_splits``)."""
+    copula and independence splits of ``measure`` when ``extra_splits``; the InfoNCE column when
+    ``infonce``). The table is cached (``cached``) so that the MIST notebooks compute it once."""
     extra = {k: measure.get(k) for k in ("copula", "independent")} if extra_splits else None
     sets = eval_datasets(measure["eval"], mi_max, extra)
-    return estimates_table(sets, trained_nets(runs), measure["ksg_k"]), sets
+    key = cache_key("estimates", sorted(Path(d).name for d in runs.run_dir), measure["eval"], mi_max, extra,
+                    measure["ksg_k"], measure["infonce"] if infonce else None)
+
+    def compute():
+        table = estimates_table(sets, trained_nets(runs), measure["ksg_k"])
+        return add_infonce(table, sets, measure["infonce"]) if infonce else table
+
+    return cached(cache_folder(runs), key, compute), sets
 
 
 def export_checkpoints(runs: pd.DataFrame, scale: str, folder: Path = CHECKPOINT_DIR) -> pd.DataFrame:
