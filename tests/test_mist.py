@@ -501,3 +501,24 @@ def test_timing_repeats_warms_up_and_times_every_method_each_repeat():
     fns = {k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls}
     frame = measures.timing_repeats(fns, 3)
     assert calls == {"a": 4, "b": 4} and len(frame) == 6 and set(frame.repeat) == {0, 1, 2}
+
+
+# --------------------------------------------------------------------------- pipeline hygiene
+def test_notebook_helpers_are_outside_the_training_import_closure():
+    from replicate.pipeline import _import_closure
+
+    closure = _import_closure(["replicate.papers.mist", "replicate.papers.mist.module",
+                               "replicate.papers.mist.data"], "replicate.papers.mist")
+    names = {p.rsplit("/", 1)[-1] for p in closure}
+    assert names == {"__init__.py", "module.py", "model.py", "data.py", "families.py"}
+
+
+def test_evaluation_cache_computes_once_per_key(tmp_path):
+    from replicate.papers.mist.analysis import cache_key, cached
+
+    calls = []
+    compute = lambda: calls.append(1) or {"value": 3}
+    key = cache_key("x", [1, 2])
+    assert cached(tmp_path, key, compute) == cached(tmp_path, key, compute) == {"value": 3}
+    assert len(calls) == 1 and cache_key("x", [1, 3]) != key
+    assert cached(None, key, compute) == {"value": 3} and len(calls) == 2
