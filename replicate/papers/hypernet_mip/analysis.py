@@ -114,11 +114,13 @@ def run_effective(run_dir: str | Path) -> dict[str, Any]:
 
 
 def build_module(module_cfg: Mapping[str, Any], seed: int, **overrides):
-    """A freshly initialised ``HypernetMIP`` from a run's module config (``_target_`` dropped),
-    with keyword overrides (``variant=...``, ``setting=...``), under ``torch.manual_seed(seed)``."""
+    """A freshly initialised single-seed ``HypernetMIP`` from a run's module config (``_target_``
+    dropped), with keyword overrides (``variant=...``, ``setting=...``), its one hypernetwork
+    initialised from ``seed`` (``seeds=[seed]``; ``torch.manual_seed(seed)`` too)."""
     from replicate.papers.hypernet_mip.module import HypernetMIP
 
     kwargs = {k: v for k, v in dict(module_cfg).items() if k != "_target_"}
+    kwargs.update(seed=seed, seeds=[seed])
     kwargs.update(overrides)
     torch.manual_seed(seed)
     return HypernetMIP(**kwargs)

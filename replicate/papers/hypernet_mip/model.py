@@ -29,17 +29,31 @@ Variants (``VARIANTS``): ``default`` = no encoding and θ₀ = 0 (the output bia
 and starts at zero, as in a standard fully connected hypernetwork); ``encoding`` = encoding only;
 ``residual`` = residual only; ``mip`` = both.
 
-Initialisation of ω (``init="hyperlight"``, the default everywhere): hidden ``Linear`` weights
-Kaiming normal, fan-out, with the gain of the hypernetwork's activation (GELU/SiLU use the
-LeakyReLU gain, as hyperlight does); the output layer as ONE block, Kaiming normal, fan-out,
-linear gain (std 1/√P for P primary parameters); every hidden bias zero. The one-block output
-init is what hyperlight did before its commit b23eae3 ("split init for last dense"); its current
-default re-initialises each predicted tensor's block of the output layer separately, which gives a
-larger ‖θ(γ=1)‖ (about 4.3 against about 1.0 here: the proportionality figure shows both at
-initialisation; issue 17). Under this init the default variant is *exactly* proportional for
-ReLU/LeakyReLU. ``init="torch"`` keeps PyTorch's own ``nn.Linear``
-initialisation (uniform weights *and uniform biases*), whose nonzero biases already break the
-exact proportionality — shown in the proportionality figure, never used for training claims.
+Initialisation of ω (``init``, ``HyperNet.reset_parameters``):
+
+* ``"hyperlight"`` (the default everywhere) follows hyperlight's current default, read in
+  JJGO/hyperlight ``hyperlight/hypernet/model.py`` (``FullyConnectedNet.reset_parameters`` and
+  ``HyperNet._init_output_split``, as of its commit 410a8a1 "Fix init") with
+  ``hyperlight/hypernet/initialization.py`` (``initialize_weight``): hidden ``Linear`` weights
+  Kaiming normal, fan-out, with the gain of the hypernetwork's activation (GELU/SiLU use the
+  LeakyReLU gain), zero biases; the output layer re-initialised **per predicted tensor**: the
+  block of rows predicting tensor b (numel_b rows) is Kaiming normal, fan-out = numel_b, with the
+  activation's gain, i.e. std gain/√numel_b (LeakyReLU under ``kaiming_normal_``'s default
+  a = 0: gain √2), bias tensors' blocks included; output bias 0 (or θ₀).
+* ``"oneblock"``: the same, but the output layer as ONE block with linear gain (std 1/√P for P
+  primary parameters): hyperlight's init before its commit b23eae3 ("Change to split init for
+  last dense"), and what this project's baseline used before issue 17. ‖θ(γ=1)‖ is about 1.0
+  here against about 4.4 under ``"hyperlight"``.
+* ``"scaled"``: ``"hyperlight"``, then each weight tensor's block of output rows multiplied so
+  that Δθ_b(γ = 1) has exactly the norm the primary net's own init gives that tensor in
+  expectation (``primary_init_norm``: √numel·gain/√fan_in, LeakyReLU gain, as θ₀), bias blocks'
+  rows zeroed (the primary's biases start at 0). A control: the default and encoding-only
+  hypernetworks at the primary net's (θ₀'s) scale at γ = 1; refused with θ₀ (residual, mip).
+* ``"torch"``: PyTorch's own ``nn.Linear`` initialisation (uniform weights *and uniform
+  biases*), whose nonzero biases already break the exact proportionality — shown in the
+  proportionality figure, never used for training claims.
+
+Under the first three the default variant is *exactly* proportional for ReLU/LeakyReLU.
 
 Deviation / choice: optional LayerNorm in the hypernetwork (``norm="layer"``, Linear → LayerNorm →
 activation) for the normalisation ablation; BatchNorm is not offered because the hypernetwork sees

@@ -4,10 +4,12 @@
 ``instantiate`` with ``_convert_="all"``):
 
 variant  ``default`` | ``encoding`` | ``residual`` | ``mip`` (model.VARIANTS; "default" = no
-         encoding, θ₀ = 0, hyperlight-style init with zero biases: see model.py)
+         encoding, θ₀ = 0, hyperlight's current init with zero biases: see model.py)
+seeds    the seeds trained side by side in this one module (default ``[seed]``): one independent
+         hypernetwork per seed (``HypernetMIP`` docstring)
 hyper    hidden (list), activation (relu | leakyrelu | tanh | gelu | silu), norm (none | layer),
          encoding (the encoding MIP and encoding-only use: cos|sin | z|1-z), init
-         (hyperlight | torch)
+         (hyperlight | oneblock | scaled | torch: model.py)
 primary  arch (mlp | cnn), in_shape [C, H, W], classes, hidden (mlp), channels (cnn), activation
 task     kind, input_dim (k, the dimension of γ), noise_scale, l2_coef, val_gammas, probe_gammas
 optim    name (adam | sgd), lr, momentum (sgd), betas (adam), weight_decay, fused (PyTorch's
@@ -17,8 +19,9 @@ setting  a partial dict of the above sections (and ``variant``) deep-merged over
          optimiser *and* learning rate); the effective config is ``self.config`` and lands in
          every run's probes.
 
-Tasks (one γ ~ U(0, 1)^k per optimizer step, drawn with its noise from a generator seeded by
-sha256(seed, global step): a pure function of the step, so a resumed run continues bit-exactly):
+Tasks (one γ ~ U(0, 1)^k per optimizer step and seed, drawn with its noise from a generator
+seeded by sha256(seed, global step): a pure function of the step, so a resumed run continues
+bit-exactly; each seed's hypernetwork is initialised under torch seed ``init_seed(seed)``):
 
 ``noise``  γ is an input-noise level. The image rows are cut into k contiguous bands; band j gets
            Gaussian noise of std ``noise_scale · γ_j``; loss = CE(f(x + σ(γ) ⊙ ε; θ(γ)), y). One
@@ -30,7 +33,8 @@ sha256(seed, global step): a pure function of the step, so a resumed run continu
 
 Validation (``val_loss``): the task loss averaged over the fixed grid ``val_gammas`` (γ = g·1 for
 k > 1, so every band has the same noise), on the fixed validation images with noise drawn from a
-generator that depends only on (batch, grid point): identical for every run and seed.
+generator that depends only on (batch, grid point): identical for every run and seed. Per seed
+in ``seed_state["val"]``; the logged ``val_loss`` is the mean over the seeds still alive.
 
 Optimiser: Adam or SGD with momentum on every parameter of the hypernetwork (θ₀ included), no
 weight decay by default (decay would shrink θ₀, a pitfall the paper's code avoids).
