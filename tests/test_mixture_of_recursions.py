@@ -1,6 +1,7 @@
 """Mixture-of-Recursions (Bae et al. 2025): sharing, routing, causality, FLOPs, configs."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -169,13 +170,68 @@ def test_token_choice_depth_matches_its_router():
     assert torch.equal(routing.depth(), expected)
 
 
+@pytest.mark.parametrize("mode", ["detached", "separate"])
+def test_detached_aux_loss_sends_no_gradient_into_the_blocks(mode):
+    """aux_mode detached / separate: the BCE term trains only the router it is computed on;
+    the shared block group, the first block and the embeddings get no gradient from it
+    (aux_mode logits, the official aux_loss mode, does send one)."""
+    grads = {}
+    for m_name in (mode, "logits"):
+        m, x = model("mor_ec", 2, aux_mode=m_name, aux_coef=0.1), tokens()
+        m.train()
+        _, routing = m(x, return_routing=True)
+        loss, _ = m.router_loss(routing)
+        loss.backward()
+        grads[m_name] = {name: (p.grad is not None and bool(p.grad.abs().sum() > 0))
+                         for name, p in m.named_parameters()}
+    blocks = [n for n in grads[mode] if n.startswith(("base.blocks.", "base.embed"))]
+    assert blocks and not any(grads[mode][n] for n in blocks)
+    assert any(grads["logits"][n] for n in blocks if n.startswith("base.blocks.1."))
+    trained = "routers.1.weight" if mode == "detached" else "aux_routers.1.weight"
+    assert grads[mode][trained]
+    if mode == "separate":  # the routing router learns from the LM loss alone
+        assert not grads[mode]["routers.1.weight"]
+
+
+def test_separate_router_drives_the_causal_rule_and_the_probe():
+    m, x = model("mor_ec", 2, aux_mode="separate"), tokens(T=14)
+    torch.nn.init.normal_(m.aux_routers[1].weight, std=1.0)
+    _, routing = m(x, rule="threshold", return_routing=True)
+    assert torch.equal(routing.active[1], routing.pred_logits[1] > 0)
+    assert not torch.equal(routing.pred_logits[1], routing.logits[1])
+    _, topk = m(x, return_routing=True)
+    assert topk.active[1].sum(1).tolist() == [7, 7]  # top-k still ranks the routing router's scores
+
+
+def test_router_temperature_divides_the_logits():
+    m1, m2, x = model("mor_ec", 2), model("mor_ec", 2, router_temp=2.0), tokens()
+    _, r1 = m1(x, return_routing=True)
+    _, r2 = m2(x, return_routing=True)
+    torch.testing.assert_close(r2.logits[0], r1.logits[0] / 2)
+
+
+def test_capacity_warmup_decays_from_one_by_a_cosine():
+    mor = MoRConfig(variant="mor_ec", n_rec=2, cap_warmup_steps=10)
+    assert mor.capacities() == [1.0, 0.5] and mor.capacities(step=9) == [1.0, 0.5]
+    assert mor.capacities(step=4)[1] == pytest.approx(0.75)  # (4 + 1) / 10: half-way, cosine 0
+    assert mor.capacities(step=0)[1] == pytest.approx(0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi / 10)))
+    assert MoRConfig(variant="mor_ec", n_rec=2).capacities(step=0) == [1.0, 0.5]  # off by default
+    m, x = model("mor_ec", 2, cap_warmup_steps=10), tokens(T=12)
+    m.train()
+    counts = [int(m(x, return_routing=True, step=s)[1].active[1].sum(1)[0]) for s in (0, 4, 20)]
+    assert counts == [int(12 * mor.capacities(step=0)[1]), 9, 6]
+    m.eval()
+    assert int(m(x, return_routing=True, step=0)[1].active[1].sum(1)[0]) == 6  # eval: target capacity
+
+
 # --------------------------------------------------------------------------- causal evaluation
 
 
-@pytest.mark.parametrize("variant,kw", [("mor_ec", {}), ("mor_ec", {"kv_share": True}), ("mor_tc", {})])
+@pytest.mark.parametrize("variant,kw", [("mor_ec", {}), ("mor_ec", {"kv_share": True}),
+                                        ("mor_ec", {"aux_mode": "separate"}), ("mor_tc", {})])
 def test_causal_rule_does_not_read_future_tokens(variant, kw):
     m = model(variant, 3, **kw)
-    for r in getattr(m, "routers", []):  # spread router logits so both decisions occur
+    for r in [*getattr(m, "routers", []), *getattr(m, "aux_routers", [])]:  # spread router logits so both decisions occur
         torch.nn.init.normal_(r.weight, std=1.0)
     x = tokens(T=14)
     y = x.clone()
@@ -200,10 +256,11 @@ def test_topk_rule_reads_future_tokens():
 
 
 @pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("recursive", 3, {}), ("recursive_gated", 2, {}), ("mor_ec", 2, {}),
-                                               ("mor_ec", 3, {"kv_share": True}), ("mor_tc", 3, {})])
+                                               ("mor_ec", 3, {"kv_share": True}), ("mor_ec", 3, {"aux_mode": "separate"}),
+                                               ("mor_tc", 3, {})])
 def test_kv_cached_decoding_reproduces_the_causal_forward(variant, n_rec, kw):
     m = model(variant, n_rec, **kw)
-    for r in getattr(m, "routers", []):
+    for r in [*getattr(m, "routers", []), *getattr(m, "aux_routers", [])]:
         torch.nn.init.normal_(r.weight, std=1.0)
     x = tokens(B=2, T=10)
     torch.testing.assert_close(teacher_forced_logits(m, x), m(x, rule="threshold"), rtol=1e-4, atol=1e-5)
@@ -266,7 +323,8 @@ def test_isoflop_points_spend_their_budget(scale):
         else:
             assert mor.variant == "mor_ec" and flops < budgets[-1], (values, flops)
     full_sets = [k for k, v in spent.items() if len(v) == len(budgets)]
-    assert len(full_sets) == 7  # vanilla, recursive x2, MoR-EC x2, MoR-TC x2 at every budget
+    # default: vanilla, recursive N_r=2, MoR-EC x2 at every budget; full: recursive x2, MoR-TC x2 too
+    assert len(full_sets) == (4 if scale == "default" else 7)
 
 
 @pytest.mark.parametrize("figure", ["depth_map", "throughput"])
@@ -365,7 +423,8 @@ def _depth_runs():
 def test_depth_claims_use_every_seed():
     import math
 
-    from replicate.papers.mixture_of_recursions.analysis import causal_depth_deviation, depth_table, rule_agreement
+    from replicate.papers.mixture_of_recursions.analysis import (PAPER_AUX_SUFFIX, causal_depth_deviation, depth_table,
+                                                                 rule_agreement, tc_imbalance)
 
     depths = depth_table(_depth_runs())
     assert list(depths.label) == ["MoR-EC N_r=2"] * 3 + ["MoR-EC N_r=3", "MoR-TC N_r=3"]  # vanilla has no depth
@@ -377,6 +436,16 @@ def test_depth_claims_use_every_seed():
     assert causal_depth_deviation(depths, "MoR-EC N_r=3").value == pytest.approx(0.4 - 1 / 3)
     agree = rule_agreement(depths)  # runs: 0.6, 0.7, 0.8 (N_r=2 seeds) and 0.85 (N_r=3: mean of its two steps)
     assert agree.n == 4 and agree.value == pytest.approx((0.6 + 0.7 + 0.8 + 0.85) / 4)
+    assert rule_agreement(depths, ["MoR-EC N_r=3"]).value == pytest.approx(0.85)
+    # token-choice imbalance: shares 0.2, 0.3, 0.5 against 1/3: largest deviation 0.5 - 1/3
+    assert tc_imbalance(depths).value == pytest.approx(0.5 - 1 / 3) and tc_imbalance(depths).n == 1
+    paper = _depth_runs()
+    paper["probes"] = [{**pr, "aux_mode": "logits", "aux_coef": 0.001} if i == 0 else pr
+                       for i, pr in enumerate(paper.probes)]
+    split = depth_table(paper)
+    assert split.label.iloc[0] == "MoR-EC N_r=2" + PAPER_AUX_SUFFIX
+    assert rule_agreement(split).n == 3  # the paper-setting control is not pooled with our runs
+    assert causal_depth_deviation(split, "MoR-EC N_r=2" + PAPER_AUX_SUFFIX).value == pytest.approx(0.4)
     assert depth_table(_depth_runs().iloc[-1:]).empty  # no MoR run: an empty table with its columns
     assert causal_depth_deviation(depth_table(_depth_runs().iloc[-1:])).n == 0
 
@@ -401,7 +470,31 @@ def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
             controls = {c.id: c.qualifies for c in claims if c.kind == "control"}
             assert controls == {"ec_gain_not_from_fixed_gate": "ec_beats_recursive",
                                 "ec_beats_recursive_equal_steps": "ec_beats_recursive",
-                                "ec_beats_fixed_gate_equal_steps": "ec_beats_recursive"}
+                                "ec_beats_fixed_gate_equal_steps": "ec_beats_recursive",
+                                "ec_beats_recursive_paper_aux": "ec_beats_recursive"}
         if figure == "depth_map":  # every seed, at least three
             assert {c.id: dict(c.requires) for c in claims} == {
-                "routers_separate": {"n_runs_ec": ">= 3"}, "causal_depth_close_to_capacity": {"n_seeds_ec2": ">= 3"}}
+                "routers_separate": {"n_runs_ec": ">= 3"}, "causal_depth_close_to_capacity": {"n_seeds_ec2": ">= 3"},
+                "tc_depths_balanced": {"n_runs_tc": ">= 3"},
+                "paper_coef_depth_close_to_capacity": {"n_seeds_ec2_paper_coef": ">= 3"},
+                "paper_coef_routers_separate": {"n_seeds_ec2_paper_coef": ">= 3"}}
+            assert {c.id: c.qualifies for c in claims if c.kind == "control"} == {
+                "paper_coef_depth_close_to_capacity": "causal_depth_close_to_capacity",
+                "paper_coef_routers_separate": "routers_separate"}
+
+
+def test_default_aux_setting_is_the_labelled_deviation_with_a_paper_control():
+    """text_lm.yaml's aux setting is analysis.DEFAULT_AUX; every figure at the default scale has
+    three seeds of the paper-setting control (depth_map, isoflop) and labels it apart."""
+    from replicate.papers.mixture_of_recursions.analysis import DEFAULT_AUX, PAPER_AUX, PAPER_AUX_SUFFIX, model_label
+
+    model_cfg = C.compose("mixture_of_recursions/isoflop", "cpu", "default").figure.run.module.model
+    assert (model_cfg.aux_mode, model_cfg.aux_coef) == DEFAULT_AUX != PAPER_AUX
+    for figure in ("isoflop", "depth_map"):
+        runs = C.run_configs(C.compose(f"mixture_of_recursions/{figure}", "cpu", "default"))
+        paper = [r for r in runs if (r.run.module.model.aux_mode, r.run.module.model.aux_coef) == PAPER_AUX]
+        assert sorted(r.run.seed for r in paper) == [0, 1, 2]
+    assert model_label("mor_ec", 2, False, *PAPER_AUX) == "MoR-EC N_r=2" + PAPER_AUX_SUFFIX
+    assert model_label("mor_ec", 2, False, *DEFAULT_AUX) == model_label("mor_ec", 2) == "MoR-EC N_r=2"
+    assert model_label("mor_ec", 2, False, "logits", 0.01) == "MoR-EC N_r=2 (logits aux 0.01)"
+    assert model_label("mor_tc", 3, False, *PAPER_AUX) == "MoR-TC N_r=3"  # no expert-choice aux loss

@@ -20,12 +20,33 @@ from replicate import claims as claims_lib
 BUDGET_TOLERANCE = 0.05  # a run belongs to a budget when its FLOPs are within 5% of it
 
 
-def model_label(variant: str, n_rec: int, kv_share: bool = False) -> str:
+PAPER_AUX = ("logits", 0.001)  # the paper's auxiliary loss: BCE on the routing logits, coefficient 0.001
+PAPER_AUX_SUFFIX = " (paper aux 0.001)"
+
+
+def model_label(variant: str, n_rec: int, kv_share: bool = False, aux_mode: str | None = None,
+                aux_coef: float | None = None) -> str:
+    """Display label; an expert-choice model trained with the paper's auxiliary-loss setting (the
+    control of our deviation) gets ``PAPER_AUX_SUFFIX``, any other non-default setting its own."""
     if variant == "vanilla":
         return "vanilla"
     name = {"recursive": "recursive", "recursive_gated": "recursive fixed-gate", "mor_ec": "MoR-EC",
             "mor_tc": "MoR-TC"}[variant]
-    return f"{name} N_r={n_rec}" + (" +KV share" if kv_share else "")
+    label = f"{name} N_r={n_rec}" + (" +KV share" if kv_share else "")
+    if variant == "mor_ec" and aux_mode is not None:
+        if (aux_mode, float(aux_coef)) == PAPER_AUX:
+            label += PAPER_AUX_SUFFIX
+        elif (aux_mode, float(aux_coef)) != DEFAULT_AUX:
+            label += f" ({aux_mode} aux {aux_coef:g})"
+    return label
+
+
+DEFAULT_AUX = ("detached", 0.1)  # text_lm.yaml's default (our deviation); a test keeps the two in step
+
+
+def probe_label(p: dict) -> str:
+    """``model_label`` of a run from its probes."""
+    return model_label(p["variant"], p["n_rec"], p["kv_share"], p.get("aux_mode"), p.get("aux_coef"))
 
 
 def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
@@ -37,7 +58,7 @@ def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
         flops = p["train_flops"]
         ratios = [abs(flops / b - 1) for b in budgets]
         k = int(np.argmin(ratios))
-        rows.append({"label": model_label(p["variant"], p["n_rec"], p["kv_share"]),
+        rows.append({"label": probe_label(p),
                      "variant": p["variant"], "n_rec": p["n_rec"] if p["variant"] != "vanilla" else 0,
                      "kv_share": p["kv_share"], "seed": r.seed if "seed" in runs else 0,
                      "steps": r.steps, "params": r.params, "flops": flops,
@@ -116,14 +137,15 @@ def nr_comparisons(minuend: str, subtrahend: str, budget_a: int, budget_b: int, 
 
 
 DEPTH_COLUMNS = ["label", "variant", "seed", "n_rec", "deep_share_topk", "deep_share_causal", "capacity",
-                 "causal_deviation", "rule_agreement", "dead_token_ratio", "run_dir"]
+                 "causal_deviation", "rule_agreement", "imbalance", "dead_token_ratio", "run_dir"]
 
 
 def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per MoR run: label, variant, seed, N_r, the share of tokens reaching the deepest
     recursion under top-k and under the causal rule, its trained capacity (1/N_r for expert-choice;
     token-choice has none) and the causal share's absolute deviation from it, the mean rule
-    agreement over routed steps (expert-choice) and the dead-token ratio."""
+    agreement over routed steps (expert-choice), the imbalance (largest |share of depth i - 1/N_r|
+    under the causal rule, for token-choice) and the dead-token ratio."""
     rows = []
     for r in runs.itertuples():
         p = r.probes
@@ -133,12 +155,13 @@ def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
         deep = float(p["depth_share"]["threshold"][-1])
         capacity = 1.0 / n_rec if p["variant"] == "mor_ec" else math.nan
         agreement = p.get("rule_agreement") or {}
-        rows.append({"label": model_label(p["variant"], n_rec, p["kv_share"]), "variant": p["variant"],
+        rows.append({"label": probe_label(p), "variant": p["variant"],
                      "seed": _seed(r),
                      "n_rec": n_rec, "deep_share_topk": float(p["depth_share"]["topk"][-1]),
                      "deep_share_causal": deep, "capacity": capacity,
                      "causal_deviation": abs(deep - capacity),
                      "rule_agreement": float(np.mean(list(agreement.values()))) if agreement else math.nan,
+                     "imbalance": max(abs(x - 1.0 / n_rec) for x in p["depth_share"]["threshold"]),
                      "dead_token_ratio": float(p.get("dead_token_ratio", math.nan)),
                      "run_dir": r.run_dir})
     return pd.DataFrame(rows, columns=DEPTH_COLUMNS)
@@ -150,11 +173,19 @@ def causal_depth_deviation(depths: pd.DataFrame, label: str = "MoR-EC N_r=2") ->
     return claims_lib.mean_interval(depths[depths.label == label].causal_deviation)
 
 
-def rule_agreement(depths: pd.DataFrame) -> claims_lib.Estimate:
-    """Mean over every expert-choice run (N_r in {2, 3}, every seed) of its rule agreement (each
-    run's mean over its routed steps), t interval over the runs."""
+def rule_agreement(depths: pd.DataFrame, labels: list[str] | None = None) -> claims_lib.Estimate:
+    """Mean over every expert-choice run (N_r in {2, 3}, every seed; only ``labels`` when given,
+    else every label without ``PAPER_AUX_SUFFIX``) of its rule agreement (each run's mean over
+    its routed steps), t interval over the runs."""
     ec = depths[depths.variant == "mor_ec"]
-    return claims_lib.mean_interval(ec.rule_agreement, unit="runs (N_r x seeds)")
+    ec = ec[ec.label.isin(labels)] if labels is not None else ec[~ec.label.str.endswith(PAPER_AUX_SUFFIX)]
+    unit = "runs (N_r x seeds)" if ec.n_rec.nunique() > 1 else "seeds"
+    return claims_lib.mean_interval(ec.rule_agreement, unit=unit)
+
+
+def tc_imbalance(depths: pd.DataFrame) -> claims_lib.Estimate:
+    """Mean over every token-choice run (N_r x seeds) of its depth imbalance, t interval over runs."""
+    return claims_lib.mean_interval(depths[depths.variant == "mor_tc"].imbalance, unit="runs (N_r x seeds)")
 
 
 def round_speedups(seconds_model: list[float], seconds_base: list[float], batch_model: int,

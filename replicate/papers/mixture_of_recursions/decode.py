@@ -3,8 +3,8 @@
 ``Decoder(model, batch, max_len)`` feeds one token per row per call and keeps one K/V cache per
 block application ("slot"): vanilla has ``n_layer`` slots, the recursive models one for the
 first block, one per (recursion, middle block) and one for the last. Routing is causal: MoR-EC
-uses the threshold rule (``sigmoid(logit) > 0.5`` among tokens active at the previous step;
-capacity-1 steps keep every token), MoR-TC its top-1 depth. A token runs recursion r only if it
+uses the threshold rule (``sigmoid(logit) > 0.5`` among tokens active at the previous step, on
+the logits ``RecursiveLM.predicted_logits`` names; capacity-1 steps keep every token), MoR-TC its top-1 depth. A token runs recursion r only if it
 is active there, and only then writes its K/V into that recursion's slots (recursion-wise
 caching); a later token at recursion r attends to the earlier tokens that reached r. With
 recursive KV sharing, recursions r >= 1 write nothing and attend to recursion 0's cache.
@@ -98,10 +98,10 @@ class Decoder:
         for r in range(m.mor.n_rec):
             weight = None
             if m.mor.variant == "mor_ec":
-                logits = m.routers[r](h)[:, 0, 0]
-                weight = m.mor.alpha * torch.sigmoid(logits)
+                logits = m.routing_logits(h, r)
+                weight = m.mor.alpha * torch.sigmoid(logits[:, 0, 0])
                 if m.mor.capacities()[r] < 1.0:
-                    active = active & (logits > 0)
+                    active = active & (m.predicted_logits(h, r, logits)[:, 0, 0] > 0)
             elif tc is not None:
                 active, weight = tc[0][:, 0] > r, tc[1][:, 0]
             elif m.mor.fixed_gate() is not None:

@@ -33,8 +33,26 @@ and one ablation of ours:
                code scatter-adds the weighted block output onto ``h``, which is that expression
                with ``f`` the full pre-norm block group (its own residual included), so a
                selected token is scaled by ``1 + w`` (w <= alpha = 0.1). Auxiliary loss ("auxiliary
-               loss"): BCE between the router logits of the tokens scored at step r and the
-               top-k mask, mean over those tokens, summed over steps.
+               loss"): BCE between router logits of the tokens scored at step r and the
+               top-k mask, mean over those tokens, summed over steps, times ``aux_coef``.
+               ``aux_mode`` says which logits (official ``expert_choice_router.py``,
+               ``cfg.mor.expert.sampling``):
+
+               ``logits``    the routing router's own logits (official ``aux_loss`` mode): the
+                             BCE's gradient reaches the router and, through its input, every
+                             block below it.
+               ``detached``  the routing router applied to ``h.detach()``: the BCE trains the
+                             router's weights only, never the blocks (ours, between the two).
+               ``separate``  a second router per step on ``h.detach()`` (official ``aux_router``
+                             mode, its ``mlp_router``): the BCE trains only that router, the
+                             routing router learns from the LM loss alone, and the causal rule
+                             thresholds the second router.
+
+               The official router divides its input by ``cfg.mor.temp`` (``router_temp``
+               here; a bias-free linear router, so the same as dividing its logits) and can
+               warm the capacity up (``cap_warmup_step``: over the first W training steps the
+               capacity decays by a cosine from 1 to (N_r - r)/N_r); ``cap_warmup_steps`` here,
+               0 = off.
 ``mor_tc``     Middle-Cycle + token-choice routing (Sec. 2.2.1): one router ``Linear(d -> n_rec)``
                on the hidden state entering the first recursion, softmax, top-1 gives each token
                its depth ``d_t`` in 1..n_rec and its gate ``g_t`` (the chosen probability). Token t
@@ -46,8 +64,9 @@ and one ablation of ours:
 
 Expert-choice top-k over a sequence looks at future tokens. ``rule="threshold"`` is the causal
 evaluation rule: at step r a token stays active if it was active at r-1 and
-``sigmoid(logit) > 0.5`` (what the BCE auxiliary loss trains the router to predict); a step
-with capacity 1 keeps every token under both rules.
+``sigmoid(logit) > 0.5`` (what the BCE auxiliary loss trains the router to predict; the
+second router's logit under ``aux_mode="separate"``); a step with capacity 1 keeps every
+token under both rules.
 
 Recursive KV sharing (``kv_share=True``, Sec. 2.2.2): recursions r >= 1 reuse the keys and values
 that each middle block computed at recursion 0 (over all tokens), so active queries attend to
@@ -63,6 +82,7 @@ tokens updated) used by the threshold rule, token-choice, KV sharing and the unr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +93,7 @@ from replicate.nn.transformer import Block, CausalLM, LMConfig, apply_rope, caus
 
 VARIANTS = ("vanilla", "recursive", "recursive_gated", "mor_ec", "mor_tc")
 RULES = ("topk", "threshold")
+AUX_MODES = ("logits", "detached", "separate")
 
 
 @dataclass
@@ -84,7 +105,11 @@ class MoRConfig:
     alpha         expert-choice router scale (0.1 in the paper's configs); recursive_gated's
                   fixed gate is alpha * sigmoid(0) = alpha / 2
     kv_share      recursive KV sharing: recursions r >= 1 reuse recursion 0's K/V
-    aux_coef      expert-choice BCE auxiliary loss coefficient (0.001)
+    aux_coef      expert-choice BCE auxiliary loss coefficient (0.001 in the paper)
+    aux_mode      which logits the BCE trains: logits | detached | separate (module docstring)
+    router_temp   the routing router's input is divided by it (official ``cfg.mor.temp``)
+    cap_warmup_steps  capacity warm-up length in training steps (official ``cap_warmup_step``),
+                  0 = capacities fixed from the first step
     balance_coef  token-choice balancing loss coefficient (0.1)
     z_coef        token-choice router z-loss coefficient (1e-5)
     """
@@ -94,6 +119,9 @@ class MoRConfig:
     alpha: float = 0.1
     kv_share: bool = False
     aux_coef: float = 0.001
+    aux_mode: str = "logits"
+    router_temp: float = 1.0
+    cap_warmup_steps: int = 0
     balance_coef: float = 0.1
     z_coef: float = 1e-5
 
@@ -104,23 +132,36 @@ class MoRConfig:
             raise ValueError(f"model.n_rec={self.n_rec} must be >= 1")
         if self.kv_share and self.variant == "vanilla":
             raise ValueError("model.kv_share needs a recursive variant, not vanilla")
+        if self.aux_mode not in AUX_MODES:
+            raise ValueError(f"model.aux_mode={self.aux_mode!r}; expected one of {AUX_MODES}")
+        if self.router_temp <= 0 or self.cap_warmup_steps < 0:
+            raise ValueError("model.router_temp must be > 0 and model.cap_warmup_steps >= 0")
 
     def fixed_gate(self) -> float | None:
         """recursive_gated's gate w = alpha * sigmoid(0) (None for every other variant)."""
         return self.alpha * 0.5 if self.variant == "recursive_gated" else None
 
-    def capacities(self) -> list[float]:
-        """Expert-choice capacity of each recursion step: (N_r - r) / N_r."""
-        return [(self.n_rec - r) / self.n_rec for r in range(self.n_rec)]
+    def capacities(self, step: int | None = None) -> list[float]:
+        """Expert-choice capacity of each recursion step: (N_r - r) / N_r; at training step
+        ``step`` (0-based) with a warm-up, c + (1 - c) (1 + cos(pi min(1, (step + 1) / W))) / 2
+        (the official schedule: its counter is 1 at the first training forward)."""
+        caps = [(self.n_rec - r) / self.n_rec for r in range(self.n_rec)]
+        if step is None or self.cap_warmup_steps <= 0:
+            return caps
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step + 1) / self.cap_warmup_steps)))
+        return [c + (1.0 - c) * decay for c in caps]
 
 
 @dataclass
 class Routing:
     """What one forward pass decided: per step r the active mask (B, T); for expert-choice
-    also each step's router logits and the tokens it ranked; for token-choice the router logits."""
+    also each step's routing logits, the logits the BCE trains and the causal rule thresholds
+    (``pred_logits``: the same tensor under aux_mode="logits") and the tokens the step ranked;
+    for token-choice the router logits."""
 
     active: list[torch.Tensor] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
+    pred_logits: list[torch.Tensor] = field(default_factory=list)
     scored: list[torch.Tensor] = field(default_factory=list)  # tokens the step's router ranked
     tc_logits: torch.Tensor | None = None
 
@@ -175,9 +216,11 @@ class RecursiveLM(nn.Module):
         del self.base.blocks[m + 2:]  # keep first, m middle, last: unique parameters only
         if mor.variant == "mor_ec":
             self.routers = nn.ModuleList(nn.Linear(lm.d_model, 1, bias=False) for _ in range(mor.n_rec))
+            if mor.aux_mode == "separate":
+                self.aux_routers = nn.ModuleList(nn.Linear(lm.d_model, 1, bias=False) for _ in range(mor.n_rec))
         elif mor.variant == "mor_tc":
             self.routers = nn.ModuleList([nn.Linear(lm.d_model, mor.n_rec, bias=False)])
-        for r in getattr(self, "routers", []):
+        for r in [*getattr(self, "routers", []), *getattr(self, "aux_routers", [])]:
             nn.init.normal_(r.weight, mean=0.0, std=0.02)
 
     # ----------------------------------------------------------------- structure
@@ -205,8 +248,23 @@ class RecursiveLM(nn.Module):
 
     # ----------------------------------------------------------------- forward
 
-    def forward(self, idx: torch.Tensor, rule: str = "topk", return_routing: bool = False):
-        """Logits (B, T, vocab); with return_routing also the ``Routing`` record."""
+    def routing_logits(self, h: torch.Tensor, r: int) -> torch.Tensor:
+        """Expert-choice step r's routing logits (..., 1) (input divided by ``router_temp``)."""
+        return self.routers[r](h / self.mor.router_temp if self.mor.router_temp != 1.0 else h)
+
+    def predicted_logits(self, h: torch.Tensor, r: int, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the BCE trains and the causal rule thresholds at step r (module docstring);
+        ``logits`` are the step's routing logits, returned as they are under aux_mode="logits"."""
+        if self.mor.aux_mode == "logits":
+            return logits
+        if self.mor.aux_mode == "detached":
+            return self.routing_logits(h.detach(), r)
+        return self.aux_routers[r](h.detach())
+
+    def forward(self, idx: torch.Tensor, rule: str = "topk", return_routing: bool = False,
+                step: int | None = None):
+        """Logits (B, T, vocab); with return_routing also the ``Routing`` record. ``step`` is the
+        training step, for the capacity warm-up (None: target capacities)."""
         if rule not in RULES:
             raise ValueError(f"rule={rule!r}; expected one of {RULES}")
         h = self.base.embed(idx)
@@ -216,21 +274,22 @@ class RecursiveLM(nn.Module):
                 h = block(h)
         else:
             h = self.first(h)
-            h = self._recursions(h, rule, routing)
+            h = self._recursions(h, rule, routing, step)
             h = self.last(h)
         logits = self.base.lm_head(self.base.norm_f(h))
         return (logits, routing) if return_routing else logits
 
-    def _recursions(self, h: torch.Tensor, rule: str, routing: Routing) -> torch.Tensor:
+    def _recursions(self, h: torch.Tensor, rule: str, routing: Routing, step: int | None = None) -> torch.Tensor:
         B, T, _ = h.shape
         positions = torch.arange(T, device=h.device)
         active = torch.ones(B, T, dtype=torch.bool, device=h.device)
         tc = self._token_choice(h, routing) if self.mor.variant == "mor_tc" else None
         shared_kv = None
+        capacities = self.mor.capacities(step if self.training else None)
         for r in range(self.mor.n_rec):
             weight = None
             if self.mor.variant == "mor_ec":
-                active, weight = self._expert_choice(h, r, active, rule, routing)
+                active, weight = self._expert_choice(h, r, active, rule, routing, capacities[r])
             elif tc is not None:
                 depth, gate = tc
                 active, weight = depth > r, gate
@@ -254,18 +313,20 @@ class RecursiveLM(nn.Module):
         gate, choice = probs.max(-1)
         return choice + 1, gate.to(h.dtype)
 
-    def _expert_choice(self, h, r, prev_active, rule, routing):
+    def _expert_choice(self, h, r, prev_active, rule, routing, capacity):
         """Active mask and update weights of expert-choice step r (hierarchical filtering)."""
-        logits = self.routers[r](h).squeeze(-1)  # (B, T)
+        logits = self.routing_logits(h, r).squeeze(-1)  # (B, T)
+        pred = self.predicted_logits(h, r, logits[..., None]).squeeze(-1)
         weight = self.mor.alpha * torch.sigmoid(logits)
-        capacity = self.mor.capacities()[r]
-        if capacity >= 1.0:
+        k = max(1, int(capacity * h.shape[1]))
+        if capacity >= 1.0 or (rule == "topk" and k >= h.shape[1]):
             active = prev_active.clone()
         elif rule == "topk":
-            active = topk_mask(weight, prev_active, max(1, int(capacity * h.shape[1])))
+            active = topk_mask(weight, prev_active, k)
         else:
-            active = prev_active & (logits > 0)  # sigmoid(logit) > 0.5
+            active = prev_active & (pred > 0)  # sigmoid(logit) > 0.5
         routing.logits.append(logits)
+        routing.pred_logits.append(pred)
         routing.scored.append(prev_active)
         return active, weight
 
@@ -305,7 +366,7 @@ class RecursiveLM(nn.Module):
         zero = torch.zeros((), device=self.base.lm_head.weight.device)
         if self.mor.variant == "mor_ec":
             bce = sum((aux_bce(logits, scored, active) for logits, scored, active
-                       in zip(routing.logits, routing.scored, routing.active)), zero)
+                       in zip(routing.pred_logits, routing.scored, routing.active)), zero)
             return self.mor.aux_coef * bce, {"aux_bce": float(bce.detach())}
         if self.mor.variant == "mor_tc":
             balance = balancing_loss(routing.tc_logits)

@@ -4,7 +4,9 @@
 ``_convert_="all"``):
 
 model   every ``LMConfig`` field of the shared LM plus the ``MoRConfig`` fields (variant, n_rec,
-        alpha, kv_share, aux_coef, balance_coef, z_coef); see ``model.py``.
+        alpha, kv_share, aux_coef, aux_mode, router_temp, cap_warmup_steps, balance_coef,
+        z_coef); see ``model.py``. The training step passes ``global_step`` to the model for
+        the capacity warm-up.
 optim   lr, betas, eps, weight_decay, warmup_steps, max_steps, min_lr_ratio: AdamW, linear
         warm-up then cosine decay to ``min_lr_ratio * lr`` at ``max_steps`` (every isoFLOP run
         completes its own schedule, as in the paper's isoFLOP protocol).
@@ -63,15 +65,15 @@ class MoRLM(L.LightningModule):
     def forward(self, idx: torch.Tensor, rule: str = "topk") -> torch.Tensor:
         return self.model(idx, rule=rule)
 
-    def _losses(self, batch):
+    def _losses(self, batch, step: int | None = None):
         x, y = batch[0], batch[1]
-        logits, routing = self.model(x, return_routing=True)
+        logits, routing = self.model(x, return_routing=True, step=step)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         aux, parts = self.model.router_loss(routing)
         return ce, aux, parts
 
     def training_step(self, batch, batch_idx):
-        ce, aux, parts = self._losses(batch)
+        ce, aux, parts = self._losses(batch, step=self.global_step)
         self.log("train_loss", ce, on_step=True, on_epoch=False, prog_bar=True)
         for name, value in parts.items():
             self.log(name, value, on_step=True, on_epoch=False)
@@ -100,6 +102,7 @@ class MoRLM(L.LightningModule):
         seq_len, batch_size = batches[0][0].shape[1], datamodule.batch_size
         per_step = train_flops_per_step(self.lm_config, self.mor_config, seq_len, batch_size)
         out.update(variant=self.mor_config.variant, n_rec=self.mor_config.n_rec,
-                   kv_share=self.mor_config.kv_share, flops_per_step=per_step,
+                   kv_share=self.mor_config.kv_share, aux_mode=self.mor_config.aux_mode,
+                   aux_coef=self.mor_config.aux_coef, flops_per_step=per_step,
                    train_flops=per_step * self.optim["max_steps"])
         return out

@@ -9,7 +9,8 @@ nll              {rule: mean next-token NLL (nats/byte)}; ``topk`` is the traini
                  expert-choice router give the same number under both.
 depth_share      {rule: share of tokens with depth 1..N_r} (recursions taken)
 score_hist       expert-choice only: per routed step (capacity < 1), 20-bin histograms on
-                 [0, 1] of sigmoid(router logit) over the tokens the step ranked, split by
+                 [0, 1] of sigmoid(predicted logit: the logit the BCE trains and the causal
+                 rule thresholds, ``RecursiveLM.predicted_logits``) over the tokens the step ranked, split by
                  whether top-k selected them ("selected" / "unselected")
 rule_agreement   expert-choice only: share of ranked tokens on which top-k and the causal
                  threshold agree, per routed step
@@ -42,7 +43,7 @@ def run_rule(model: RecursiveLM, batches, rule: str):
         n_tok += y.numel()
         depths.append(routing.depth() if routing.active else torch.zeros_like(x))
         inputs.append(x)
-        steps.append(list(zip(routing.logits, routing.scored, routing.active)))
+        steps.append(list(zip(routing.pred_logits, routing.scored, routing.active)))
     return nll / n_tok, torch.cat(depths), torch.cat(inputs), steps
 
 
