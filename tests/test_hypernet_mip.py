@@ -494,3 +494,21 @@ def test_expand_seeds_gives_one_row_per_run_and_seed(tmp_path):
     assert [len(v) for v in per_seed.val] == [2, 2] and per_seed.val[0] != per_seed.val[1]
     t = seed_table(per_seed, 9.0, 4)
     assert t.reached.all() and t.regime.tolist() == ["noise", "noise"]
+
+
+def test_a_resumed_run_continues_every_seed_exactly(tmp_path):
+    import shutil
+
+    from replicate import train
+
+    over = ["figure.run.trainer.val_check_interval=2", "figure.run.trainer.log_every_n_steps=1"]
+    whole, half = (C.run_config(C.compose("hypernet_mip/convergence", "cpu", "smoke",
+                                          [f"figure.run.trainer.max_steps={n}", *over]), 2) for n in (4, 2))
+    a = train.fit(whole, tmp_path / "a")
+    train.fit(half, tmp_path / "half")
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "half" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt")
+    b = train.fit(whole, tmp_path / "b")  # resumes at step 2: per-seed history and data stream continue
+    assert [v["step"] for v in b["probes"]["per_seed"][1]["val"]] == [2, 4]
+    for key in ("train", "val", "probes"):
+        assert a[key] == b[key], key
