@@ -480,3 +480,12 @@ def test_a_baseline_diverged_everywhere_gives_an_inconclusive_claim_not_an_error
     judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(spec), m)}
     assert judged["hourglass_dominates_plain"].verdict == "inconclusive"
     assert "frontier_points_vs_plain" in judged["hourglass_dominates_plain"].reason
+
+
+def test_the_digits_option_still_builds():
+    from hydra.utils import instantiate
+    cfg = OmegaConf.load(C.CONFIG_DIR / "training" / "hourglass_mlp" / "digits_restoration.yaml")
+    run = OmegaConf.create({"figure": {"run": cfg}}).figure.run
+    module, data = instantiate(run.module, _convert_="all"), instantiate(run.data, _convert_="all")
+    sizes = {f: sum(s.family == f for s in module.shapes) for f in ("hourglass", "conventional", "conventional_head")}
+    assert set(sizes.values()) == {9} and data.image_shape == (1, 8, 8) and len(data.held_out("test")) == 269
