@@ -81,6 +81,9 @@ class TrainerSchema:
     limit_val_batches: int = 4
     gradient_clip_val: Optional[float] = 1.0
     log_every_n_steps: int = 10  # checkpoints are written after every validation
+    # the checkpoint of a finished run: last (kept) | none (deleted once metrics.json is written) |
+    # auto (none at scale full, else last). Not part of the run's hash: it changes no number.
+    keep_checkpoints: str = "auto"
 
 
 @dataclass
@@ -201,8 +204,30 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
     _check_sweep(cfg.figure, path)
     _check_claims(cfg.figure, path)
     _check_source(cfg.figure, path)
+    _resolve_keep_checkpoints(cfg.figure, scale, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+KEEP_CHECKPOINTS = ("last", "none", "auto")
+
+
+def _resolve_keep_checkpoints(fig: DictConfig, scale: str, path: Path) -> None:
+    """``run.trainer.keep_checkpoints: auto`` becomes ``none`` at scale full, else ``last``."""
+    if fig.run is None:
+        return
+    value = fig.run.trainer.keep_checkpoints
+    if value not in KEEP_CHECKPOINTS:
+        raise ConfigError(f"{path}: run.trainer.keep_checkpoints must be one of "
+                          f"{', '.join(KEEP_CHECKPOINTS)}, got '{value}'")
+    if value == "auto":
+        fig.run.trainer.keep_checkpoints = "none" if scale == "full" else "last"
+
+
+def _without_keep_checkpoints(run: dict) -> dict:
+    """A run config without ``trainer.keep_checkpoints`` (it changes no number: not hashed)."""
+    trainer = {k: v for k, v in (run.get("trainer") or {}).items() if k != "keep_checkpoints"}
+    return {**run, "trainer": trainer} if "trainer" in run else run
 
 
 def _reapply_figure_overrides(fig: DictConfig, overrides) -> None:
@@ -319,10 +344,14 @@ def run_hash(run_cfg: DictConfig) -> str:
     across them; thread count is kept because it changes CPU float reductions.
     """
     hw = {k: v for k, v in run_cfg.hardware.items() if k not in ("num_workers", "name")}
-    payload = {"paper": run_cfg.paper, "run": OmegaConf.to_container(run_cfg.run), "hardware": hw}
+    payload = {"paper": run_cfg.paper, "run": _without_keep_checkpoints(OmegaConf.to_container(run_cfg.run)),
+               "hardware": hw}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_sha256(cfg: DictConfig) -> str:
-    text = json.dumps(OmegaConf.to_container(cfg.figure, resolve=True), sort_keys=True)
+    figure = OmegaConf.to_container(cfg.figure, resolve=True)
+    if figure.get("run"):
+        figure["run"] = _without_keep_checkpoints(figure["run"])
+    text = json.dumps(figure, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -16,7 +16,8 @@ How each number is obtained (estimates, not measurements; see ``DEVICES`` for th
   ``flops.train_flops_per_step``, attention and routing included, active tokens only); otherwise
   an analytic count, forward = 2 x multiply-adds and training = 3 x forward (the "6 N D" rule),
   with N the multiply-adds of the ``nn.Linear`` layers per token / image / sample, plus causal
-  attention ``4 d T(T+1)/2`` per layer and sequence for the transformer LMs; the hypernetwork
+  attention ``4 d T(T+1)/2`` per layer and sequence for the transformer LMs (other models: every
+  weight matrix, stacked ones included, once per example); the hypernetwork
   runs once per step (one gamma) and the primary network it predicts once per image; the MIST
   set model's per-row layers once per row of a dataset (mean n of ``n_range``) plus its
   attention; EM (MoE gating): 100 float64 operations per (sample, expert) per iteration.
@@ -28,7 +29,7 @@ How each number is obtained (estimates, not measurements; see ``DEVICES`` for th
   (Adam/AdamW 8 bytes per parameter, SGD momentum 4, EM none) + activations saved for backward
   at the training batch (LMs: ``b (6 d + 3 h) + 8 d`` bytes per token and block application, b =
   2 under bf16 autocast, 4 in fp32, flash attention, plus the logits; MLPs: per example and
-  ``nn.Linear``, ``b (in + out) + 4 in``), x 1.2 for the allocator; notebooks' probes excluded;
+  weight matrix, ``b (in + out) + 4 in``), x 1.2 for the allocator; notebooks' probes excluded;
 * **disk**: per run the last checkpoint (fp32 weights + optimizer state), kept only where the
   run's ``trainer.keep_checkpoints`` is ``last``, plus logs and metrics (~200 bytes per logged
   step). ``peak`` is the largest checkpoint written while a run trains.
@@ -61,6 +62,7 @@ class Device:
     job_overhead_s: float  # start-up per job (imports, data, torch.compile)
     compute_bytes: int  # bytes of an activation under the profile's precision
     em_rate: float  # EM (sample, expert) updates per second: float64, memory-bound, not FLOP-bound
+    memory: float  # bytes of device memory (0: not checked)
     why: str  # one line: where the numbers come from
 
 
@@ -68,6 +70,7 @@ DEVICES = {
     "gpu": Device(
         name="one NVIDIA H100 SXM, bf16 dense peak 989 TFLOP/s", unit="GPU-h", peak_flops=989e12,
         mfu=0.30, step_overhead_s=0.010, job_overhead_s=60.0, compute_bytes=2, em_rate=2e9,
+        memory=80e9,
         why="MFU 30% is what compiled bf16 ~100M-parameter transformers typically reach on one "
             "H100 (nanoGPT/llm.c-class code reports 30-50%; ours adds Lightning and routing, "
             "so the low end); small models hit the 10 ms per-step floor instead; start-up "
@@ -77,7 +80,7 @@ DEVICES = {
     "cpu": Device(
         name="one CPU core (fp32, 1 torch thread per job), 50 GFLOP/s peak", unit="core-h",
         peak_flops=50e9, mfu=0.35, step_overhead_s=0.010, job_overhead_s=10.0, compute_bytes=4,
-        em_rate=7e6,
+        em_rate=7e6, memory=0,
         why="50 GFLOP/s is one AVX2 core's fp32 FMA peak at ~3 GHz; MFU 35% and the EM rate are "
             "fit to this project's measured default-scale runs (Gated Attention and Hourglass "
             "within ~1.7x, MoE gating EM within 4x, on a loaded 2-core VM)."),
@@ -156,6 +159,23 @@ def _linears(module) -> list[tuple[int, int]]:
     from torch import nn
 
     return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _matrices(module) -> list[tuple[int, int, int]]:
+    """(in, out, copies) of every weight matrix applied once per example: ``nn.Linear`` layers and
+    any other parameter with >= 2 dims (a stack of ``copies`` matrices, e.g. side-by-side models
+    multiplied with ``bmm``); embeddings and norms are not multiply-adds."""
+    from torch import nn
+
+    found = []
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            found.append((m.in_features, m.out_features, 1))
+        elif not isinstance(m, nn.Embedding):
+            for p in m.parameters(recurse=False):
+                if p.dim() >= 2:
+                    found.append((int(p.shape[-2]), int(p.shape[-1]), int(math.prod(p.shape[:-2]))))
+    return found
 
 
 def _optimizer_bytes(module) -> int:
@@ -252,10 +272,31 @@ def model_facts(run_cfg: DictConfig, compute_bytes: int) -> ModelFacts:
         act = n * sum(b * (i + o) + 4 * i for i, o in _linears(module)) + b * n * n * rows
         return ModelFacts(params, trainable, opt, 2 * linear * n + attention, act,
                           "per-row Linear MACs x mean n + attention, x3")
-    # an MLP-like model (Hourglass grids and anything new): every Linear once per example
-    linears = _linears(module)
-    return ModelFacts(params, trainable, opt, 2 * sum(i * o for i, o in linears),
-                      sum(b * (i + o) + 4 * i for i, o in linears), "6 x Linear MACs x examples")
+    if target == "HourglassGrid" and hasattr(module, "shapes"):
+        mats = _hourglass_matrices(module)
+        if mats:
+            return ModelFacts(params, trainable, opt, 2 * sum(i * o * c for i, o, c in mats),
+                              sum(c * (b * (i + o) + 4 * i) for i, o, c in mats),
+                              "6 x Linear MACs of every grid shape x copies x images")
+    # an MLP-like model (and anything new): every weight matrix once per example
+    mats = _matrices(module)
+    return ModelFacts(params, trainable, opt, 2 * sum(i * o * c for i, o, c in mats),
+                      sum(c * (b * (i + o) + 4 * i) for i, o, c in mats), "6 x matrix MACs x examples")
+
+
+def _hourglass_matrices(module) -> list[tuple[int, int, int]]:
+    """(in, out, copies) of the Linear layers of every shape of an Hourglass grid (its nets may hold
+    their copies, one per learning rate, as one flat parameter: rebuilt here on meta per shape)."""
+    import torch
+
+    from replicate.papers.hourglass_mlp.model import build
+
+    mats = []
+    with torch.device("meta"):
+        for shape in module.shapes:
+            copies = len(module.shape_lrs(shape)) if hasattr(module, "shape_lrs") else 1
+            mats += [(i, o, copies) for i, o in _linears(build(shape, module.d_x, module.d_x))]
+    return mats
 
 
 def _primary_layers(spec) -> list[tuple[int, int]]:
@@ -384,6 +425,11 @@ def _bytes(x: float) -> str:
     return f"{x:.0f} B"
 
 
+def _memory(x: float, device: Device) -> str:
+    over = device.memory and x > device.memory
+    return _bytes(x) + (f" (over {_bytes(device.memory)})" if over else "")
+
+
 def _examples(jobs: list[JobCost]) -> str:
     by_unit: dict[str, float] = {}
     for j in jobs:
@@ -410,7 +456,7 @@ def render(plan: Plan) -> str:
         lines.append("| " + " | ".join([
             f.figure, str(f.runs), str(len(jobs)), _si(f.largest), _examples(jobs),
             _si(sum(j.train_flops for j in jobs)), _hours(sum(j.hours(d) for j in jobs)),
-            _bytes(f.peak_memory), _bytes(sum(j.disk_bytes for j in jobs)),
+            _memory(f.peak_memory, d), _bytes(sum(j.disk_bytes for j in jobs)),
             _bytes(max((j.checkpoint_bytes for j in jobs), default=0))]) + " |")
     jobs = plan.jobs
     ok = [f for f in plan.figures if not f.error]
@@ -430,7 +476,8 @@ def render(plan: Plan) -> str:
               "last checkpoint where `trainer.keep_checkpoints: last`; `ckpt peak`: the largest "
               "checkpoint written while a run trains.",
               "- Peak memory = fp32 weights + grads + optimizer state + activations at the "
-              "training batch (estimate, x1.2); notebooks and data caches are not counted.",
+              "training batch (estimate, x1.2); notebooks and data caches are not counted"
+              + (f"; '(over {_bytes(d.memory)})': a job that would not fit the device." if d.memory else "."),
               "- FLOPs: " + "; ".join(methods) + "."]
     if plan.errors:
         lines += ["", f"{len(plan.errors)} figure(s) could not be costed: first: {plan.errors[0]}"]

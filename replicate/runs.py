@@ -2,7 +2,9 @@
 
     <out>/runs/<paper>/<run_hash>/
         config.yaml        the resolved run config + hardware (what the hash is of)
-        checkpoints/       last.ckpt, rewritten after every validation (the resume point)
+        checkpoints/       last.ckpt, rewritten after every validation (the resume point);
+                           deleted once metrics.json is written when the run's
+                           trainer.keep_checkpoints is none (the default at scale full)
         logs/              Lightning CSV logs
         metrics.json       written last and atomically: its presence means "finished"
 
@@ -125,11 +127,20 @@ def ensure(run_cfg: DictConfig, out: str | Path) -> Path:
                 return directory
             (directory / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
             write_json_atomic(directory / METRICS, fit(run_cfg, directory))
+            drop_checkpoints(run_cfg, directory)
     except C.ConfigError:
         if created and not (directory / "checkpoints" / "last.ckpt").exists():
             shutil.rmtree(directory, ignore_errors=True)
         raise
     return directory
+
+
+def drop_checkpoints(run_cfg: DictConfig, directory: Path) -> None:
+    """Delete a finished run's checkpoints when ``trainer.keep_checkpoints`` is ``none`` (metrics.json
+    is already written, so the run stays finished and is reused without them)."""
+    if run_cfg.run.trainer.get("keep_checkpoints", "last") != "none" or not is_finished(directory):
+        return
+    shutil.rmtree(directory / "checkpoints", ignore_errors=True)
 
 
 class RunLock:
@@ -188,8 +199,14 @@ def load_module(directory: str | Path):
 
     directory = Path(directory)
     run_cfg = OmegaConf.load(directory / "config.yaml")
+    checkpoint = directory / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        kept = run_cfg.run.trainer.get("keep_checkpoints", "last")
+        raise FileNotFoundError(f"run {directory} has no checkpoint (its trainer.keep_checkpoints is {kept}): "
+                                "set run.trainer.keep_checkpoints: last in the figure's scale block and "
+                                "delete the run directory to retrain it")
     module = instantiate(run_cfg.run.module, _convert_="all")
-    state = torch.load(directory / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     return module.eval()
 

@@ -189,6 +189,7 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(run_cfg.run.seed, workers=True, verbose=False)
     module = build(run_cfg, "module")
     datamodule = build(run_cfg, "data")
+    prepare(run_cfg, datamodule)
     recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,19 @@ def build(run_cfg: DictConfig, part: str):
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ConfigError(f"{run_cfg.paper}: run.{part} ({node.get('_target_', '?')}) cannot be built "
                           f"from its config: {type(cause).__name__}: {first}") from None
+
+
+def prepare(run_cfg: DictConfig, datamodule) -> None:
+    """Read (or check) the run's data before any training state exists: a local dataset that is
+    missing (``FileNotFoundError``, e.g. ``data.path`` of a full-scale corpus) is a one-line
+    :class:`ConfigError` naming the part, the target and the path, so no run directory is left."""
+    from replicate.config import ConfigError
+
+    try:
+        datamodule.prepare_data()
+    except FileNotFoundError as err:
+        raise ConfigError(f"{run_cfg.paper}: run.data ({run_cfg.run.data.get('_target_', '?')}): "
+                          f"{err}") from None
 
 
 def usable_checkpoint(path: Path) -> bool:
