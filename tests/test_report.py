@@ -152,11 +152,18 @@ def test_headless_chromium_renders_the_page_offline_with_every_image(site, tmp_p
         "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
         " document.body.dataset.imagesTotal = imgs.length;"
         " document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+        " const nav = [...document.querySelectorAll('nav.side a[href^=\"#\"]')];"
+        " document.body.dataset.navLinks = nav.length;"
+        " document.body.dataset.navResolved = nav.filter(a => document.getElementById(a.hash.slice(1))).length;"
+        " document.body.dataset.navWidth = Math.round(document.querySelector('nav.side').getBoundingClientRect().width);"
         "});</script></body>")))
     dom = chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), profile=tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body[^>]*>", dom.stdout)[0]
     assert f'data-images-total="{len(entries)}"' in body and f'data-images-loaded="{len(entries)}"' in body, body
+    links = 1 + len({e.paper for e in entries}) + len(entries)  # top, each paper, each figure
+    assert f'data-nav-links="{links}"' in body and f'data-nav-resolved="{links}"' in body, body
+    assert int(re.search(r'data-nav-width="(\d+)"', body)[1]) > 100  # the side bar is drawn
     text = re.sub(r"<[^>]+>", " ", dom.stdout)
     assert "replicate — results" in text
     for e in entries:
