@@ -32,8 +32,10 @@ LL_TOL = 1e-6  # nats: a fit counts as below the truth when ll_truth - ll_fit ex
 def fits_frame(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per fit of every run: the run's ``keys`` columns plus every scalar probe,
     ``ll_gap`` = log-likelihood of the truth minus that of the fit (nats; <= 0 at the MLE) and
-    ``converged`` (the fit's last log-likelihood change per sample below the run's tol; a run
-    stops only when all its fits converged or at max_steps, so False = stopped at the cap)."""
+    ``converged`` (the estimator's own rule, fit.py: the observed log-likelihood change per point
+    below tol, for top-K also the compass step below its minimum; older runs: the last change
+    below tol. A run stops only when all its fits converged or at max_steps, so False = stopped
+    at the cap)."""
     rows = []
     for run in runs.itertuples():
         per_fit = run.probes["per_fit"]
@@ -43,7 +45,8 @@ def fits_frame(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             frame[key] = getattr(run, key)
         frame["steps"] = run.steps
         tol = run.probes.get("tol", math.inf)
-        frame["converged"] = frame["ll_change"] < tol if "ll_change" in frame else True
+        if "converged" not in frame:
+            frame["converged"] = frame["ll_change"] < tol if "ll_change" in frame else True
         rows.append(frame)
     out = pd.concat(rows, ignore_index=True)
     out["ll_gap"] = out["ll_truth"] - out["ll_fit"]
@@ -127,9 +130,27 @@ def disagree(a: claims.Estimate, b: claims.Estimate) -> int:
     return int(not (inside(a.value, b) and inside(b.value, a)))
 
 
+def covers(est: claims.Estimate, value: float) -> int:
+    """1 when ``est``'s interval contains ``value`` (e.g. a predicted exponent), else 0; NaN
+    without a finite interval."""
+    if est.interval is None or not all(math.isfinite(x) for x in est.interval):
+        return math.nan
+    return int(est.interval[0] <= value <= est.interval[1])
+
+
 def fits_below_truth(frame: pd.DataFrame, tol: float = LL_TOL) -> int:
     """How many fits end below the truth's log-likelihood (ll_truth - ll_fit > tol nats)."""
     return int((frame["ll_gap"] > tol).sum())
+
+
+def unconverged(frame: pd.DataFrame) -> int:
+    """How many fits stopped at the iteration cap instead of converging."""
+    return int((~frame["converged"].astype(bool)).sum())
+
+
+def never_selected(frame: pd.DataFrame) -> int:
+    """How many (fit, expert) pairs the fitted top-K gate selects at no data point."""
+    return int(frame["never_selected"].sum()) if "never_selected" in frame else 0
 
 
 def cap_share(frame: pd.DataFrame) -> claims.Estimate:

@@ -4,8 +4,10 @@ and the log-log slope of an error against n with a bootstrap interval.
 Voronoi cells (ICLR 2024, Sec. 3; NeurIPS 2023 sister paper, Eq. (5)): each fitted atom belongs
 to the cell A_j of its nearest true expert. Our choice of "nearest": Euclidean distance in the
 expert parameters (a, b, var); the gate slope is left out because a temperature gate's raw
-slope is only identified up to scale. The losses, with e_i = exp(w0_i) and the last expert's
-gate fixed at 0 in both fit and truth:
+slope is only identified up to scale. Vectors (w1, a in R^d) enter by their Euclidean norm
+|.|. A fit whose atoms come in another order than the truth's (a data-driven start) is first
+permuted and its gate re-referenced to the atom of the truth's last expert (:func:`align`). The
+losses, with e_i = exp(w0_i) and the last expert's gate fixed at 0 in both fit and truth:
 
     D = sum_j | sum_{i in A_j} e_i - exp(w0*_j) |
         + sum_j sum_{i in A_j} e_i ( |dw1_i|^r + |db_i|^r + |da_i|^(r/2) + |dvar_i|^(r/2) )
@@ -30,11 +32,42 @@ RBAR = {1: 1, 2: 4, 3: 6}
 EXPERT_KEYS = ("a", "b", "var")
 
 
+def _expert_vectors(p: dict) -> torch.Tensor:
+    return torch.cat([p["a"], p["b"][..., None], p["var"][..., None]], dim=-1)  # (B, k, d + 2)
+
+
 def assign_cells(p: dict, truth: dict) -> torch.Tensor:
     """Index of the nearest true expert of every fitted atom, shape (B, k)."""
-    fitted = torch.stack([p[key] for key in EXPERT_KEYS], dim=-1)  # (B, k, 3)
-    true = torch.stack([truth[key] for key in EXPERT_KEYS], dim=-1)  # (B, k*, 3)
-    return torch.cdist(fitted, true).argmin(-1)
+    return torch.cdist(_expert_vectors(p), _expert_vectors(truth)).argmin(-1)
+
+
+def align(p: dict, truth: dict, shift_invariant: bool = True) -> dict:
+    """``p`` with its atoms permuted to best match the truth's experts (exact-specified fits:
+    the permutation minimising the summed distance in (a, b, var)) and its gate re-referenced to
+    the atom matched to the truth's last expert (w -> w - w_last; the softmax, temperature and
+    top-K gates are invariant to that shift, the activation gate is not, so its fits are never
+    re-referenced: ``shift_invariant=False`` permutes nothing)."""
+    k = p["w0"].shape[1]
+    if not shift_invariant or k != truth["w0"].shape[1]:
+        return p
+    import itertools
+
+    cost = torch.cdist(_expert_vectors(p), _expert_vectors(truth))  # (B, k fitted, k true)
+    perms = torch.tensor(list(itertools.permutations(range(k))), device=cost.device)  # (P, k)
+    # perm[j] = fitted atom for true expert j
+    total = cost[:, perms, torch.arange(k, device=cost.device)].sum(-1)  # (B, P)
+    order = perms[total.argmin(1)]  # (B, k)
+    out = {}
+    for key, v in p.items():
+        if key == "tau":
+            out[key] = v
+        elif v.dim() == 3:
+            out[key] = v.gather(1, order[..., None].expand(-1, -1, v.shape[2]))
+        else:
+            out[key] = v.gather(1, order)
+    out["w1"] = out["w1"] - out["w1"][:, -1:]
+    out["w0"] = out["w0"] - out["w0"][:, -1:]
+    return out
 
 
 def _cell_sizes(cells: torch.Tensor, k_star: int) -> torch.Tensor:
@@ -44,8 +77,15 @@ def _cell_sizes(cells: torch.Tensor, k_star: int) -> torch.Tensor:
 
 
 def atom_errors(p: dict, truth: dict, cells: torch.Tensor) -> dict[str, torch.Tensor]:
-    """|fitted - true| of every atom against its cell's true expert, each (B, k)."""
-    return {key: (p[key] - truth[key].gather(1, cells)).abs() for key in ("w1", "a", "b", "var")}
+    """|fitted - true| (Euclidean norm for vectors) of every atom against its cell's true expert, each (B, k)."""
+    out = {}
+    for key in ("w1", "a", "b", "var"):
+        if p[key].dim() == 3:
+            true = truth[key].gather(1, cells[..., None].expand(-1, -1, p[key].shape[2]))
+            out[key] = (p[key] - true).norm(dim=-1)
+        else:
+            out[key] = (p[key] - truth[key].gather(1, cells)).abs()
+    return out
 
 
 def weight_error(p: dict, truth: dict, cells: torch.Tensor) -> torch.Tensor:
@@ -85,11 +125,13 @@ def temperature_errors(p: dict, truth: dict) -> dict[str, torch.Tensor]:
     raw:        |dw1| + |dw0| + |dtau|                 (what the paper's parameters are)
     effective:  |d(w1/tau)| + |d(w0/tau)|              (the logit coefficients: always identified)
     identified: |d(w1/||w1||)| + |d(w0/||w1||)| + |d(tau/||w1||)|   (invariant to (w, tau) -> c (w, tau))
+    (sums of absolute differences over every free entry; ||w1|| over all free gate slopes)
     """
     k = p["w1"].shape[1]
 
     def parts(q, form):
-        w1, w0, tau = q["w1"][:, : k - 1], q["w0"][:, : k - 1], q["tau"][:, None]
+        w1 = q["w1"][:, : k - 1].flatten(1)
+        w0, tau = q["w0"][:, : k - 1], q["tau"][:, None]
         norm = {"raw": torch.ones_like(tau), "effective": tau,
                 "identified": w1.norm(dim=1, keepdim=True)}[form]
         pieces = [w1 / norm, w0 / norm] + ([] if form == "effective" else [tau / norm])
@@ -99,25 +141,38 @@ def temperature_errors(p: dict, truth: dict) -> dict[str, torch.Tensor]:
             for form in ("raw", "effective", "identified")}
 
 
+def x_grid(d: int, nx: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Quadrature points for X ~ U(0, 1)^d: the nx-point midpoint grid for d = 1, else the first
+    nx points of a scrambled Sobol sequence (fixed seed), shape (nx, d)."""
+    if d == 1:
+        return ((torch.arange(nx, dtype=dtype, device=device) + 0.5) / nx)[:, None]
+    engine = torch.quasirandom.SobolEngine(d, scramble=True, seed=0)
+    return engine.draw(nx, dtype=dtype).to(device)
+
+
 def hellinger(gate: M.Gate, p: dict, truth_gate: M.Gate, truth: dict, nx: int = 1024,
               ny: int = 160, fits_per_chunk: int = 8) -> torch.Tensor:
     """Hellinger distance between fitted and true conditional densities, averaged over
-    X ~ Uniform(0, 1): sqrt(E_X[1 - int sqrt(p(y|X) p*(y|X)) dy]), by midpoint quadrature on an
-    nx x ny grid (nx is large so top-K switching boundaries are resolved), shape (B,)."""
+    X ~ Uniform(0, 1)^d: sqrt(E_X[1 - int sqrt(p(y|X) p*(y|X)) dy]), by quadrature on nx x-points
+    (:func:`x_grid`; nx is large so top-K switching boundaries are resolved) and ny midpoints in
+    y, shape (B,)."""
     dtype, device = p["w0"].dtype, p["w0"].device
+    d = p["w1"].shape[2]
     sd = truth["var"].sqrt().max()
-    means = torch.stack([truth["b"], truth["a"] + truth["b"]])
+    corners = torch.tensor(list(__import__("itertools").product([0.0, 1.0], repeat=d)), dtype=dtype, device=device)
+    means = torch.einsum("bkd,cd->bkc", truth["a"], corners) + truth["b"][..., None]
     lo, hi = float(means.min() - 8 * sd), float(means.max() + 8 * sd)
-    xs = (torch.arange(nx, dtype=dtype, device=device) + 0.5) / nx
+    xs = x_grid(d, nx, dtype, device)
     ys = lo + (hi - lo) * (torch.arange(ny, dtype=dtype, device=device) + 0.5) / ny
-    gx, gy = (t.flatten() for t in torch.meshgrid(xs, ys, indexing="ij"))
+    gx = xs.repeat_interleave(ny, dim=0)
+    gy = ys.repeat(nx)
     out = []
     for start in range(0, p["w0"].shape[0], fits_per_chunk):
         sub = {key: v[start: start + fits_per_chunk] for key, v in p.items()}
         sub_true = {key: v[start: start + fits_per_chunk] for key, v in truth.items()}
         m = sub["w0"].shape[0]
         fit = torch.arange(m, device=device).repeat_interleave(gx.shape[0])
-        x, y = gx.repeat(m), gy.repeat(m)
+        x, y = gx.repeat(m, 1), gy.repeat(m)
         log_p = torch.logsumexp(M.joint_log(gate, sub, x, y, fit), -1)
         log_q = torch.logsumexp(M.joint_log(truth_gate, sub_true, x, y, fit), -1)
         affinity = (0.5 * (log_p + log_q)).exp().view(m, nx * ny).sum(1) * (hi - lo) / ny / nx

@@ -3,9 +3,11 @@ all its replicates x sample sizes fitted at once.
 
 * ``MoESimulation`` (LightningDataModule): the simulated data of every fit, a pure function of
   the run seed (problem.py); each training "batch" is the whole data set (one EM iteration).
-* ``BatchedEM``: maximum likelihood by EM (em.py), one iteration per training step with manual
-  optimisation; the run stops early (``trainer.should_stop``) once every fit's observed
-  log-likelihood changes by less than ``em.tol`` per sample, else at ``trainer.max_steps``.
+* ``BatchedEM``: maximum likelihood by the estimator of fit.py (generalised EM; top-K adds a
+  compass search on the observed likelihood), one main-loop iteration per training step with
+  manual optimisation (a data-driven start, ``init.kind: data``, screens its starts in the first
+  step). The run stops early (``trainer.should_stop``) once every fit has converged (fit.py's
+  rule on the observed log-likelihood), else at ``trainer.max_steps``.
 * ``GradientMLE``: the same likelihood maximised by gradient steps (L-BFGS or Adam) over
   unconstrained parameters (log var, log tau); it exists to cross-check EM (tests).
 
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from replicate.papers.moe_gating import em, metrics
+from replicate.papers.moe_gating import em, fit as F, metrics
 from replicate.papers.moe_gating import model as M
 from replicate.papers.moe_gating.problem import DTYPE, Design, Truth, initialise, simulate
 
@@ -101,12 +103,19 @@ class _MoEFit(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.truth = Truth(**truth)
-        self.gate = M.Gate(fitted["gate"], fitted.get("top_k"))
+        self.gate = M.Gate(fitted["gate"], fitted.get("top_k"), fitted.get("rank") or "logit")
         self.atoms = list(fitted["atoms"])
         self.design = Design(list(n_grid), replicates, seed)
         self.hellinger_grid = dict(hellinger or {})
+        self.init = {"kind": "near_truth", "scale": 0.1, "rate": 0.0, "n_starts": 4, **dict(init or {})}
+        if self.init["kind"] not in ("near_truth", "data"):
+            raise ValueError(f"init.kind={self.init['kind']!r}; expected near_truth or data")
         self.register_buffer("sizes", self.design.sizes.to(DTYPE), persistent=False)
-        self._start = initialise(self.truth, self.atoms, self.design, init["scale"], init["rate"])
+        self._start = initialise(self.truth, self.atoms, self.design, self.init["scale"], self.init["rate"])
+
+    @property
+    def data_init(self) -> bool:
+        return self.init["kind"] == "data"
 
     def params(self) -> dict:
         raise NotImplementedError
@@ -139,7 +148,10 @@ class _MoEFit(L.LightningModule):
 def _probe(module: _MoEFit, data: dict) -> dict:
     p, truth, b = module.params(), module._truth_params(), module.design.n_fits
     x, y, fit = data["x"], data["y"], data["fit"]
+    if module.data_init:  # atoms in arbitrary order: match them to the truth's experts first
+        p = metrics.align(p, truth, shift_invariant=module.gate.kind != "activation")
     cells = metrics.assign_cells(p, truth)
+    unselected = F.never_selected(module.gate, p, x, fit, b)
     per_fit = {
         "replicate": [r for _, r, _ in module.design.fits()],
         "n": [n for _, _, n in module.design.fits()],
@@ -147,38 +159,55 @@ def _probe(module: _MoEFit, data: dict) -> dict:
         "ll_truth": M.loglik(module.truth.spec, truth, x, y, fit, b),
         "voronoi": metrics.voronoi_loss(p, truth, cells),
         "hellinger": metrics.hellinger(module.gate, p, module.truth.spec, truth, **module.hellinger_grid),
+        "never_selected": unselected.sum(1),
         **metrics.parameter_errors(p, truth, cells),
     }
     if module.gate.has_tau and len(module.atoms) == module.truth.k:
         per_fit.update(metrics.temperature_errors(p, truth))
     per_fit["cells"] = cells
-    per_fit["params"] = torch.stack([p[k] for k in ("w1", "w0", "a", "b", "var")], dim=-1)
-    per_fit["tau"] = p["tau"]
+    per_fit["params"] = {k: p[k] for k in ("w1", "w0", "a", "b", "var", "tau")}
     plain = {k: v.cpu().tolist() if torch.is_tensor(v) else v for k, v in per_fit.items()}
+    plain["params"] = {k: v.cpu().tolist() for k, v in per_fit["params"].items()}
     return {"per_fit": plain, "gate": module.gate.kind, "top_k": module.gate.top_k,
-            "atoms": module.atoms, "k_true": module.truth.k}
+            "rank": module.gate.rank, "atoms": module.atoms, "k_true": module.truth.k,
+            "d": module.truth.d, "init": dict(module.init),
+            "truth": {"name": module.truth.name, "gate": module.truth.gate, "top_k": module.truth.top_k,
+                      "rank": module.truth.rank, "w1": module.truth._w1, "a": module.truth._a,
+                      **{k: [float(v) for v in getattr(module.truth, k)] for k in ("w0", "b", "sigma")},
+                      "tau": float(module.truth.tau)}}
 
 
 # --------------------------------------------------------------------------- EM
-class BatchedEM(_MoEFit):
-    """EM for every fit of the run at once (em.py); one iteration per training step.
+STATE_KEYS = ("gate_step", "h", "smooth", "best_ll", "ll", "ll_change", "done", "starved")
 
-    Args (``run.module``): truth, fitted {gate, top_k, atoms}, n_grid, replicates, seed (as the
-    data), init {scale, rate} (problem.initialise), em {tol, backtracks, ridge}, hellinger
-    {nx, ny} (metrics.hellinger)."""
+
+class BatchedEM(_MoEFit):
+    """The estimator of fit.py for every fit of the run at once; one main-loop iteration per
+    training step (a data-driven start screens its ``n_starts`` starts in the first step).
+
+    Args (``run.module``): truth, fitted {gate, top_k, rank, atoms}, n_grid, replicates, seed (as
+    the data), init {kind: near_truth | data, scale, rate (problem.initialise), n_starts},
+    em {tol, screen_iters, smooth0, smooth_decay, and em.EMOptions fields}, hellinger {nx, ny}."""
 
     def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int = 0,
                  init: dict | None = None, em: dict | None = None, hellinger: dict | None = None):
-        super().__init__(truth, fitted, n_grid, replicates, seed, init or {"scale": 0.1, "rate": 0.0},
-                         hellinger)
-        options = dict(em or {})
-        self.tol = float(options.pop("tol", 1e-8))
-        self.options = _em_options(options)
+        super().__init__(truth, fitted, n_grid, replicates, seed, init, hellinger)
+        self.opts = _fit_options(dict(em or {}), self.init)
+        self.tol = self.opts.tol
         for key, value in self._start.items():
             self.register_buffer(key, value.clone())
-        self.register_buffer("ll_change", torch.full((self.design.n_fits,), float("inf"), dtype=DTYPE))
-        self.register_buffer("gate_step", torch.ones(self.design.n_fits, dtype=DTYPE))
-        self._cache: tuple | None = None  # (features, bounds) of the data, rebuilt after a resume
+            self.register_buffer(f"best_{key}", value.clone())  # the continuation's best hard point
+        b, k = self.design.n_fits, len(self.atoms)
+        self.register_buffer("gate_step", torch.ones(b, dtype=DTYPE))
+        self.register_buffer("h", torch.full((b,), self.opts.em.h0, dtype=DTYPE))
+        self.register_buffer("smooth", torch.zeros(b, dtype=DTYPE))
+        self.register_buffer("best_ll", torch.full((b,), -float("inf"), dtype=DTYPE))
+        self.register_buffer("ll", torch.full((b,), -float("inf"), dtype=DTYPE))
+        self.register_buffer("ll_change", torch.full((b,), float("inf"), dtype=DTYPE))
+        self.register_buffer("done", torch.zeros(b, dtype=torch.bool))
+        self.register_buffer("starved", torch.zeros(b, k, dtype=torch.bool))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self._fitter: F.Fitter | None = None  # data caches, rebuilt after a resume
         # Lightning counts steps by optimizer steps: a no-op optimizer on a frozen scalar makes
         # one EM iteration one global step (max_steps, checkpoints and resume then work as usual)
         self.step_counter = nn.Parameter(torch.zeros((), dtype=DTYPE), requires_grad=False)
@@ -187,30 +216,43 @@ class BatchedEM(_MoEFit):
         return {key: getattr(self, key) for key in M.PARAM_KEYS}
 
     def converged(self) -> bool:
-        """Every fit's last log-likelihood change per sample is below ``tol``."""
-        return bool((self.ll_change.abs() < self.tol).all())
+        """Every fit converged (fit.py's rule on the observed log-likelihood)."""
+        return bool(self.done.all())
 
     def on_train_start(self):
         # a run resumed from the checkpoint of a converged run stops without iterating again
         if self.converged():
             self.trainer.should_stop = True
 
+    def _state(self) -> dict:
+        return {"params": self.params(), "best": {k: getattr(self, f"best_{k}") for k in M.PARAM_KEYS},
+                **{k: getattr(self, k) for k in STATE_KEYS}}
+
+    def _load(self, state: dict) -> None:
+        for key in M.PARAM_KEYS:
+            getattr(self, key).copy_(state["params"][key])
+            getattr(self, f"best_{key}").copy_(state["best"][key])
+        for key in STATE_KEYS:
+            getattr(self, key).copy_(state[key])
+
     def training_step(self, batch, batch_idx):
-        with torch.autocast(self.device.type, enabled=False):
+        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             x, y, fit, b = self._unpack(batch)
-            if self._cache is None:
-                self._cache = em.expert_features(x, y), em.fit_bounds(fit, b)
-            features, bounds = self._cache
-            p, before, after, step = em.em_iteration(self.gate, self.params(), x, y, fit, b, self.options,
-                                                     self.gate_step, features, bounds)
-            for key in M.PARAM_KEYS:
-                getattr(self, key).copy_(p[key])
-            self.gate_step.copy_(step)
+            if self._fitter is None:
+                self._fitter = F.Fitter(self.gate, x, y, fit, b, self.opts)
+            if not bool(self.started):
+                p, temp = self.params(), self.opts.smooth_near
+                if self.data_init:
+                    starts = F.data_starts(self.gate, x, y, self._fitter.bounds, len(self.atoms),
+                                           self.opts.n_starts, self.design.seed)
+                    p, temp = F.screen(self.gate, starts, x, y, self._fitter.bounds, self.opts.n_starts, self.opts)
+                self._load(self._fitter.initial_state({k: v.clone() for k, v in p.items()}, temp))
+                self.started.fill_(True)
+            self._load(self._fitter.step(self._state()))
             self.optimizers().step()
-            self.ll_change.copy_((after - before) / self.sizes)
             if self.converged():
                 self.trainer.should_stop = True
-            loss = -(after / self.sizes).mean()
+            loss = -(self.ll / self.sizes).mean()
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -220,25 +262,28 @@ class BatchedEM(_MoEFit):
     @torch.no_grad()
     def probe_metrics(self, datamodule) -> dict:
         out = super().probe_metrics(datamodule)
-        change = self.ll_change.abs()
-        out["per_fit"]["ll_change"] = change.cpu().tolist()
-        out["converged_fraction"] = float((change < self.tol).double().mean())
+        out["per_fit"]["ll_change"] = self.ll_change.abs().cpu().tolist()
+        out["per_fit"]["converged"] = self.done.cpu().tolist()
+        out["per_fit"]["starved"] = self.starved.sum(1).cpu().tolist()
+        out["converged_fraction"] = float(self.done.double().mean())
         out["tol"] = self.tol
         return out
 
 
-def _em_options(options: dict) -> em.EMOptions:
+def _fit_options(options: dict, init: dict) -> F.FitOptions:
+    top = {k: options.pop(k) for k in ("tol", "screen_iters", "smooth0", "smooth_near", "smooth_decay",
+                                        "smooth_min") if k in options}
     unknown = set(options) - set(em.EMOptions.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"em: unknown option(s) {sorted(unknown)}; known: tol, "
-                         f"{', '.join(em.EMOptions.__dataclass_fields__)}")
-    return em.EMOptions(**options)
+        raise ValueError(f"em: unknown option(s) {sorted(unknown)}; known: tol, screen_iters, smooth0, "
+                         f"smooth_decay, {', '.join(em.EMOptions.__dataclass_fields__)}")
+    return F.FitOptions(em=em.EMOptions(**options), n_starts=int(init.get("n_starts", 4)), **top)
 
 
 # --------------------------------------------------------------------------- gradient MLE
 class GradientMLE(_MoEFit):
     """The same likelihood maximised by gradient steps on (w1, w0 of the first k-1 experts, a, b,
-    log var, log tau); started from the same initialisation as ``BatchedEM``.
+    log var, log tau); started from the same initialisation as ``BatchedEM`` (near the truth).
 
     Args: as ``BatchedEM`` plus optim {name: lbfgs | adam, lr}."""
 
@@ -246,8 +291,7 @@ class GradientMLE(_MoEFit):
 
     def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int = 0,
                  init: dict | None = None, optim: dict | None = None, hellinger: dict | None = None):
-        super().__init__(truth, fitted, n_grid, replicates, seed, init or {"scale": 0.1, "rate": 0.0},
-                         hellinger)
+        super().__init__(truth, fitted, n_grid, replicates, seed, init, hellinger)
         self.optim = {"name": "lbfgs", "lr": 1.0, **(optim or {})}
         if self.optim["name"] not in self.OPTIMIZERS:
             raise ValueError(f"optim.name={self.optim['name']!r}; expected one of {self.OPTIMIZERS}")
@@ -260,8 +304,9 @@ class GradientMLE(_MoEFit):
         self.log_tau = nn.Parameter(s["tau"].log(), requires_grad=self.gate.has_tau)
 
     def params(self) -> dict:
-        zero = self.gate_w1.new_zeros(self.gate_w1.shape[0], 1)
-        return {"w1": torch.cat([self.gate_w1, zero], 1), "w0": torch.cat([self.gate_w0, zero], 1),
+        b, _, d = self.gate_w1.shape
+        return {"w1": torch.cat([self.gate_w1, self.gate_w1.new_zeros(b, 1, d)], 1),
+                "w0": torch.cat([self.gate_w0, self.gate_w0.new_zeros(b, 1)], 1),
                 "a": self.a, "b": self.b, "var": self.log_var.exp(), "tau": self.log_tau.exp()}
 
     def training_step(self, batch, batch_idx):
