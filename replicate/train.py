@@ -198,9 +198,30 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume_from = last if usable_checkpoint(last) else None
     print(f"training {run_cfg.run.trainer.max_steps} steps on {hw.accelerator} ({hw.precision})"
           + (f", resuming from {resume_from}" if resume_from else ""), file=sys.stderr, flush=True)
-    trainer.fit(hardware.maybe_compile(module, hw), datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(compile_submodules(module) if hw.compile else module, datamodule=datamodule,
+                ckpt_path=resume_from)
     checkpoint.save(trainer)
     return _metrics(recorder, module, datamodule, trainer)
+
+
+def compile_submodules(module: L.LightningModule) -> L.LightningModule:
+    """``torch.compile`` (in place, ``nn.Module.compile``) every submodule the LightningModule calls:
+    its direct children, and the items of a child ModuleList / ModuleDict. Compiling the
+    LightningModule itself (``hardware.maybe_compile``) makes Lightning compile ``training_step``
+    too, and dynamo cannot trace ``self.log`` there (torch 2.13, Lightning 2.6: every run with
+    ``compile: true`` failed at its first step). In place, so state_dict keys and checkpoints are
+    unchanged."""
+    from torch import nn
+
+    def visit(parent: nn.Module) -> None:
+        for child in parent.children():
+            if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                visit(child)
+            else:
+                child.compile()
+
+    visit(module)
+    return module
 
 
 def build(run_cfg: DictConfig, part: str):
