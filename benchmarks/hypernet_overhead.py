@@ -36,8 +36,9 @@ def setup(scale: str, variant: str):
     cfg = C.compose("hypernet_mip/convergence", "cpu", scale)
     run = C.run_config(cfg, 0).run
     module_kw = {k: v for k, v in OmegaConf.to_container(run.module, resolve=True).items() if k != "_target_"}
-    module_kw["variant"] = variant
-    data_kw = {k: v for k, v in OmegaConf.to_container(run.data, resolve=True).items() if k != "_target_"}
+    module_kw.update(variant=variant, seeds=[0])  # one network: the overhead of one hypernetwork
+    data_kw = {k: v for k, v in OmegaConf.to_container(run.data, resolve=True).items()
+               if k not in ("_target_", "seeds")}
     torch.manual_seed(0)
     hyper = HypernetMIP(**module_kw)
     primary = PrimaryModule(hyper.spec, torch.Generator().manual_seed(0))
