@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,7 @@ LOCAL = {"mnist": FIXTURES / "mnist_tiny", "fineweb_edu": FIXTURES / "tinystorie
          "imagenet32": FIXTURES / "hourglass_imagenet32_tiny"}
 EMBEDDED = {None, "stdlib", "digits", "skimage", "synthetic"}
 NEEDS_WEIGHTS = {"mixture_of_recursions", "mist"}  # their notebooks reload trained weights
+FACTS: dict = {}  # replicate.plan's model facts, shared by the tests of this file
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def full():
 
 # --------------------------------------------------------------------------- 1. compose + build
 def test_every_full_model_builds_at_full_size_on_meta(full):
-    cache = {}
+    cache = FACTS
     for figure, (cfg, run_cfgs) in full.items():
         assert run_cfgs, f"{figure}: no runs at scale full"
         for run_cfg in run_cfgs:
@@ -201,7 +203,7 @@ def tiny(run_cfg, figure: str, keep_depth: bool = False):
 
 def chosen_runs(full) -> list[tuple[str, object, bool]]:
     """(figure, tiny run config, compile) per figure: the largest model not trained yet."""
-    cache, trained, chosen = {}, set(), []
+    cache, trained, chosen = FACTS, set(), []
     first_mor = True
     for figure, (cfg, run_cfgs) in full.items():
         best = None
@@ -209,7 +211,7 @@ def chosen_runs(full) -> list[tuple[str, object, bool]]:
             key = structure(run_cfg)
             if key in trained:
                 continue
-            params = P.job_cost(figure, run_cfg, P.DEVICES["cpu"], cache).params
+            params = P.job_cost(figure, run_cfg, P.DEVICES["gpu"], cache).params
             if best is None or params > best[0]:
                 best = (params, run_cfg, key)
         if best is None:
@@ -252,6 +254,7 @@ def test_every_figure_trains_two_steps_at_full_size(full, tmp_path, monkeypatch)
             kept = (directory / "checkpoints" / "last.ckpt").is_file()
             assert kept == (run_cfg.run.trainer.keep_checkpoints == "last"), figure
             covered.append((figure, compiled))
+            gc.collect()  # free the last full-size model (and its optimizer) before the next
     finally:
         torch.set_num_threads(torch_threads)
     papers = {figure.split("/")[0] for figure, _ in covered}
