@@ -466,6 +466,12 @@ def test_independence_measures_by_hand():
     assert rate.value == pytest.approx(0.25) and rate.n == 4
 
 
+def test_rank_correlation_flags_a_constant_estimator():
+    t = eval_table(np.linspace(0, 1, 20), good=np.linspace(0, 1, 20) ** 2, flat=np.full(20, 0.3))
+    assert measures.rank_correlation(t, "good").value == pytest.approx(1.0)
+    assert measures.rank_correlation(t, "flat").value == 0.0
+
+
 def test_nonfinite_estimates_counts_datasets():
     t = eval_table([0.0] * 3, mist=[1.0, np.nan, 2.0], mist_qr=[1.0, 1.0, np.inf])
     assert measures.nonfinite_estimates(t) == 2

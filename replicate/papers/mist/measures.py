@@ -159,6 +159,24 @@ def nonfinite_estimates(table: pd.DataFrame, methods=("mist", "mist_qr")) -> int
     return int((~np.isfinite(values)).any(axis=1).sum())
 
 
+def rank_correlation(table: pd.DataFrame, method: str) -> claims.Estimate:
+    """Spearman correlation between ``method``'s estimates and the true MI over datasets, with a
+    percentile bootstrap over datasets: near 0 when an estimator ignores its input (e.g. a network
+    that collapsed to a constant)."""
+    from scipy.stats import rankdata
+
+    units = np.column_stack([table["mi"].to_numpy(dtype=float), table[method].to_numpy(dtype=float)])
+    units = units[np.isfinite(units).all(axis=1)]
+
+    def spearman(u):
+        a, b = rankdata(u[:, 0]), rankdata(u[:, 1])
+        if a.std() == 0 or b.std() == 0:
+            return 0.0
+        return float(np.corrcoef(a, b)[0, 1])
+
+    return claims.bootstrap(units, spearman, unit="datasets", resamples=1000)
+
+
 # --------------------------------------------------------------------------- independence
 def mean_estimate(table: pd.DataFrame, method: str = "mist") -> claims.Estimate:
     """Mean of ``method``'s estimates over the table's datasets (on independent data the truth is
