@@ -6,18 +6,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from replicate.papers.hourglass_mlp.analysis import BASELINES, per_shape, val_frontier
 from replicate.papers.hourglass_mlp.pareto import shape_table
 from replicate.plotting import PALETTE
 
-__all__ = ["BASELINES", "COLORS", "LABELS", "pareto_panel", "run_table", "selected_shapes"]
+__all__ = ["BASELINES", "COLORS", "LABELS", "param_axis", "pareto_panel", "run_table", "selected_shapes"]
 
 LABELS = {"hourglass": "Hourglass (fixed $W_{in}$)", "hourglass_trained": "Hourglass (trained $W_{in}$)",
           "conventional": "conventional", "conventional_head": "conventional + head"}
 _palette = sns.color_palette(PALETTE)
 COLORS = {"hourglass": _palette[3], "hourglass_trained": _palette[4], "conventional": _palette[0],
           "conventional_head": _palette[2]}
+
+
+def param_axis(ax) -> None:
+    """A log x-axis of parameter counts labelled 100k, 200k, 500k, 1M (ticks at 1, 2, 5 per decade)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -49,8 +58,8 @@ def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True) -> None:
             ax.step(at, best["test_psnr"], where="post", color=COLORS[key], lw=1, ls="--",
                     label=f"{LABELS[key]} at total parameters (incl. fixed lift)")
             ax.scatter(at, best["test_psnr"], s=30, facecolor="none", edgecolor=COLORS[key], lw=1, zorder=3)
-    ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters (dashed, hollow: Hourglass at trainable + fixed lift $d_x d_z$)",
+    param_axis(ax)
+    ax.set(xlabel="trainable parameters" + (" (dashed, hollow: Hourglass at trainable + fixed lift $d_x d_z$)" if total else ""),
            ylabel="test PSNR (dB)")
     ax.legend(fontsize=8, loc="lower right")
 
