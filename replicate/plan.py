@@ -454,7 +454,7 @@ def render(plan: Plan) -> str:
             continue
         jobs = f.jobs
         lines.append("| " + " | ".join([
-            f.figure, str(f.runs), str(len(jobs)), _si(f.largest), _examples(jobs),
+            f.figure, str(f.runs), str(len(jobs)), _si(f.largest) if f.largest else "- (EM)", _examples(jobs),
             _si(sum(j.train_flops for j in jobs)), _hours(sum(j.hours(d) for j in jobs)),
             _memory(f.peak_memory, d), _bytes(sum(j.disk_bytes for j in jobs)),
             _bytes(max((j.checkpoint_bytes for j in jobs), default=0))]) + " |")
