@@ -25,9 +25,3 @@ def trainer_kwargs(hw: DictConfig) -> dict[str, Any]:
         "precision": hw.precision,
         "deterministic": hw.deterministic,
     }
-
-
-def maybe_compile(module: torch.nn.Module, hw: DictConfig) -> torch.nn.Module:
-    """``torch.compile`` the LightningModule when the profile asks (Lightning unwraps it when
-    saving, so checkpoints stay loadable without compile)."""
-    return torch.compile(module) if hw.compile else module

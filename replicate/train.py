@@ -207,7 +207,7 @@ def fit(run_cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def compile_submodules(module: L.LightningModule) -> L.LightningModule:
     """``torch.compile`` (in place, ``nn.Module.compile``) every submodule the LightningModule calls:
     its direct children, and the items of a child ModuleList / ModuleDict. Compiling the
-    LightningModule itself (``hardware.maybe_compile``) makes Lightning compile ``training_step``
+    LightningModule itself makes Lightning compile ``training_step``
     too, and dynamo cannot trace ``self.log`` there (torch 2.13, Lightning 2.6: every run with
     ``compile: true`` failed at its first step). In place, so state_dict keys and checkpoints are
     unchanged."""

@@ -31,7 +31,7 @@ def test_points_are_the_sweep_product_and_interpolations_follow_them():
 
 def test_run_hash_depends_on_what_changes_numbers_only():
     a = C.run_config(C.compose(FIG, "cpu", "default"), 0)
-    b = C.run_config(C.compose(FIG, "cpu", "default", ["figure.run.module.optim.lr=0.01"]), 0)
+    b = C.run_config(C.compose(FIG, "cpu", "default", ["figure.run.module.optim.lr=0.0123"]), 0)
     c = C.run_config(C.compose(FIG, "cpu", "default", ["hardware.num_workers=3"]), 0)
     assert C.run_hash(a) != C.run_hash(b)
     assert C.run_hash(a) == C.run_hash(c)
