@@ -17,7 +17,7 @@ from replicate.papers.mist.testsets import (COPULA_MARGINALS, OFFICIAL_OOMD, OOD
 from replicate.papers.mist.families import (TRANSFORMS, dense_cov, gaussian_mi, lvm_cov_for, pairs_cov,
                                             sample_dataset, student_correction, transform, uniform_noise_eps,
                                             uniform_noise_mi)
-from replicate.papers.mist.model import MISTNet, pinball_loss
+from replicate.papers.mist.model import MISTNet, QuantileHead, pinball_loss
 from replicate.papers.mist.module import MISTModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -229,6 +229,28 @@ def test_quantiles_never_cross_and_the_median_is_tau_one_half():
         median = net(x, y, tau=torch.tensor([0.5]))[:, 0]
     assert (q.diff(dim=1) >= 0).all() and (q >= 0).all()  # monotone, and clipped at 0 (MI >= 0)
     torch.testing.assert_close(median, net.head.net(net.embedding(x, y))[:, 0].detach().clamp_min(0))
+
+
+def test_quantile_head_has_a_gradient_below_zero_in_training_and_is_clipped_in_eval():
+    # the collapse of issue 16's follow-up: the pinball loss on max(q, 0) has no gradient where
+    # q < 0, so a median pushed below 0 never came back. Training now sees the raw output.
+    torch.manual_seed(0)
+    head = QuantileHead(dim=5, hidden=8, knots=4)
+    with torch.no_grad():
+        head.net[-1].bias[0] = -5.0  # the median (and every quantile) far below 0
+    z, tau = torch.randn(6, 5), torch.tensor([0.05, 0.5, 0.95])
+    head.train()
+    q = head(z, tau)
+    assert (q < 0).all()
+    pinball_loss(q, torch.full((6, 1), 0.4), tau).backward()
+    grad = head.net[-1].bias.grad[0]
+    assert grad < 0  # the loss pulls the median up toward the targets (a descent step raises it)
+    head.eval()
+    with torch.no_grad():
+        head.net[-1].bias[0] = 0.0
+        grid = torch.linspace(0.01, 0.99, 99)
+        out = head(z, grid)
+    assert (out >= 0).all() and (out.diff(dim=1) >= 0).all()  # eval: clipped at 0, monotone in tau
 
 
 def test_unequal_dimensions_and_mse_clipping_in_eval_mode():
