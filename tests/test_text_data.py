@@ -122,7 +122,7 @@ def test_saved_hf_dataset_directory(tmp_path):
 def test_unknown_source_and_missing_path(tmp_path):
     with pytest.raises(ValueError, match="unknown text source"):
         load_corpus("shakespeare", cache_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="data.path"):
+    with pytest.raises(ConfigError, match=r"data.path=.*nope.jsonl does not exist: expected .jsonl/.json/.txt/.parquet"):
         load_corpus("tinystories", path=tmp_path / "nope.jsonl", cache_dir=tmp_path)
 
 

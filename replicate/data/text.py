@@ -229,7 +229,8 @@ def load_corpus(source: str = "stdlib", max_bytes: int | None = 4_000_000,
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     path = Path(path).expanduser() if path is not None else None
     if path is not None and not path.exists():
-        raise FileNotFoundError(f"data.path={path} does not exist")
+        raise ConfigError(f"data.path={path} does not exist: expected .jsonl/.json/.txt/.parquet files of "
+                          "records with a 'text' field, a folder of them, or a datasets.save_to_disk folder")
     signature = {"v": CACHE_VERSION, "source": source, "max_bytes": max_bytes,
                  "val_fraction": val_fraction, "listing": _listing_signature(source, path)}
     key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
