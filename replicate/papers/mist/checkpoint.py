@@ -38,14 +38,16 @@ def weights_sha256(state_dict: dict) -> str:
 
 
 def git_commit(root: Path | None = None) -> str:
-    """HEAD of the repository holding this package, with "-dirty" if the paper's files differ
-    from it; "unknown" outside a git checkout."""
+    """HEAD of the repository holding this package, with "-dirty" if the paper's files (its
+    package, training and sweep configs; not the shipped checkpoints) differ from it; "unknown"
+    outside a git checkout."""
     root = root or Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
+        # the shipped checkpoints themselves are excluded: exporting one must not mark the next dirty
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "replicate/papers/mist", "configs/training/mist",
-                                "configs/parts/mist"],
+                                "configs/parts/mist", ":(exclude)replicate/papers/mist/checkpoints"],
                                cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
