@@ -374,6 +374,18 @@ def test_estimate_loads_exported_networks_with_provenance(tmp_path):
     assert np.isfinite(expected).all()
 
 
+def test_re_exporting_the_same_weights_leaves_the_shipped_file_untouched(tmp_path):
+    export_tiny(tmp_path)
+    before = (tmp_path / "mse.pt").read_bytes()
+    export_net(tiny_net("mse"), tmp_path / "mse.pt", {"scale": "test", **TRAINED, "git_commit": "later"})
+    assert (tmp_path / "mse.pt").read_bytes() == before  # a notebook rerun does not dirty the tree
+    changed = tiny_net("mse")
+    with torch.no_grad():
+        next(changed.parameters()).add_(1.0)
+    export_net(changed, tmp_path / "mse.pt", {"scale": "test", **TRAINED, "git_commit": "later"})
+    assert import_net(tmp_path / "mse.pt").provenance["git_commit"] == "later"
+
+
 def test_estimate_is_batched_and_matches_one_at_a_time(tmp_path):
     export_tiny(tmp_path)
     rng = np.random.default_rng(3)

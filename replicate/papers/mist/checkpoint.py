@@ -56,11 +56,18 @@ def git_commit(root: Path | None = None) -> str:
 
 def export_net(net: MISTNet, path: str | Path, provenance: dict) -> Path:
     """Write the network's weights, constructor arguments and provenance (what ``estimate`` loads);
-    the weights' sha256 and the export time are added to ``provenance``."""
+    the weights' sha256 and the export time are added to ``provenance``. A file that already holds
+    these weights from the same config is left as it is (its provenance names the commit that
+    first exported them), so re-executing a notebook does not rewrite the shipped checkpoints."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    record = {**provenance, "weights_sha256": weights_sha256(state),
+    digest = weights_sha256(state)
+    if path.is_file():
+        shipped = torch.load(path, map_location="cpu", weights_only=False).get("provenance", {})
+        if (shipped.get("weights_sha256"), shipped.get("config_hash")) == (digest, provenance.get("config_hash")):
+            return path
+    record = {**provenance, "weights_sha256": digest,
               "exported_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     torch.save({"init": dict(net.init_args), "state_dict": state, "provenance": record}, path)
     return path
