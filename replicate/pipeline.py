@@ -96,7 +96,8 @@ class Plan:
         """The figure's report caption: its title, the paper's source and its regime."""
         fig = self.figures[self.require(figure)].figure
         links = ", ".join(f"`arXiv {url.rsplit('/', 1)[-1]} <{url}>`_" for url in C.arxiv_links(fig))
-        return (f"**{fig.title}** (paper: {links}, {fig.source.where}). {' '.join(fig.regime.split())} "
+        return (f"**{_rst_text(fig.title)}** (paper: {links}, {_rst_text(fig.source.where)}). "
+                f"{_rst_text(' '.join(fig.regime.split()))} "
                 f"Verdicts: figures/{figure}.html and figures/SCORECARD.md.")
 
     def paper_code(self, paper: str) -> list[str]:
@@ -117,6 +118,11 @@ class Plan:
                        if name.startswith(paper + "/") for run_cfg in run_cfgs for t in _targets(run_cfg.run)}
             self._training_code[paper] = _import_closure([package, *targets], package)
         return self._training_code[paper]
+
+
+def _rst_text(text: str) -> str:
+    """``text`` as literal reStructuredText (the report's captions): markup characters escaped."""
+    return re.sub(r"([\\`*_|\[\]<>])", r"\\\1", text)
 
 
 def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str, str]) -> None:
