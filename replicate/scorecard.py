@@ -525,9 +525,11 @@ def cost_markdown(grouped: dict[str, list[Entry]]) -> list[str]:
     """The "What it cost" table: per paper, from the figures' own json (never typed)."""
     lines = ["## What it cost", "",
              "From each figure's json: training = the sum of its distinct runs' wall times (one "
-             "torch thread per run, so core-minutes; runs side by side share the machine); "
-             "notebooks = executing them. The load average says how busy the machine was.", "",
-             "| paper | runs | training (core-min) | notebooks (min) | machine | max 1-min load |",
+             "torch thread per run, so core-minutes on a machine with a core per job; on a shared "
+             "machine they include the waiting, so they are upper bounds); notebooks = executing "
+             "them. The load average is the highest seen while the notebooks ran (runs do not "
+             "record theirs).", "",
+             "| paper | runs | training (core-min) | notebooks (min) | machine | max 1-min load (notebooks) |",
              "|---|---:|---:|---:|---|---:|"]
     total = {"runs": 0, "train_minutes": 0.0, "notebook_minutes": 0.0}
     for paper, group in grouped.items():
