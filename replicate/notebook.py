@@ -102,10 +102,10 @@ class FigureContext:
 
     def _run_costs(self) -> list[dict]:
         """Each training run this figure read: its directory name (the run's hash) and wall time."""
-        if self._runs is None or not len(self._runs):
+        if self._runs is None or "wall_seconds" not in self._runs:
             return []
         return [{"run": Path(row.run_dir).name, "wall_seconds": round(float(row.wall_seconds), 2)}
-                for row in self._runs.itertuples() if "wall_seconds" in self._runs]
+                for row in self._runs.itertuples()]
 
     def _data_provenance(self) -> dict:
         if self._runs is None or "data" not in self._runs or not len(self._runs):

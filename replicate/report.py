@@ -149,8 +149,7 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
         notes = S.notes_path(paper)
         link = (f' <a class="notes" href="{_e(S.relative_link(notes, page_dir))}">research notes</a>'
                 if notes is not None else "")
-        arxiv = "".join(f' <a class="notes" href="{_e(u)}">arXiv {_e(u.rsplit("/", 1)[-1])}</a>'
-                        for u in S.paper_links(group))
+        arxiv = "".join(f" {a}" for a in _arxiv_anchors(S.paper_links(group), 'class="notes" '))
         out.append(f'<section class="paper" id="paper-{_e(paper)}"><h2>{_e(paper)}{arxiv}{link}</h2>')
         out += [_figure(e, page_dir) for e in group]
         out.append("</section>")
@@ -160,6 +159,11 @@ def render(entries: list[S.Entry], page_dir: Path) -> str:
             "<code>snakemake figures/&lt;paper&gt;/&lt;figure&gt;.png --cores all</code>.</footer>",
             "</body>", "</html>", ""]
     return "\n".join(out)
+
+
+def _arxiv_anchors(links: list[str], attributes: str = "") -> list[str]:
+    """``<a href="https://arxiv.org/abs/<id>">arXiv <id></a>`` for each link."""
+    return [f'<a {attributes}href="{_e(u)}">arXiv {_e(u.rsplit("/", 1)[-1])}</a>' for u in links]
 
 
 def _navigation(grouped: dict[str, list[S.Entry]]) -> str:
@@ -193,7 +197,7 @@ def _figure(e: S.Entry, page_dir: Path) -> str:
     if isinstance(wall, (int, float)):
         facts.append(f"{wall:.0f} s")
     source = r.get("source") or {}
-    paper = ", ".join(f'<a href="{_e(u)}">arXiv {_e(u.rsplit("/", 1)[-1])}</a>' for u in source.get("links", []))
+    paper = ", ".join(_arxiv_anchors(source.get("links", [])))
     parts = [f'<article class="figure" id="{_e(_anchor(e))}">',
              f"<h3>{_e(e.title or e.name)}</h3>",
              f'<p class="meta">{" · ".join(facts)}<br>Paper: {paper or "—"}'
