@@ -17,7 +17,7 @@ from replicate.papers.mist.testsets import (COPULA_MARGINALS, OFFICIAL_OOMD, OOD
 from replicate.papers.mist.families import (TRANSFORMS, dense_cov, gaussian_mi, lvm_cov_for, pairs_cov,
                                             sample_dataset, student_correction, transform, uniform_noise_eps,
                                             uniform_noise_mi)
-from replicate.papers.mist.model import MISTNet, QuantileHead, pinball_loss
+from replicate.papers.mist.model import MISTNet, QuantileHead, normal_scores, pinball_loss
 from replicate.papers.mist.module import MISTModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -204,6 +204,32 @@ def test_padded_rows_do_not_change_the_estimate():
     torch.testing.assert_close(plain, padded, atol=1e-5, rtol=1e-5)
 
 
+def test_normal_scores_by_hand_and_padded_rows_are_zero():
+    v = torch.tensor([[[3.0], [-1.0], [10.0], [99.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    expected = torch.tensor([0.0, stats.norm.ppf(1 / 6), stats.norm.ppf(5 / 6), 0.0], dtype=torch.float32)
+    torch.testing.assert_close(normal_scores(v, mask)[0, :, 0], expected)
+
+
+def test_ranked_model_is_invariant_to_increasing_marginal_maps_and_padding():
+    """With marginals="ranks" any strictly increasing map of any column leaves the estimate as is
+    (MI's invariance, by construction); padded rows still change nothing."""
+    torch.manual_seed(0)
+    net = MISTNet("mse", marginals="ranks", **TINY).eval()
+    x, y = sample_xy(n=25, batch=2)
+    mapped_x = torch.cat([x[..., :1].exp(), 100 * x[..., 1:] + 3], -1)
+    mapped_y = torch.cat([y[..., :1] ** 3, torch.sinh(y[..., 1:])], -1)
+    junk = torch.full((2, 5, 2), -1e3)
+    mask = torch.cat([torch.ones(2, 25, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        plain = net(x, y)
+        torch.testing.assert_close(net(mapped_x, mapped_y), plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net(torch.cat([x, junk], 1), torch.cat([y, junk], 1), mask=mask), plain,
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="marginals"):
+        MISTNet("mse", marginals="copula", **TINY)
+
+
 def test_estimate_depends_on_the_dependence():
     """Swapping y between datasets changes the estimate (the model is not constant)."""
     net = tiny_net("mse")
@@ -316,6 +342,17 @@ def test_ksg_is_near_zero_for_independent_data_and_invariant_to_affine_maps():
     assert abs(baselines.ksg(x, y)) < 0.03
     x, y = gaussian_pair(2000, 0.6, 2)
     assert baselines.ksg(3 * x + 1, 5 - 2 * y) == pytest.approx(baselines.ksg(x, y), abs=1e-9)  # columns standardised
+
+
+def test_ksg_on_normal_scores_ignores_increasing_marginal_maps():
+    values = []
+    for seed in range(5):
+        z = np.random.default_rng(seed).multivariate_normal([0, 0], [[1, 0.7], [0.7, 1]], 400)
+        values.append(baselines.ksg_normal_scores(z[:, :1], z[:, 1:]))
+        assert baselines.ksg_normal_scores(np.exp(z[:, :1]), z[:, 1:] ** 3) == pytest.approx(values[-1], abs=1e-12)
+    assert np.mean(values) == pytest.approx(-0.5 * np.log(1 - 0.49), abs=0.06)
+    scores = baselines.normal_scores(np.array([[3.0], [-1.0], [10.0]]))
+    np.testing.assert_allclose(scores[:, 0], stats.norm.ppf([0.5, 1 / 6, 5 / 6]))
 
 
 def test_cca_estimate_recovers_gaussian_mi():

@@ -63,7 +63,8 @@ def eval_datasets(spec: dict, mi_max: float, extra: dict | None = None) -> dict[
 def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet], ksg_k: int = 5,
                     tau=TAU_GRID) -> pd.DataFrame:
     """One row per evaluation dataset: split, family, n, d, true MI, the MIST estimate, MIST-QR's
-    quantiles ``q_<τ>`` (its median is ``mist_qr``), KSG and the Gaussian (CCA) estimate."""
+    quantiles ``q_<τ>`` (its median is ``mist_qr``), KSG, KSG on normal scores (``ksg_ranks``) and the
+    Gaussian (CCA) estimate."""
     rows = []
     for split, datasets in sets.items():
         table = pd.DataFrame({"split": split, "family": [ds.family for ds in datasets],
@@ -76,6 +77,7 @@ def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet]
         table["mist_qr"] = (table["q_0.5"] if 0.5 in tau
                             else predict(nets["quantile"], datasets, tau=(0.5,))[:, 0])
         table["ksg"] = [baselines.ksg(ds.x, ds.y, ksg_k) for ds in datasets]
+        table["ksg_ranks"] = [baselines.ksg_normal_scores(ds.x, ds.y, ksg_k) for ds in datasets]
         table["cca"] = [baselines.gaussian_mi_estimate(ds.x, ds.y) for ds in datasets]
         rows.append(table)
     return pd.concat(rows, ignore_index=True)

@@ -131,6 +131,22 @@ def standardise(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (v - mean) / (var.sqrt() + 1e-6) * w
 
 
+def normal_scores(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Columns of v (B, n, d) to their normal scores Φ⁻¹((r - ½)/m) over the m rows where mask
+    (B, n) is True, r the within-column rank 1..m (the empirical copula transform; ties broken by
+    row order). Any strictly increasing map of a column leaves the output unchanged, as it leaves
+    the MI unchanged. Padded rows are 0."""
+    w = mask.unsqueeze(-1)
+    big = torch.finfo(v.dtype).max
+    ranks = torch.where(w, v, torch.full_like(v, big)).argsort(1).argsort(1).to(v.dtype) + 1
+    count = w.to(v.dtype).sum(1, keepdim=True).clamp_min(1.0)
+    scores = torch.special.ndtri(((ranks - 0.5) / count).clamp(1e-6, 1 - 1e-6))
+    return scores * w.to(v.dtype)
+
+
+MARGINALS = {"standardise": standardise, "ranks": normal_scores}
+
+
 def pad_features(v: torch.Tensor, d_max: int) -> torch.Tensor:
     if v.shape[-1] > d_max:
         raise ValueError(f"a dataset has {v.shape[-1]} dimensions but the model handles at most d_max={d_max}")
@@ -166,16 +182,21 @@ class MISTNet(nn.Module):
 
     def __init__(self, objective: str = "mse", d_max: int = 8, dim: int = 64, heads: int = 4,
                  inducing: int = 16, encoder_blocks: int = 2, seeds: int = 4, head_hidden: int = 64,
-                 knots: int = 20, row_layers: int = 2, row_dropout: float = 0.3, embed_dropout: float = 0.1):
+                 knots: int = 20, row_layers: int = 2, row_dropout: float = 0.3, embed_dropout: float = 0.1,
+                 marginals: str = "standardise", products: bool = False):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r}; expected one of {OBJECTIVES}")
-        self.objective, self.d_max = objective, d_max
+        if marginals not in MARGINALS:
+            raise ValueError(f"marginals={marginals!r}; expected one of {tuple(MARGINALS)}")
+        self.objective, self.d_max, self.marginals, self.products = objective, d_max, marginals, bool(products)
         self.init_args = {"objective": objective, "d_max": d_max, "dim": dim, "heads": heads,
                           "inducing": inducing, "encoder_blocks": encoder_blocks, "seeds": seeds,
                           "head_hidden": head_hidden, "knots": knots, "row_layers": row_layers,
-                          "row_dropout": row_dropout, "embed_dropout": embed_dropout}
-        self.embed = nn.Sequential(nn.Linear(4 * d_max, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim),
+                          "row_dropout": row_dropout, "embed_dropout": embed_dropout, "marginals": marginals,
+                          "products": bool(products)}
+        tokens = 4 * d_max + (d_max * d_max if products else 0)
+        self.embed = nn.Sequential(nn.Linear(tokens, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim),
                                    nn.Dropout(embed_dropout), nn.Linear(2 * dim, dim), nn.GELU(),
                                    nn.LayerNorm(dim))
         self.rows_block = RowInteraction(dim, heads, row_layers, row_dropout)
@@ -190,10 +211,14 @@ class MISTNet(nn.Module):
             self.head = QuantileHead(pooled, head_hidden, knots)
 
     def rows(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Row tokens [x̃, ỹ, 1_x, 1_y] (B, n, 4 d_max): standardised, padded, with feature masks."""
+        """Row tokens [x̃, ỹ, 1_x, 1_y] (B, n, 4 d_max): columns standardised or replaced by their
+        normal scores (``marginals``), padded, with feature masks; with ``products`` also the
+        d_max² cross products x̃_i ỹ_j, whose mean over rows is the cross-correlation matrix."""
         parts = []
         for v in (x, y):
-            parts.append(pad_features(standardise(v, mask), self.d_max))
+            parts.append(pad_features(MARGINALS[self.marginals](v, mask), self.d_max))
+        if self.products:
+            parts.append((parts[0].unsqueeze(-1) * parts[1].unsqueeze(-2)).flatten(-2))
         for v in (x, y):
             parts.append(pad_features(torch.ones_like(v), self.d_max).expand(*v.shape[:2], -1))
         return torch.cat(parts, -1)
