@@ -4,11 +4,14 @@
 
 Input: a batch of datasets x (B, n, d_x), y (B, n, d_y) with an optional row mask (B, n) (True =
 a real sample; padded rows never influence the output); d_x and d_y may differ, each at most
-``d_max``. Each dataset's columns are standardised with the masked mean and std (our addition: the
-paper's code feeds raw values; MI is invariant to per-coordinate affine maps, so this removes a
-nuisance the network would otherwise learn), zero-padded to ``d_max`` features, and each row
-[x, y, feature masks] is embedded by an MLP (official: Linear → GELU → LN → Dropout → Linear →
-GELU → LN). Then, as in the official code:
+``d_max``. Input (``marginals``, ours: the paper's code feeds raw values): each column of each
+dataset is replaced by its normal scores Φ⁻¹((rank - ½)/n) (``ranks``, the empirical copula
+transform: MI is invariant to any strictly increasing map of a coordinate, and so is the estimate
+then, by construction) or standardised with the masked mean and std (``standardise``); then
+zero-padded to ``d_max`` features. Each row [x̃, ỹ, (x̃ ⊗ ỹ if ``products``), 1_x, 1_y] (the
+cross products, ours: their mean over rows is the cross-correlation matrix of the scores; 1_x, 1_y
+the feature masks) is embedded by an MLP (official: Linear → GELU → LN → Dropout → Linear → GELU
+→ LN). Then, as in the official code:
 
     rows -> [SAB -> LN -> Dropout] x row_layers     (the official "feature interaction block")
          -> ISAB x encoder_blocks (m inducing points)
