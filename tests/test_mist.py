@@ -12,8 +12,8 @@ from replicate.papers.mist import baselines, describe, estimate, load_estimators
 from replicate.papers.mist.analysis import predict
 from replicate.papers.mist.checkpoint import export_net, import_net, weights_sha256
 from replicate.papers.mist.data import DEFAULT_PRIOR, TRAIN_FAMILIES, MetaBatchStream, MetaDataModule, draw_mi
-from replicate.papers.mist.testsets import (COPULA_MARGINALS, OFFICIAL_OOMD, OOD_FAMILIES, copula_sets,
-                                            evaluation_sets, independence_sets)
+from replicate.papers.mist.testsets import (COPULA_MARGINALS, OFFICIAL_OOMD, OOD_FAMILIES, copula_dataset,
+                                            copula_sets, evaluation_sets, independence_sets, seeded_rng)
 from replicate.papers.mist.families import (TRANSFORMS, dense_cov, gaussian_mi, lvm_cov_for, pairs_cov,
                                             sample_dataset, student_correction, transform, uniform_noise_eps,
                                             uniform_noise_mi)
@@ -318,6 +318,21 @@ def test_module_training_step_gives_finite_loss_and_gradients(objective):
     assert torch.isfinite(val) and torch.isfinite(mse)
 
 
+def test_weighted_mse_by_hand_and_its_minimiser_shrinks_towards_zero():
+    from replicate.papers.mist.module import weighted_mse
+
+    pred, target = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
+    assert float(weighted_mse(pred, target, None)) == pytest.approx(0.5)
+    assert float(weighted_mse(pred, target, 0.25)) == pytest.approx(4 / (4 + 0.8))  # w = 4 and 0.8
+    targets = torch.tensor([0.0, 0.5, 1.0])  # the best constant: E[w MI] / E[w] < mean
+    grid = torch.linspace(0, 1, 1001)
+    best = grid[torch.stack([weighted_mse(c.expand(3), targets, 0.25) for c in grid]).argmin()]
+    w = 1 / (targets + 0.25)
+    assert float(best) == pytest.approx(float((w * targets).sum() / w.sum()), abs=1e-3) and best < 0.5
+    with pytest.raises(ValueError, match="mse_weight_offset"):
+        MISTModule("mse", model=TINY, mse_weight_offset=0.0)
+
+
 def test_lr_schedule_warms_up_then_decays():
     module = MISTModule("mse", max_steps=100, model=TINY, optim={"warmup_steps": 10, "min_lr_ratio": 0.1})
     assert module.lr_factor(0) == pytest.approx(0.1) and module.lr_factor(9) == pytest.approx(1.0)
@@ -464,6 +479,37 @@ def test_shipped_checkpoints_accept_eight_and_unequal_dimensions():
     for dx, dy in ((8, 8), (2, 7)):
         out = estimate(rng.standard_normal((100, dx)), rng.standard_normal((100, dy)))
         assert np.isfinite(out["mi"]) and out["quantiles"][0.05] <= out["quantiles"][0.95]
+
+
+def held_out_copulas(count=72, mi_max=0.3):
+    """Gaussian copulas under the external marginals, seeded apart from every figure's split:
+    n in {100, 200}, d_x = d_y in {1, 2, 3}, true MI ~ U(0, mi_max) (issue 16's bar)."""
+    cells = [(m, n, d) for m in COPULA_MARGINALS for n in (100, 200) for d in (1, 2, 3)]
+    out = []
+    for i in range(count):
+        marginal_name, n, d = cells[i % len(cells)]
+        rng = seeded_rng("test-held-out-copula", i)
+        structure = ("dense", "sparse", "lvm")[i % 3]
+        out.append(copula_dataset(structure, marginal_name, n, d, d, float(rng.uniform(0, mi_max)), rng))
+    return out
+
+
+def test_shipped_mist_is_near_zero_on_independent_data():
+    """Issue 16: on independent data of n = 200, d <= 4 the mean estimate is <= 0.05 nats."""
+    sets = independence_sets([200], [1, 2, 3, 4], 1)
+    est = np.array([r["mi"] for r in estimate([d.x for d in sets], [d.y for d in sets])])
+    assert len(sets) >= 60 and est.mean() <= 0.05, est.mean()
+
+
+def test_shipped_mist_is_no_worse_than_ksg_on_held_out_low_mi_copulas():
+    """Issue 16: on held-out Gaussian copulas under marginal transforms no training family uses,
+    small true MI, MIST's MSE is at most KSG's."""
+    sets = held_out_copulas()
+    mi = np.array([m for _, _, m in sets])
+    est = np.array([r["mi"] for r in estimate([x for x, _, _ in sets], [y for _, y, _ in sets])])
+    ksg = np.array([baselines.ksg(x, y) for x, y, _ in sets])
+    mse_mist, mse_ksg = np.mean((est - mi) ** 2), np.mean((ksg - mi) ** 2)
+    assert mse_mist <= mse_ksg, (mse_mist, mse_ksg)
 
 
 # --------------------------------------------------------------------------- claim numbers (measures.py)
