@@ -17,6 +17,19 @@ Stages (every fit of a batch runs them at once, float64, on x's device):
    its observed log-likelihood changes by less than ``tol`` per point in an iteration and (top-K)
    the compass step is below ``h_min``; converged fits are frozen. ``max_iter`` caps the loop; a
    fit that did not converge says so (``converged`` False).
+4. Selection repair (top-K, :func:`repair`): the hard top-K likelihood has local maxima where a
+   switching boundary is pinned between points: a point lies on the wrong side (an expert the
+   gate switches off there explains it far better than the selected ones, a "cliff" of tens of
+   nats), and no small move of the boundary lets it cross without pushing a neighbouring point
+   over its own cliff (compass and Gauss-Newton steps both stall). A repair takes the worst such
+   point of a fit, asks that the expert best explaining *every* point (the largest
+   responsibility, the cliff point's excluded expert at that point) be among the top K, and finds
+   the smallest change of the gate parameters that does it: the ranking scores are linear in the
+   gate parameters, so "z ranks above the K-th strongest other expert" is a linear inequality,
+   solved as a squared-hinge least-squares problem and re-linearised a few times (a
+   convex-concave procedure). The repaired gate is kept only when it raises the observed
+   log-likelihood; the main loop then polishes it. Rounds repeat while some fit gains. Monotone,
+   truth-free, and a no-op at a fit with no improving repair.
 
 Experts that no point selects (top-K) or that hold less than d + 2 points of weight are
 reported (``never_selected``, ``starved``), never silently kept.
@@ -25,11 +38,13 @@ reported (``never_selected``, ``starved``), never silently kept.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.func import jvp
 
 from replicate.papers.moe_gating import em
 from replicate.papers.moe_gating import model as M
@@ -55,6 +70,10 @@ class FitOptions:
     smooth_near: float = 0.1  # ... and of a given (near-truth) start
     smooth_decay: float = 0.8  # T <- decay T every iteration ...
     smooth_min: float = 1e-5  # ... until below this, then the hard gate
+    n_repairs: int = 4  # top-K: selection-repair rounds after the main loop (0: none)
+    repair_points: int = 3  # ... worst points per fit tried per round (the best improving one wins)
+    repair_margin: float = 1e-3  # ... how far (logits) a repaired point's expert must out-rank its competitor
+    repair_ccp: int = 5  # ... re-linearisations of the ranking constraints per repair
     em: em.EMOptions = em.EMOptions()
 
 
@@ -241,6 +260,158 @@ def hop_once(fitter: Fitter, state: dict, opts: FitOptions, key) -> tuple[dict, 
     return out, used
 
 
+# --------------------------------------------------------------------------- selection repair (top-K)
+def rank_jacobian(gate: M.Gate, p: dict, x, fit) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-K ranking scores (N, k) and their derivatives in the free gate parameters
+    (N, k, n_free). The scores (beta_1^T x + beta_0, or beta_1^T x) are linear in the gate
+    parameters, so s(theta + delta) = s + J delta exactly."""
+    theta = M.gate_vector(gate, p)
+
+    def scores(t):
+        q = M.with_gate_vector(gate, p, t)
+        return M.rank_scores(gate, q, M.gate_logits(gate, q, x, fit), x, fit)
+
+    cols, s = [], None
+    for j in range(theta.shape[1]):
+        tangent = torch.zeros_like(theta)
+        tangent[:, j] = 1.0
+        s, ds = jvp(scores, (theta,), (tangent,))
+        cols.append(ds)
+    return s, torch.stack(cols, dim=-1)
+
+
+def _squared_hinge(g, h, fit, n_fits: int, base, mu: float, lam: float, iters: int = 30):
+    """Per fit, argmin_e  lam |base + e|^2 + sum_n max(0, mu - h_n - g_n . e)^2  (convex, piecewise
+    quadratic): semismooth Newton with backtracking. g (N, q), h (N,), base (B, q)."""
+    q = g.shape[1]
+    eye = torch.eye(q, dtype=g.dtype, device=g.device)
+    e = torch.zeros_like(base)
+
+    def objective(e_):
+        v = (mu - h - (g * e_[fit]).sum(-1)).clamp_min(0)
+        return lam * ((base + e_) ** 2).sum(-1) + M.per_fit_sum(v * v, fit, n_fits), v
+
+    f0, v = objective(e)
+    for _ in range(iters):
+        active = (v > 0).to(g.dtype)
+        grad = 2 * lam * (base + e) - 2 * M.per_fit_sum(g * v[:, None], fit, n_fits)
+        hess = 2 * lam * eye + 2 * M.per_fit_sum((g * active[:, None])[:, :, None] * g[:, None, :], fit, n_fits)
+        step = -torch.linalg.solve(hess, grad[..., None])[..., 0]
+        t = torch.ones(n_fits, dtype=g.dtype, device=g.device)
+        slope = (grad * step).sum(-1)
+        done = torch.zeros(n_fits, dtype=torch.bool, device=g.device)
+        for _ in range(20):  # Armijo backtracking, per fit
+            f1, _ = objective(e + t[:, None] * step)
+            ok = f1 <= f0 + 1e-4 * t * slope
+            done |= ok
+            if bool(done.all()):
+                break
+            t = torch.where(done, t, t / 2)
+        t = torch.where(done, t, torch.zeros_like(t))
+        e = e + t[:, None] * step
+        f0, v = objective(e)
+        if bool(((t[:, None] * step).abs().amax(-1) < 1e-12).all()):
+            break
+    return e
+
+
+def _ccp(scores, jac, z, top_k: int, fixed: dict, opts: FitOptions):
+    """The gate change (q,) that puts expert z[n] among the top K at every point of one fit:
+    z[n] must out-rank a rival (the K-th strongest other expert, re-chosen after each solve, or
+    ``fixed[n]``), a linear inequality in the gate parameters (a convex-concave procedure)."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    fit = torch.zeros_like(rows)
+    delta = scores.new_zeros(1, jac.shape[-1])
+    pinned = torch.tensor(list(fixed), dtype=torch.long, device=scores.device)
+    rivals = torch.tensor(list(fixed.values()), dtype=torch.long, device=scores.device)
+    for _ in range(opts.repair_ccp):
+        s = scores + jac @ delta[0]
+        rival = s.scatter(-1, z[:, None], -math.inf).topk(top_k, dim=-1).indices[:, top_k - 1]
+        rival[pinned] = rivals
+        g, h = jac[rows, z] - jac[rows, rival], s[rows, z] - s[rows, rival]
+        e = _squared_hinge(g, h, fit, 1, delta, opts.repair_margin, 1e-6)
+        delta = delta + e
+        if float(e.abs().max()) < 1e-10:
+            break
+    return delta[0]
+
+
+def repair_trials(gate: M.Gate, p: dict, x, y, fit, bounds, opts: FitOptions) -> tuple[dict, torch.Tensor]:
+    """The best repaired gate of every fit (module docstring, stage 4) and its observed
+    log-likelihood (B,); -inf where the fit has no cliff point.
+
+    Per fit, its ``repair_points`` worst cliff points (an expert the hard gate switches off
+    explains y better than the selected mixture) are tried one at a time: z = the most
+    responsible expert of every point, the cliff point's best excluded expert there, and the
+    smallest gate change that ranks z among the top K everywhere (:func:`_ccp`). Where the
+    linearisation leaves some points unserved (near a junction of boundaries the choice of rival
+    matters), each choice of rival for up to three such points is solved too."""
+    n_fits = len(bounds)
+    theta = M.gate_vector(gate, p)
+    log_g = M.log_gates(gate, p, x, fit)
+    log_e = M.log_experts(p, x, y, fit)
+    point_ll = torch.logsumexp(log_g + log_e, dim=-1)
+    rescue = torch.where(torch.isinf(log_g), log_e, torch.full_like(log_e, -math.inf))
+    cliff = rescue.max(-1).values - point_ll  # nats an excluded expert would explain better
+    responsible = (log_g + log_e).argmax(-1)
+    scores, jac = rank_jacobian(gate, p, x, fit)
+    k = scores.shape[1]
+    best = theta.clone()
+    best_ll = torch.full((n_fits,), -math.inf, dtype=x.dtype, device=x.device)
+    for f, (lo, hi) in enumerate(bounds):
+        pf = M.select(p, slice(f, f + 1))
+        xf, yf, ff = x[lo:hi], y[lo:hi], fit[lo:hi] - f
+        s_f, j_f = scores[lo:hi], jac[lo:hi]
+
+        def served(t):
+            q = M.with_gate_vector(gate, pf, t[None])
+            return M.loglik(gate, q, xf, yf, ff, 1)[0], ~torch.isinf(M.log_gates(gate, q, xf, ff))
+
+        worst = cliff[lo:hi].topk(min(opts.repair_points, hi - lo)).indices
+        for i in worst.tolist():
+            if not bool(cliff[lo + i] > 0):
+                break
+            z = responsible[lo:hi].clone()
+            z[i] = rescue[lo + i].argmax()
+            delta = _ccp(s_f, j_f, z, gate.top_k, {}, opts)
+            ll, on = served(theta[f] + delta)
+            tried = [(ll, delta)]
+            unserved = (~on[torch.arange(hi - lo, device=x.device), z]).nonzero()[:, 0].tolist()[:3]
+            if unserved:
+                options = [[r for r in range(k) if r != int(z[u])] for u in unserved]
+                for choice in itertools.product(*options):
+                    d = _ccp(s_f, j_f, z, gate.top_k, dict(zip(unserved, choice)), opts)
+                    tried.append((served(theta[f] + d)[0], d))
+            ll, delta = max(tried, key=lambda t: float(t[0]))
+            if bool(ll > best_ll[f]):
+                best[f], best_ll[f] = theta[f] + delta, ll
+    return M.with_gate_vector(gate, p, best), best_ll
+
+
+def repair(fitter: Fitter, state: dict, opts: FitOptions) -> tuple[dict, int]:
+    """Selection-repair rounds (module docstring, stage 4) for every fit; returns the state and
+    the main-loop iterations spent polishing repaired fits."""
+    used = 0
+    for _ in range(opts.n_repairs):
+        trial, trial_ll = repair_trials(fitter.gate, state["params"], fitter.x, fitter.y, fitter.fit,
+                                        fitter.bounds, opts)
+        gained = trial_ll > state["ll"] + 1e-6
+        if not bool(gained.any()):
+            break
+        new = fitter.initial_state(_merge(gained, trial, state["params"]), 0.0)
+        new["done"] = ~gained
+        new, it = fitter.run(new, opts.max_iter)
+        used += it
+        state = {key: (_merge(gained, new[key], v) if key in new else v) for key, v in state.items()}
+    return state, used
+
+
+def _merge(mask, new, old):
+    if isinstance(old, dict):
+        return {k: _merge(mask, new[k], v) for k, v in old.items()}
+    return torch.where(mask.view(-1, *[1] * (old.dim() - 1)), new, old)
+
+
 def never_selected(gate: M.Gate, p: dict, x, fit, n_fits: int) -> torch.Tensor:
     """(B, k) bool: experts the hard gate selects at no data point of their fit."""
     k = p["w1"].shape[1]
@@ -267,6 +438,8 @@ def estimate(gate: M.Gate, x, y, fit, n_fits: int, k: int, init="data", opts: Fi
         for hop in range(opts.n_hops):
             state, used = hop_once(fitter, state, opts, (seed, hop))
             it += used
+        state, used = repair(fitter, state, opts)
+        it += used
     state["iterations"] = screened + it
     state["screen_iterations"] = screened
     state["never_selected"] = never_selected(gate, state["params"], x, fit, n_fits)
@@ -313,7 +486,7 @@ def _init_params(init: dict, r: int, k: int, d: int, gate: M.Gate, device) -> di
 def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = None,
             temperature: bool | None = None, activation: str | None = None, init="data",
             n_starts: int = 4, seed: int = 0, max_iter: int = 500, tol: float = 1e-8,
-            rank: str = "logit", n_hops: int = 0, device=None) -> dict:
+            rank: str = "logit", n_hops: int = 0, n_repairs: int = 4, device=None) -> dict:
     """Maximum-likelihood fit of a Gaussian mixture of linear experts (model.py) with any input
     dimension; batched over replicates.
 
@@ -333,6 +506,10 @@ def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = Non
             alone, beta_0 added after selection: ICLR 2024 Eq. (1)).
         n_hops: top-K only: basin hops after convergence (perturb the gate, refit, keep the
             better); the hard top-K likelihood has many local maxima.
+        n_repairs: top-K only: selection-repair rounds after the main loop (module docstring,
+            stage 4: a boundary pinned with a point on the wrong side is moved by the smallest
+            gate change that serves every point's most responsible expert, kept only if the
+            observed log-likelihood rises); 0 turns them off.
         max_iter, tol: the main loop's cap and its convergence rule (change of the observed
             log-likelihood per point; top-K also needs the compass step below its minimum).
         device: torch device; default CUDA when available, else CPU.
@@ -378,8 +555,9 @@ def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = Non
     r, n, d = xa.shape
     if n < 2 * k:
         raise ValueError(f"{n} points cannot fit {k} experts")
-    if max_iter < 1 or tol < 0 or n_starts < 1:
-        raise ValueError(f"need max_iter >= 1, tol >= 0, n_starts >= 1; got {max_iter}, {tol}, {n_starts}")
+    if max_iter < 1 or tol < 0 or n_starts < 1 or n_repairs < 0:
+        raise ValueError(f"need max_iter >= 1, tol >= 0, n_starts >= 1, n_repairs >= 0; got {max_iter}, "
+                         f"{tol}, {n_starts}, {n_repairs}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     xt = torch.tensor(xa.reshape(r * n, d), dtype=DTYPE, device=device)
@@ -393,7 +571,8 @@ def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = Non
         start = _init_params(init, r, k, d, spec, device)
     else:
         raise ValueError(f"init must be 'data' or a dict, got {type(init).__name__}")
-    opts = FitOptions(max_iter=int(max_iter), tol=float(tol), n_starts=int(n_starts), n_hops=int(n_hops))
+    opts = FitOptions(max_iter=int(max_iter), tol=float(tol), n_starts=int(n_starts), n_hops=int(n_hops),
+                      n_repairs=int(n_repairs))
     state = estimate(spec, xt, yt, fit, r, k, start, opts, seed)
     p = state["params"]
     out = {"beta0": p["w0"], "beta1": p["w1"], "a": p["a"], "b": p["b"], "sigma2": p["var"],
