@@ -333,6 +333,17 @@ def test_weighted_mse_by_hand_and_its_minimiser_shrinks_towards_zero():
         MISTModule("mse", model=TINY, mse_weight_offset=0.0)
 
 
+@pytest.mark.parametrize("scale", ["smoke", "default"])
+def test_every_mist_figure_reads_the_same_two_runs(scale):
+    """The runtime figure repeats the MSE sweep point; it must stay the error figures' run."""
+    from replicate.config import compose, run_configs, run_hash
+
+    hashes = {figure: {run_hash(r) for r in run_configs(compose(f"mist/{figure}", "cpu", scale))}
+              for figure in ("error_vs_n", "error_vs_dim", "calibration", "runtime")}
+    assert len(hashes["error_vs_n"]) == 2 and hashes["runtime"] < hashes["error_vs_n"]
+    assert hashes["error_vs_dim"] == hashes["calibration"] == hashes["error_vs_n"]
+
+
 def test_lr_schedule_warms_up_then_decays():
     module = MISTModule("mse", max_steps=100, model=TINY, optim={"warmup_steps": 10, "min_lr_ratio": 0.1})
     assert module.lr_factor(0) == pytest.approx(0.1) and module.lr_factor(9) == pytest.approx(1.0)
