@@ -492,10 +492,11 @@ def test_shipped_checkpoints_accept_eight_and_unequal_dimensions():
         assert np.isfinite(out["mi"]) and out["quantiles"][0.05] <= out["quantiles"][0.95]
 
 
-def held_out_copulas(count=72, mi_max=0.3):
-    """Gaussian copulas under the external marginals, seeded apart from every figure's split:
-    n in {100, 200}, d_x = d_y in {1, 2, 3}, true MI ~ U(0, mi_max) (issue 16's bar)."""
-    cells = [(m, n, d) for m in COPULA_MARGINALS for n in (100, 200) for d in (1, 2, 3)]
+def held_out_copulas(count=576, mi_max=0.3):
+    """Gaussian copulas under the external marginals, seeded apart from every figure's split, in
+    the review's design within the trained n range: n in {50, 200}, d_x = d_y in {2, 4}, true MI
+    ~ U(0, mi_max) (issue 16's bar)."""
+    cells = [(m, n, d) for m in COPULA_MARGINALS for n in (50, 200) for d in (2, 4)]
     out = []
     for i in range(count):
         marginal_name, n, d = cells[i % len(cells)]
@@ -514,7 +515,10 @@ def test_shipped_mist_is_near_zero_on_independent_data():
 
 def test_shipped_mist_is_no_worse_than_ksg_on_held_out_low_mi_copulas():
     """Issue 16: on held-out Gaussian copulas under marginal transforms no training family uses,
-    small true MI, MIST's MSE is at most KSG's."""
+    small true MI, MIST's MSE is at most KSG's. Deterministic (fixed checkpoint and data). As
+    shipped it is a tie, not a win: MSE 0.0126 vs KSG's 0.0129 on these 576 sets, KSG/MIST 1.02
+    with a bootstrap interval of about [0.78, 1.34] (MIST ahead at n = 200, d = 2, behind at
+    n = 200, d = 4); a retrained network that falls behind fails here."""
     sets = held_out_copulas()
     mi = np.array([m for _, _, m in sets])
     est = np.array([r["mi"] for r in estimate([x for x, _, _ in sets], [y for _, y, _ in sets])])
