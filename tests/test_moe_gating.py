@@ -396,10 +396,11 @@ def _truth_loglik(truth_cfg, x, y):
 
 
 # A switching boundary pinned with one point on the wrong side (the cliff: an expert the gate
-# switches off there explains the point ~20 nats better), from the full benchmark's top-2 fits:
-# replicate 0 at n = 1000 from its data-driven starts (fit.py, stage 4: one repair), and
-# replicate 13 of seed 11 at n = 1778, started where its data-driven fit stopped (rounded): the
-# point sits at the junction of all three boundaries, so the repair needs its choice of rivals.
+# switches off there explains the point ~20 nats better): the full benchmark's one such top-2 fit
+# (replicate 0 at n = 1000, seed 7) from its data-driven starts (fit.py, stage 4: one repair), and
+# the one found in a wider scan (24 replicates x seeds 7..11 x n = 1000, 1778): replicate 13 of
+# seed 11 at n = 1778, started where its data-driven fit stopped (rounded); its point sits at the
+# junction of all three boundaries, so the repair needs its choice of rivals.
 PINNED_AT_A_JUNCTION = {"beta0": [-0.003, 0.517, 0.0], "beta1": [[-4.667, 4.664], [-2.935, 1.937], [0.0, 0.0]],
                         "a": [[-1.044, 2.016], [0.531, 0.501], [1.006, -0.977]], "b": [-0.987, -3.019, 0.993],
                         "sigma2": [0.039, 0.04, 0.042]}

@@ -280,60 +280,56 @@ def rank_jacobian(gate: M.Gate, p: dict, x, fit) -> tuple[torch.Tensor, torch.Te
     return s, torch.stack(cols, dim=-1)
 
 
-def _squared_hinge(g, h, fit, n_fits: int, base, mu: float, lam: float, iters: int = 30):
-    """Per fit, argmin_e  lam |base + e|^2 + sum_n max(0, mu - h_n - g_n . e)^2  (convex, piecewise
-    quadratic): semismooth Newton with backtracking. g (N, q), h (N,), base (B, q)."""
-    q = g.shape[1]
-    eye = torch.eye(q, dtype=g.dtype, device=g.device)
+def _squared_hinge(g, h, base, mu: float, lam: float, iters: int = 30):
+    """argmin_e  lam |base + e|^2 + sum_n max(0, mu - h_n - g_n . e)^2  (convex, piecewise
+    quadratic) for one fit: semismooth Newton with Armijo backtracking. g (N, q), h (N,), base (q,)."""
+    eye = torch.eye(g.shape[1], dtype=g.dtype, device=g.device)
     e = torch.zeros_like(base)
 
     def objective(e_):
-        v = (mu - h - (g * e_[fit]).sum(-1)).clamp_min(0)
-        return lam * ((base + e_) ** 2).sum(-1) + M.per_fit_sum(v * v, fit, n_fits), v
+        v = (mu - h - g @ e_).clamp_min(0)
+        return float(lam * ((base + e_) ** 2).sum() + (v * v).sum()), v
 
     f0, v = objective(e)
     for _ in range(iters):
-        active = (v > 0).to(g.dtype)
-        grad = 2 * lam * (base + e) - 2 * M.per_fit_sum(g * v[:, None], fit, n_fits)
-        hess = 2 * lam * eye + 2 * M.per_fit_sum((g * active[:, None])[:, :, None] * g[:, None, :], fit, n_fits)
-        step = -torch.linalg.solve(hess, grad[..., None])[..., 0]
-        t = torch.ones(n_fits, dtype=g.dtype, device=g.device)
-        slope = (grad * step).sum(-1)
-        done = torch.zeros(n_fits, dtype=torch.bool, device=g.device)
-        for _ in range(20):  # Armijo backtracking, per fit
-            f1, _ = objective(e + t[:, None] * step)
-            ok = f1 <= f0 + 1e-4 * t * slope
-            done |= ok
-            if bool(done.all()):
+        active = v > 0
+        grad = 2 * lam * (base + e) - 2 * g.T @ v
+        hess = 2 * lam * eye + 2 * g[active].T @ g[active]
+        step = -torch.linalg.solve(hess, grad)
+        slope, t = float(grad @ step), 1.0
+        for _ in range(20):
+            f1, v1 = objective(e + t * step)
+            if f1 <= f0 + 1e-4 * t * slope:
                 break
-            t = torch.where(done, t, t / 2)
-        t = torch.where(done, t, torch.zeros_like(t))
-        e = e + t[:, None] * step
-        f0, v = objective(e)
-        if bool(((t[:, None] * step).abs().amax(-1) < 1e-12).all()):
+            t /= 2
+        else:
+            break
+        e, f0, v = e + t * step, f1, v1
+        if float((t * step).abs().max()) < 1e-12:
             break
     return e
 
 
-def _ccp(scores, jac, z, top_k: int, fixed: dict, opts: FitOptions):
+def _ccp(scores, jac, z, top_k: int, fixed: dict, opts: FitOptions, reach: float = 1.0):
     """The gate change (q,) that puts expert z[n] among the top K at every point of one fit:
     z[n] must out-rank a rival (the K-th strongest other expert, re-chosen after each solve, or
-    ``fixed[n]``), a linear inequality in the gate parameters (a convex-concave procedure)."""
+    ``fixed[n]``), a linear inequality in the gate parameters (a convex-concave procedure). Only
+    points a change of norm ``reach`` could push below the margin enter each solve."""
     rows = torch.arange(scores.shape[0], device=scores.device)
-    fit = torch.zeros_like(rows)
-    delta = scores.new_zeros(1, jac.shape[-1])
+    delta = scores.new_zeros(jac.shape[-1])
     pinned = torch.tensor(list(fixed), dtype=torch.long, device=scores.device)
     rivals = torch.tensor(list(fixed.values()), dtype=torch.long, device=scores.device)
     for _ in range(opts.repair_ccp):
-        s = scores + jac @ delta[0]
+        s = scores + jac @ delta
         rival = s.scatter(-1, z[:, None], -math.inf).topk(top_k, dim=-1).indices[:, top_k - 1]
         rival[pinned] = rivals
         g, h = jac[rows, z] - jac[rows, rival], s[rows, z] - s[rows, rival]
-        e = _squared_hinge(g, h, fit, 1, delta, opts.repair_margin, 1e-6)
+        near = h < opts.repair_margin + reach * g.norm(dim=-1)
+        e = _squared_hinge(g[near], h[near], delta, opts.repair_margin, 1e-6)
         delta = delta + e
         if float(e.abs().max()) < 1e-10:
             break
-    return delta[0]
+    return delta
 
 
 def repair_trials(gate: M.Gate, p: dict, x, y, fit, bounds, opts: FitOptions) -> tuple[dict, torch.Tensor]:
