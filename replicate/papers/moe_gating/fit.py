@@ -21,15 +21,17 @@ Stages (every fit of a batch runs them at once, float64, on x's device):
    switching boundary is pinned between points: a point lies on the wrong side (an expert the
    gate switches off there explains it far better than the selected ones, a "cliff" of tens of
    nats), and no small move of the boundary lets it cross without pushing a neighbouring point
-   over its own cliff (compass and Gauss-Newton steps both stall). A repair takes the worst such
-   point of a fit, asks that the expert best explaining *every* point (the largest
-   responsibility, the cliff point's excluded expert at that point) be among the top K, and finds
-   the smallest change of the gate parameters that does it: the ranking scores are linear in the
-   gate parameters, so "z ranks above the K-th strongest other expert" is a linear inequality,
-   solved as a squared-hinge least-squares problem and re-linearised a few times (a
-   convex-concave procedure). The repaired gate is kept only when it raises the observed
-   log-likelihood; the main loop then polishes it. Rounds repeat while some fit gains. Monotone,
-   truth-free, and a no-op at a fit with no improving repair.
+   over its own cliff (compass and Gauss-Newton steps both stall). A repair takes one of the
+   ``repair_points`` worst such points of a fit, asks that the expert most responsible for
+   *every* point (at the cliff point: the excluded expert that explains it) be among the top K,
+   and finds the smallest change of the gate parameters that does it: the ranking scores are
+   linear in the gate parameters, so "z ranks above the K-th strongest other expert" is a linear
+   inequality, solved as a squared-hinge least-squares problem and re-linearised a few times (a
+   convex-concave procedure); where that leaves points unserved (a junction of boundaries, where
+   the rival matters), each choice of rival for up to three of them is solved too. The best
+   repaired gate is kept only when it raises the observed log-likelihood; the main loop then
+   polishes it. Rounds repeat (``n_repairs``) while some fit gains. Monotone, truth-free, and a
+   no-op at a fit with no improving repair.
 
 Experts that no point selects (top-K) or that hold less than d + 2 points of weight are
 reported (``never_selected``, ``starved``), never silently kept.
@@ -513,7 +515,7 @@ def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = Non
     Returns a dict of numpy arrays (leading R when x had one): ``beta0`` (K,), ``beta1`` (K, d),
     ``a`` (K, d), ``b`` (K,), ``sigma2`` (K,), ``tau`` (scalar, 1 unless temperature/activation),
     the last expert's gate fixed at 0; ``loglik`` (mean per point), ``converged`` (bool),
-    ``iterations`` (screening + main loop), ``never_selected`` (K,) bool: experts the top-K gate
+    ``iterations`` (screening + main loop + the polishing after hops and repairs), ``never_selected`` (K,) bool: experts the top-K gate
     selects at no data point (their parameters are not determined by the data), ``starved`` (K,)
     bool: experts with too little weight to refit (kept at their last values).
     """
