@@ -410,7 +410,8 @@ PINNED_AT_A_JUNCTION = {"beta0": [-0.003, 0.517, 0.0], "beta1": [[-4.667, 4.664]
 def test_a_topk_boundary_pinned_on_the_wrong_side_of_a_point_is_repaired(case):
     from replicate.papers.moe_gating import fit_moe
 
-    seed, n, replicate, init = {"data_starts": (7, 1000, 0, "data"), "junction": (11, 1778, 13, PINNED_AT_A_JUNCTION)}[case]
+    seed, n, replicate, init = {"data_starts": (7, 1000, 0, "data"),
+                                "junction": (11, 1778, 13, PINNED_AT_A_JUNCTION)}[case]
     data = simulate(Truth(**D2_TOP2), Design([n], replicate + 1, seed=seed))
     x = data["x"].view(replicate + 1, n, 2)[replicate].numpy()
     y = data["y"].view(replicate + 1, n)[replicate].numpy()

@@ -515,9 +515,10 @@ def fit_moe(x, y, n_experts: int, gate: str = "softmax", top_k: int | None = Non
     Returns a dict of numpy arrays (leading R when x had one): ``beta0`` (K,), ``beta1`` (K, d),
     ``a`` (K, d), ``b`` (K,), ``sigma2`` (K,), ``tau`` (scalar, 1 unless temperature/activation),
     the last expert's gate fixed at 0; ``loglik`` (mean per point), ``converged`` (bool),
-    ``iterations`` (screening + main loop + the polishing after hops and repairs), ``never_selected`` (K,) bool: experts the top-K gate
-    selects at no data point (their parameters are not determined by the data), ``starved`` (K,)
-    bool: experts with too little weight to refit (kept at their last values).
+    ``iterations`` (screening + main loop + the polishing after hops and repairs),
+    ``never_selected`` (K,) bool: experts the top-K gate selects at no data point (their
+    parameters are not determined by the data), ``starved`` (K,) bool: experts with too little
+    weight to refit (kept at their last values).
     """
     if temperature and activation:
         raise ValueError("choose temperature=True or activation='tanh', not both")
