@@ -267,7 +267,7 @@ def sink_runs(first: dict[str, list[float]]) -> pd.DataFrame:
 
 def test_sink_measurements_by_hand():
     runs = sink_runs({"none": [0.4, 0.5, 0.6], "headwise": [0.1, 0.1, 0.1], "value": [0.2, 0.3, 0.4]})
-    m = A.sink_measurements(A.sink_table(runs), gates=("headwise", "value"))
+    m = A.sink_measurements(A.sink_table(runs), 0.3, gates=("headwise", "value"))
     base = m["baseline_first_token"]
     assert base.value == pytest.approx(0.5) and base.n == 3 and base.units == (0.4, 0.5, 0.6)
     half = T2 * 0.1 / np.sqrt(3)  # sd of (0.4, 0.5, 0.6) is 0.1
@@ -275,8 +275,10 @@ def test_sink_measurements_by_hand():
     assert m["baseline_first_token_min_seed"].value == pytest.approx(0.4)
     assert m["sink_cut_headwise"].value == pytest.approx(5.0)   # 0.5 / 0.1
     assert m["value_over_headwise"].value == pytest.approx(3.0)  # 0.3 / 0.1
-    lo, hi = m["sink_cut_headwise"].interval  # paired bootstrap: between the extreme seed ratios
-    assert 4.0 - 1e-9 <= lo <= 5.0 <= hi <= 6.0 + 1e-9
+    # delta method on the log ratio: headwise is constant, so Var = (s_a / a)^2 / n = (0.1 / 0.5)^2 / 3
+    half = T2 * 0.2 / np.sqrt(3)
+    assert m["sink_cut_headwise"].interval == pytest.approx((5 * np.exp(-half), 5 * np.exp(half)))
+    assert m["baseline_sink_seeds"].value == 3  # 0.4, 0.5 and 0.6 all reach the threshold 0.3
 
 
 def test_sink_claims_are_inconclusive_without_a_baseline_sink():
@@ -290,20 +292,20 @@ def test_sink_claims_are_inconclusive_without_a_baseline_sink():
     runs = sink_runs({"none": [0.272, 0.270, 0.117], "headwise": [0.05, 0.1, 0.05],
                       "elementwise": [0.05, 0.1, 0.05], "value": [0.15, 0.38, 0.0002],
                       "input_independent": [0.3, 0.3, 0.2]})
-    judged = claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs)))
+    judged = claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs), threshold))
     assert {c.verdict for c in judged} == {"inconclusive"}
     assert all("baseline_first_token" in c.reason for c in judged)
     runs = sink_runs({"none": [0.5, 0.45, 0.4], "headwise": [0.05, 0.05, 0.05],
                       "elementwise": [0.05, 0.05, 0.05], "value": [0.2, 0.2, 0.2],
                       "input_independent": [0.3, 0.3, 0.3]})
-    judged = {c.id: c for c in claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs)))}
+    judged = {c.id: c for c in claims.evaluate(spec["claims"], A.sink_measurements(A.sink_table(runs), threshold))}
     assert judged["sink_cut_headwise"].verdict == "replicated"  # 9x in every resample
     assert judged["value_gate_weaker"].verdict == "replicated"  # 4x
     # every seed above 0.3 but a wide interval whose lower end is below it: still inconclusive
     runs = sink_runs({"none": [0.31, 0.9, 0.31], "headwise": [0.05, 0.05, 0.05],
                       "elementwise": [0.05, 0.05, 0.05], "value": [0.2, 0.2, 0.2],
                       "input_independent": [0.3, 0.3, 0.3]})
-    m = A.sink_measurements(A.sink_table(runs))
+    m = A.sink_measurements(A.sink_table(runs), threshold)
     assert m["baseline_first_token_lower"].value == pytest.approx(m["baseline_first_token"].interval[0])
     judged = claims.evaluate(spec["claims"], m)
     assert {c.verdict for c in judged} == {"inconclusive"}
@@ -311,7 +313,7 @@ def test_sink_claims_are_inconclusive_without_a_baseline_sink():
     # a diverged baseline seed: no probes, NaN first-token attention -> inconclusive, no crash
     runs = sink_runs({"none": [0.5, 0.5, 0.5], "headwise": [0.05, 0.05, 0.05]})
     runs.loc[0, ["status", "probes"]] = ["diverged", {}]
-    m = A.sink_measurements(A.sink_table(runs), gates=("headwise",))
+    m = A.sink_measurements(A.sink_table(runs), threshold)  # absent variants: NaN, inconclusive
     assert not np.isfinite(m["baseline_first_token_min_seed"].value)
     assert {c.verdict for c in claims.evaluate(spec["claims"], m)} == {"inconclusive"}
     assert A.shown(A.wide(A.sink_table(runs), "first_token")).loc[0, "none"] == "diverged"
@@ -405,7 +407,8 @@ def test_loss_analysis_survives_a_diverged_baseline():
     assert not np.isfinite(gain.value)
     assert A.paired_gains(diverged).columns.tolist() == ["headwise"]
     spec = yaml.safe_load(open("configs/figure/gated_attention/loss.yaml"))
-    judged = {c.id: c for c in claims.evaluate(spec["claims"], {"loss_gain_headwise": gain})}
+    headwise = [c for c in spec["claims"] if c["id"] == "loss_gain_headwise"]
+    judged = {c.id: c for c in claims.evaluate(headwise, {"loss_gain_headwise": gain})}
     assert judged["loss_gain_headwise"].verdict == "inconclusive"
 
 
@@ -465,15 +468,142 @@ def test_loss_analysis_survives_a_really_diverged_baseline(tmp_path):
         rows.append({"point": k, **swept, **R.read_metrics(R.ensure(run_cfg, tmp_path))})
     runs = pd.DataFrame(rows)
     assert (runs[runs.gate == "none"].status == "diverged").all()
-    m = A.loss_measurements(runs)  # what the notebook calls
+    from replicate.papers.gated_attention import measures
+
+    m = measures.loss(runs, cfg)  # what the notebook calls; times real training steps of each variant
     gains = {k: v for k, v in m.items() if k.startswith("loss_gain")}
     assert sorted(gains) == ["loss_gain_elementwise", "loss_gain_headwise", "loss_gain_headwise_qk_norm"]
     assert not any(np.isfinite(e.value) for e in gains.values())
-    specs = [c for c in OmegaConf.to_container(cfg.figure.claims) if c["id"].startswith("loss_gain")]
-    judged = claims.evaluate(specs, m)
-    assert {c.verdict for c in judged} == {"inconclusive"}
+    assert m["overhead_pct_headwise"].n == cfg.figure.measure.timing_rounds
+    assert np.isfinite(m["overhead_pct_headwise"].value)
+    judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert {v.verdict for k, v in judged.items() if k.startswith("loss_gain")} == {"inconclusive"}
     assert A.paired_gains(runs).isna().all().all()
     summary = A.loss_summary(runs)  # the notebook's table and prose survive too
     assert summary.loc["none", "diverged"] == 1 and not np.isfinite(summary.loc["none", "val_loss"])
     assert (A.shown(A.wide(runs.assign(variant=A.loss_variants(runs)), "final_val_loss",
                            columns="variant"))["none"] == "diverged").all()
+
+
+# --------------------------------------------------------------------------- measures (one per figure)
+from replicate.papers.gated_attention import measures  # noqa: E402
+
+
+def figure_spec(figure: str):
+    """The figure's config, a cfg with its ``measure`` block, and every key its claims read."""
+    spec = yaml.safe_load(open(f"configs/figure/gated_attention/{figure}.yaml"))
+    keys = {k for c in spec["claims"] for k in [c["measured"], *(c.get("requires") or {})]}
+    return spec, OmegaConf.create({"figure": {"measure": spec.get("measure", {})}}), keys
+
+
+def shuffled(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def log_t_interval(centre: float, sd_log: float, n: int = 3) -> tuple[float, float]:
+    half = stats.t.ppf(0.975, n - 1) * sd_log / np.sqrt(n)
+    return centre * np.exp(-half), centre * np.exp(half)
+
+
+def test_measures_attention_sink_returns_every_claim_key_by_hand():
+    from replicate import claims
+    spec, cfg, keys = figure_spec("attention_sink")
+    runs = shuffled(sink_runs({"none": [0.4, 0.5, 0.6], "headwise": [0.1, 0.1, 0.1],
+                               "elementwise": [0.05, 0.05, 0.05], "value": [0.2, 0.3, 0.4],
+                               "input_independent": [0.2, 0.2, 0.2]}))
+    m = measures.attention_sink(runs, cfg)
+    assert keys <= set(m)
+    half = T2 * 0.1 / np.sqrt(3)  # baseline sd 0.1 over 3 seeds
+    assert m["baseline_first_token_lower"].value == pytest.approx(0.5 - half)
+    assert m["baseline_first_token_min_seed"].value == pytest.approx(0.4)
+    # ratios of means; delta method on the log with constant denominators: sd_log = sd(num) / mean(num)
+    for key, value, sd_log in [("sink_cut_headwise", 5.0, 0.2), ("sink_cut_elementwise", 10.0, 0.2),
+                               ("value_over_headwise", 3.0, 1 / 3), ("input_independent_over_headwise", 2.0, 0.0)]:
+        assert m[key].value == pytest.approx(value) and m[key].n == 3
+        assert m[key].interval == pytest.approx(log_t_interval(value, sd_log)), key
+    judged = {c.id: c.verdict for c in claims.evaluate(spec["claims"], m)}
+    assert judged["sink_cut_headwise"] == "inconclusive"  # lower end 0.252 < 0.3: the precondition
+    assert m == measures.attention_sink(runs.iloc[::-1].reset_index(drop=True), cfg)  # order-free
+
+
+def test_measures_lr_stability_returns_every_claim_key_by_hand():
+    from replicate import claims
+    nan = float("nan")
+    spec, cfg, keys = figure_spec("lr_stability")
+    assert cfg.figure.measure.high_lr == pytest.approx(1.6e-2) and cfg.figure.measure.failed_above == 3.0
+    runs = shuffled(lr_runs({("none", 1e-3): [2.3, 2.3, 2.3], ("none", 4e-3): [2.0, 2.1, 2.2],
+                             ("none", 1.6e-2): [nan, 3.5, 2.5],
+                             ("headwise", 1e-3): [2.3, 2.3, 2.3], ("headwise", 4e-3): [1.9, 2.0, 2.0],
+                             ("headwise", 1.6e-2): [2.5, 2.6, 2.7],
+                             ("elementwise", 1e-3): [2.4, 2.4, 2.05], ("elementwise", 4e-3): [1.95, 2.0, 2.1],
+                             ("elementwise", 1.6e-2): [2.8, 2.9, 3.2]}))
+    m = measures.lr_stability(runs, cfg)
+    assert keys <= set(m)
+    assert m["baseline_failures"].value == 2  # diverged (seed 0) and 3.5 > failed_above (seed 1)
+    assert m["lrs_only_baseline_fails"].units == (1.0, 1.0, 0.0)
+    # lr >= 1.6e-2, failed runs clipped at 3.0: baseline 3.0, 3.0, 2.5
+    assert m["high_lr_gain_headwise"].units == pytest.approx((0.5, 0.4, -0.2))
+    assert m["high_lr_gain_elementwise"].units == pytest.approx((0.2, 0.1, -0.5))  # 3.2 failed -> 3.0
+    gain = m["high_lr_gain_headwise"]
+    half = T2 * np.std([0.5, 0.4, -0.2], ddof=1) / np.sqrt(3)
+    assert gain.interval == pytest.approx((0.7 / 3 - half, 0.7 / 3 + half))
+    assert m["spikes_baseline"].value == 1  # the diverged run's non-finite loss
+    assert m["spikes_baseline_minus_gated"].units == (1.0, 0.0, 0.0)
+    # best lr per seed: baseline 2.0, 2.1, 2.2; headwise 1.9, 2.0, 2.0
+    assert m["best_loss_gain"].units == pytest.approx((0.1, 0.1, 0.2))
+    assert m["best_lr_on_grid_edge"].value == 1  # elementwise seed 2 is best at 1e-3, the grid's edge
+    judged = {c.id: c for c in claims.evaluate(spec["claims"], m)}
+    assert judged["better_best_loss"].kind == "control"
+    assert judged["better_best_loss"].qualifies == "headwise_degrades_less"
+    assert judged["better_best_loss"].verdict == "inconclusive"
+    assert "best_lr_on_grid_edge" in judged["better_best_loss"].reason
+    assert judged["gated_survives_where_baseline_fails"].measured == pytest.approx(2 / 3)
+
+
+def test_measures_massive_activations_returns_every_claim_key_by_hand():
+    nan = float("nan")
+    spec, cfg, keys = figure_spec("massive_activations")
+    gate_lr = cfg.figure.measure.gate_lr
+    max_h = {("none", gate_lr): [4.0, 4.0, 4.0], ("none", 1.0): [100.0, 100.0, 100.0],
+             ("headwise", gate_lr): [1.0, 1.0, 1.0], ("headwise", 1.0): [400.0, 100.0, 25.0],
+             ("elementwise", gate_lr): [2.0, 2.0, 2.0], ("elementwise", 1.0): [nan, 50.0, 50.0]}
+    score = {("headwise", gate_lr): [0.1, 0.2, 0.3], ("elementwise", gate_lr): [0.3, 0.3, 0.3]}
+    runs = shuffled(pd.DataFrame([
+        {"gate": g, "lr": lr, "seed": s, "status": "finished" if np.isfinite(v) else "diverged",
+         "probes": {"max_abs_hidden": [1.0, v], "gate_mean": [score.get((g, lr), [0.9] * 3)[s]] * 2}
+         if np.isfinite(v) else {}}
+        for (g, lr), vals in max_h.items() for s, v in enumerate(vals)]))
+    m = measures.massive_activations(runs, cfg)
+    assert keys <= set(m)
+    cut = m["max_activation_cut_headwise"]  # per seed sqrt(4 * 1/4) = 1, sqrt(4 * 1) = 2, sqrt(4 * 4) = 4
+    assert cut.units == pytest.approx((1.0, 2.0, 4.0)) and cut.value == pytest.approx(2.0)
+    assert cut.interval == pytest.approx(log_t_interval(2.0, np.log(2)))
+    cut = m["max_activation_cut_elementwise"]  # lr 1.0 left out (a run diverged): 4 / 2 per seed
+    assert cut.units == pytest.approx((2.0, 2.0, 2.0)) and cut.interval == pytest.approx((2.0, 2.0))
+    g = m["gate_mean_headwise"]  # at gate_lr only (0.9 elsewhere)
+    assert g.value == pytest.approx(0.2) and g.interval == pytest.approx((0.2 - T2 * 0.1 / np.sqrt(3),
+                                                                          0.2 + T2 * 0.1 / np.sqrt(3)))
+    assert m["gate_mean_elementwise"].value == pytest.approx(0.3)
+
+
+def test_measures_loss_returns_every_claim_key_by_hand():
+    spec, cfg, keys = figure_spec("loss")
+    runs = shuffled(pd.DataFrame([
+        {"gate": g, "qk_norm": qk, "seed": s, "final_val_loss": v, "params": 1, "status": "finished"}
+        for (g, qk), vals in {("none", None): [2.0, 2.2, 2.1], ("headwise", None): [1.9, 2.0, 2.0],
+                              ("elementwise", None): [1.8, 2.0, 2.1], ("none", True): [1.8, 1.8, 1.8],
+                              ("headwise", True): [1.8, 1.7, 1.9]}.items()
+        for s, v in enumerate(vals)]))
+    turns = pd.DataFrame({"round": [0, 0, 0, 1, 1, 1, 2, 2, 2], "none": [1.0] * 9,
+                          "headwise": [1.01, 1.02, 9.0, 1.03, 1.04, 1.05, 1.0, 1.02, 1.01],
+                          "elementwise": [1.1] * 9})
+    m = measures.loss(runs, cfg, turns)
+    assert keys <= set(m)
+    assert m["loss_gain_headwise"].units == pytest.approx((0.1, 0.2, 0.1))
+    assert m["loss_gain_elementwise"].units == pytest.approx((0.2, 0.2, 0.0))
+    half = T2 * np.std([0.2, 0.2, 0.0], ddof=1) / np.sqrt(3)
+    assert m["loss_gain_elementwise"].interval == pytest.approx((0.4 / 3 - half, 0.4 / 3 + half))
+    assert m["loss_gain_headwise_qk_norm"].units == pytest.approx((0.0, 0.1, -0.1))  # vs none+qk_norm
+    # per round: median of gated / baseline step time (1.02, 1.04, 1.01) -> 2 %, 4 %, 1 %
+    assert m["overhead_pct_headwise"].units == pytest.approx((2.0, 4.0, 1.0))
+    assert m["overhead_pct_elementwise"].value == pytest.approx(10.0)

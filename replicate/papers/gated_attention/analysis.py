@@ -15,7 +15,6 @@ the exception by design: there a failed run is a result and counts as ending at
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -111,15 +110,20 @@ def sink_table(runs: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
-def sink_measurements(table: pd.DataFrame, gates: Iterable[str] = ("headwise", "elementwise",
-                      "value", "input_independent")) -> dict[str, claims.Estimate]:
+def sink_measurements(table: pd.DataFrame, threshold: float,
+                      gates: Iterable[str] = ("headwise", "elementwise", "value", "input_independent"),
+                      ) -> dict[str, claims.Estimate]:
     """Every sink measurement of the ``attention_sink`` figure from :func:`sink_table`.
 
-    ``baseline_first_token``: mean over seeds with a t interval; ``baseline_first_token_lower``:
-    its lower end (NaN without an interval); ``baseline_first_token_min_seed``: the smallest seed
-    (the preconditions "the sink is there throughout the interval and in every seed"); ``first_token_<g>``: mean and
-    t interval per variant; ``sink_cut_<g>`` = mean(baseline) / mean(g) and ``<g>_over_headwise``
-    = mean(g) / mean(headwise), each with a percentile bootstrap over paired seeds.
+    First-token attention is the mean attention probability on position 0 over queries t >= 1
+    (Qiu et al. 2025, Table 4). ``baseline_first_token``: mean over seeds with a t interval;
+    ``baseline_first_token_lower``: its lower end (NaN without an interval);
+    ``baseline_first_token_min_seed``: the smallest seed; ``baseline_sink_seeds``: how many
+    baseline seeds reach ``threshold`` (the preconditions "the sink is there throughout the
+    interval and in every seed"); ``first_token_<g>``: mean and t interval per variant;
+    ``sink_cut_<g>`` = mean(baseline) / mean(g) and ``<g>_over_headwise`` = mean(g) /
+    mean(headwise), each a ratio of means over paired seeds with a delta-method t interval on
+    the log (:func:`replicate.claims.ratio_of_means`).
     """
     ft = wide(table, "first_token")
     col = lambda g: _column(ft, g).to_numpy(float)  # noqa: E731
@@ -135,6 +139,9 @@ def sink_measurements(table: pd.DataFrame, gates: Iterable[str] = ("headwise", "
             float(np.min(base)) if len(base) else NAN,
             f"smallest first-token attention of the baseline's {len(base)} seeds (every seed "
             "must form a sink)"),
+        "baseline_sink_seeds": claims.exact(
+            int((base >= threshold).sum()), f"baseline seeds (of {len(base)}) whose first-token "
+                                             f"attention reaches the sink threshold {threshold:g}"),
     }
     for g in gates:
         out[f"first_token_{g}"] = claims.mean_interval(col(g))
@@ -193,31 +200,38 @@ def high_lr_gain_per_seed(table: pd.DataFrame, high_lr: float, gated: str) -> pd
     return (loss["none"] - loss[gated]).groupby(level="seed").mean()
 
 
-def best_lr(table: pd.DataFrame) -> pd.Series:
-    """Per gate: the learning rate with the lowest clipped final loss, mean over seeds."""
-    return table.groupby(["gate", "lr"])["loss"].mean().unstack("lr").idxmin(axis=1)
+def best_lr_per_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """seed x gate: the learning rate of the lowest clipped final loss of that seed."""
+    per_run = table.set_index(["seed", "gate", "lr"])["loss"]
+    best = per_run.groupby(level=["seed", "gate"]).idxmin().map(lambda key: key[2])
+    return best.unstack("gate").reindex(columns=pd.unique(table["gate"]))
 
 
 def best_loss_gain_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
-    """Per seed: baseline's clipped final loss at its best lr (:func:`best_lr`) minus ``gated``'s
-    at its own best lr (Qiu et al. Table 2 compares each model at its best learning rate)."""
-    best = best_lr(table)
-    at = lambda g: table[(table.gate == g) & np.isclose(table.lr, best[g])].set_index("seed")["loss"]  # noqa: E731
-    return (at("none") - at(gated)).sort_index()
+    """Per seed: the baseline's lowest clipped final loss over the grid minus ``gated``'s (Qiu et
+    al. Table 2 compares each model at its own best learning rate); the best learning rate is
+    chosen within each seed, so the set statistic (a minimum over the grid) is a per-seed value."""
+    best = table.groupby(["seed", "gate"])["loss"].min().unstack("gate")
+    return (_column(best, "none") - _column(best, gated)).sort_index()
 
 
-def best_lr_on_grid_edge(table: pd.DataFrame, gates: Iterable[str] = ("none", "headwise")) -> int:
-    """How many of ``gates`` have their best lr at the smallest or largest grid point: then the
-    optimum is not bracketed and "best loss" means "best on this grid"."""
-    best, lrs = best_lr(table), sorted(table["lr"].unique())
-    return int(sum(np.isclose(best[g], lrs[0]) or np.isclose(best[g], lrs[-1]) for g in gates))
+def best_lr_on_grid_edge(table: pd.DataFrame) -> int:
+    """How many (variant, seed) pairs have their best lr (:func:`best_lr_per_seed`) at the grid's
+    smallest or largest point: then the optimum is not bracketed and "best loss" means "best on
+    this grid"."""
+    lrs = sorted(table["lr"].unique())
+    best = best_lr_per_seed(table).to_numpy(float).ravel()
+    return int((np.isclose(best, lrs[0]) | np.isclose(best, lrs[-1])).sum())
 
 
 def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "headwise") -> dict:
-    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`.
+    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`: failure
+    and spike counts over the grid (exact), and per-seed values (lrs where only the baseline
+    failed, spike differences, the gain at learning rates >= ``high_lr``, the gain at each
+    model's best learning rate) with a t interval over seeds.
 
-    ``best_lr_on_grid_edge`` counts every variant of the table (baseline, headwise, elementwise)
-    whose best lr is a grid edge: the best-loss claim needs each optimum bracketed."""
+    ``best_lr_on_grid_edge`` counts every (variant, seed) of the table whose best lr is a grid
+    edge: the best-loss comparison needs each optimum bracketed."""
     base = table[table.gate == "none"]
     spk = spikes_per_seed(table)
     out = {
@@ -231,8 +245,8 @@ def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "he
                                      f"count of {gated} loss spikes over the grid"),
         "spikes_baseline_minus_gated": claims.paired_difference(_column(spk, "none"), _column(spk, gated)),
         "best_loss_gain": claims.mean_interval(best_loss_gain_per_seed(table, gated)),
-        "best_lr_on_grid_edge": claims.exact(best_lr_on_grid_edge(table, tuple(pd.unique(table.gate))),
-                                             "how many variants have their best lr at a grid edge"),
+        "best_lr_on_grid_edge": claims.exact(best_lr_on_grid_edge(table),
+                                             "how many (variant, seed) pairs have their best lr at a grid edge"),
     }
     for g in ("headwise", "elementwise"):
         if g in set(table.gate):
@@ -267,20 +281,14 @@ def log_activation_ratio(table: pd.DataFrame, gated: str, lrs: Sequence[float]) 
 
 
 def activation_cut(table: pd.DataFrame, gated: str) -> claims.Estimate:
-    """The max-activation cut over the whole grid: per seed the geometric mean over every lr both
-    models trained at (:func:`common_lrs`) of baseline / ``gated``; the estimate is the geometric
-    mean over seeds with a t interval on the log scale (the paper's 1053 -> 94 is this ratio at
-    one lr; here it is judged over all of them, not at the lr where it is largest)."""
+    """The max-activation cut over the whole grid (Qiu et al. Table 4 compares max |hidden|):
+    per seed the geometric mean over every lr both models trained at (:func:`common_lrs`) of
+    baseline / ``gated``; the estimate is the geometric mean of these per-seed ratios over seeds
+    with a t interval on their logs (the paper's 1053 -> 94 is this ratio at one lr; here it is
+    judged over all of them, not at the lr where it is largest). No common lr: no seeds."""
     lrs = common_lrs(table, ["none", gated])
-    if not lrs:
-        return claims.Estimate(NAN, None, 0, "no learning rate at which both models finished")
-    per_seed = log_activation_ratio(table, gated, lrs).mean(axis=1)
-    est = claims.mean_interval(per_seed.to_numpy(float))
-    interval = None if est.interval is None else (math.exp(est.interval[0]), math.exp(est.interval[1]))
-    method = (f"geometric mean over {len(lrs)} lrs ({', '.join(f'{lr:g}' for lr in lrs)}) per seed; "
-              + est.method.replace("of the mean", "of the mean log ratio"))
-    return claims.Estimate(math.exp(est.value), interval, est.n, method,
-                           tuple(math.exp(u) for u in est.units))
+    per_seed = np.exp(log_activation_ratio(table, gated, lrs).mean(axis=1)) if lrs else pd.Series(dtype=float)
+    return claims.log_mean_interval(per_seed.to_numpy(float))
 
 
 def gate_score_mean(table: pd.DataFrame, gated: str, lr: float) -> claims.Estimate:
@@ -352,6 +360,57 @@ def loss_measurements(runs: pd.DataFrame) -> dict[str, claims.Estimate]:
 def shown(values: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """A table of numbers for display, with every non-finite entry (a diverged run) as "diverged"."""
     return values.apply(lambda col: col.map(lambda v: f"{v:.{digits}f}" if np.isfinite(v) else "diverged"))
+
+
+def _training_step(run_cfg):
+    """A closure that runs one AdamW training step of ``run_cfg``'s module on one fixed training
+    batch and returns its wall time in seconds (initial weights from ``torch.manual_seed(0)``)."""
+    import time
+
+    import torch
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    module = instantiate(run_cfg.run.module, _convert_="all")
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    data = instantiate(run_cfg.run.data, _convert_="all")
+    data.setup("fit")
+    x, y = next(iter(data.train_dataloader()))
+
+    def step() -> float:
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(module(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+    return step
+
+
+def step_turns(runs: pd.DataFrame, cfg, gates: Sequence[str] = ("none", "headwise", "elementwise"),
+               warmup: int = 5) -> pd.DataFrame:
+    """Interleaved step times of ``gates`` (QK-norm off, the setting of the paper's overhead claim,
+    Sec. 4.1), in this process on one thread: each turn runs one training step of every variant
+    in turn (:func:`_training_step`, each variant's config from its first run in ``runs``);
+    ``cfg.figure.measure.timing_rounds`` rounds of ``timing_steps`` turns after ``warmup`` turns.
+    One row per turn: ``round`` and one column of seconds per variant."""
+    import torch
+
+    from replicate import config as C
+
+    main = runs[loss_variants(runs).isin(gates)]
+    points = {g: int(main[main.gate == g]["point"].iloc[0]) for g in gates if g in set(main.gate)}
+    steps = {g: _training_step(C.run_config(cfg, k)) for g, k in points.items()}
+    measure, threads = cfg.figure.measure, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warmup):
+            for step in steps.values():
+                step()
+        return pd.DataFrame([{"round": k, **{g: step() for g, step in steps.items()}}
+                             for k in range(measure.timing_rounds) for _ in range(measure.timing_steps)])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def overhead_pct(turns: pd.DataFrame, gated: str, baseline: str = "none") -> claims.Estimate:
