@@ -4,7 +4,7 @@
     fig.setup_markdown()           # the regime, the scale, the sweep, as prose for the reader
     runs = fig.runs()              # one row per sweep point (trains missing ones only when allowed)
     fig.save(matplotlib_figure)    # <figure_dir>/<name>.png and .pdf
-    fig.report({"sink_ratio_headwise": claims.ratio_of_means(...), ...})  # verdicts -> .json
+    fig.report(measures.attention_sink(runs, fig.cfg))   # every claim's number -> verdicts -> .json
 
 Measurements are plain numbers or :class:`replicate.claims.Estimate` (a value with its interval
 over seeds or other independent units); every verdict is computed by ``replicate.claims``.
@@ -79,10 +79,11 @@ class FigureContext:
         """Judge every claim of the figure and write ``<name>.json``; returns the claims table
         (kind, measured, interval, n, verdict and the reason for it)."""
         specs = OmegaConf.to_container(self.figure.claims)
-        judged = claims_lib.evaluate(specs, measurements)
+        judged = claims_lib.evaluate(specs, measurements, where=f"{self.figure.paper}/{self.figure.name}")
         runs_wall = float(self._runs["wall_seconds"].sum()) if self._runs is not None and len(self._runs) else 0.0
         notebook_wall = time.perf_counter() - self._t0
         payload = {
+            "claim_contract": claims_lib.CLAIM_CONTRACT,
             "paper": self.figure.paper, "figure": self.figure.name, "title": self.figure.title,
             "source": {**OmegaConf.to_container(self.figure.source), "links": C.arxiv_links(self.figure)},
             "rerun": rerun_command(f"{self.figure.paper}/{self.figure.name}", self.cfg),
@@ -138,6 +139,7 @@ def claims_table(judged: list[claims_lib.Claim]) -> pd.DataFrame:
     """The judged claims as a table a reader scans: what, how much, how sure, which verdict, why."""
     rows = [{"id": c.id, "kind": c.kind + (f" → {c.qualifies}" if c.qualifies else ""),
              "measured": c.measured, "interval": _interval_text(c.interval), "n": c.n,
+             "MDE": claims_lib.mde_text(c.to_dict()), "n to decide": c.units_to_decide,
              "paper": c.paper_value, "rule": c.criterion, "verdict": c.verdict, "reason": c.reason}
             for c in judged]
     return pd.DataFrame(rows).set_index("id")

@@ -19,12 +19,12 @@ from pathlib import Path
 from replicate import scorecard as S
 from replicate.claims import VERDICTS
 
-LABEL = {"replicated": "replicated", "partial": "partial", "not_replicated": "not replicated",
-         "inconclusive": "inconclusive"}
+LABEL = {"replicated": "replicated", "partial": "partial", "undecided": "undecided",
+         "not_replicated": "not replicated", "inconclusive": "inconclusive"}
 
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --card:#f6f8fa;
-  --rep:#1a7f37; --par:#9a6700; --not:#cf222e; --inc:#6e7781; --stale:#bc4c00; }
+  --rep:#1a7f37; --par:#9a6700; --und:#0969da; --not:#cf222e; --inc:#6e7781; --stale:#bc4c00; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.5 -apple-system, "Segoe UI", "Noto Sans", Helvetica, Arial, sans-serif;
   color: var(--fg); background: var(--bg); }
@@ -41,7 +41,7 @@ code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; back
 .total { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 120px; background: var(--card); }
 .total b { display: block; font-size: 24px; line-height: 1.1; }
 .total.v-replicated b { color: var(--rep); } .total.v-partial b { color: var(--par); }
-.total.v-not_replicated b { color: var(--not); } .total.v-inconclusive b { color: var(--inc); }
+.total.v-undecided b { color: var(--und); } .total.v-not_replicated b { color: var(--not); } .total.v-inconclusive b { color: var(--inc); }
 .total.stale b { color: var(--stale); }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { border-bottom: 1px solid var(--line); padding: 6px 8px; text-align: left; vertical-align: top; }
@@ -51,12 +51,12 @@ table.summary { width: auto; min-width: 640px; }
 .badge { display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12.5px; font-weight: 600;
   color: #fff; white-space: nowrap; }
 .badge.v-replicated { background: var(--rep); } .badge.v-partial { background: var(--par); }
-.badge.v-not_replicated { background: var(--not); } .badge.v-inconclusive { background: var(--inc); }
+.badge.v-undecided { background: var(--und); } .badge.v-not_replicated { background: var(--not); } .badge.v-inconclusive { background: var(--inc); }
 .badge.stale { background: #fff; color: var(--stale); border: 1px solid var(--stale); }
 .dots { margin-left: 6px; letter-spacing: 1px; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; }
 .dot.v-replicated { background: var(--rep); } .dot.v-partial { background: var(--par); }
-.dot.v-not_replicated { background: var(--not); } .dot.v-inconclusive { background: var(--inc); }
+.dot.v-undecided { background: var(--und); } .dot.v-not_replicated { background: var(--not); } .dot.v-inconclusive { background: var(--inc); }
 nav.side { position: fixed; top: 0; left: 0; width: 250px; height: 100vh; overflow-y: auto;
   padding: 20px 14px; border-right: 1px solid var(--line); background: var(--card); font-size: 13.5px; }
 nav.side h4 { margin: 14px 0 4px; font-size: 13.5px; } nav.side h4 a.arxiv { font-weight: 400; margin-left: 6px; }

@@ -52,7 +52,7 @@ from replicate import config as C
 from replicate.claims import VERDICTS
 from replicate.environment import LOCK, lock_differences, read_lock
 
-BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial",
+BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial", "undecided": "🔵 undecided",
          "not_replicated": "❌ not replicated", "inconclusive": "⚪ inconclusive"}
 STALE = "⚠️ stale"
 
@@ -124,11 +124,93 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
                 raise ScorecardError(f"{path}: missing '{key}' (not a figure's claims json?)")
         entry = Entry(record, path)
         specs = _caption_and_config(entry, root, compose)
-        check_verdicts(record, path, specs)
+        if record.get("claim_contract") == claims_lib.CLAIM_CONTRACT:
+            check_measurements(record, path)
+            check_verdicts(record, path, specs)
+        else:
+            entry.stale.append(LEGACY)
         entry.stale += _newer_inputs(entry, root, clock, config_by_time=specs is None and not entry.stale)
         entry.provenance = provenance_warnings(record, lock)
         entries.append(entry)
+    check_paper_numbers_counted_once(entries)
     return entries
+
+
+LEGACY = ("made under an earlier claim contract (intervals not recomputable from their units, "
+          "3-seed percentile bootstraps, no `undecided` verdict): its verdicts are shown as made, "
+          "not re-derived")
+
+
+def check_measurements(record: dict, path: Path | str = "?") -> None:
+    """Raise :class:`ScorecardError` unless every measurement's value and interval are what its
+    units and estimator give (:func:`replicate.claims.recompute`), no percentile bootstrap rests on
+    too few units, and each claim's number is its measurement's."""
+    measurements = record.get("measurements") or {}
+    for key, m in measurements.items():
+        if not isinstance(m, dict) or "estimator" not in m:
+            continue
+        _check_one(m, f"{path}: measurement '{key}'")
+    for claim in record["claims"]:
+        where = f"{path}: claim '{claim.get('id', '?')}'"
+        key = claim.get("measurement")
+        if key not in measurements:
+            raise ScorecardError(f"{where} reads measurement {key!r}, which the json does not hold")
+        m = measurements[key]
+        value, interval = (m.get("value"), m.get("interval")) if isinstance(m, dict) else (m, None)
+        if not _same(claim.get("measured"), value if value is not None and math.isfinite(value) else None):
+            raise ScorecardError(f"{where}: measured {claim.get('measured')!r} is not its measurement "
+                                 f"'{key}' = {value!r} (edited json)")
+        if not _same_interval(claim.get("interval"), interval):
+            raise ScorecardError(f"{where}: interval {claim.get('interval')!r} is not its measurement "
+                                 f"'{key}''s {interval!r} (edited json)")
+
+
+def _check_one(m: dict, where: str) -> None:
+    estimator = m.get("estimator") or {}
+    if estimator.get("name") == "bootstrap" and len(m.get("units") or []) < claims_lib.MIN_BOOTSTRAP_UNITS:
+        raise ScorecardError(f"{where}: a percentile bootstrap over {len(m.get('units') or [])} units "
+                             f"(at least {claims_lib.MIN_BOOTSTRAP_UNITS} needed)")
+    if m.get("interval") is not None and not m.get("units"):
+        raise ScorecardError(f"{where}: an interval without its units cannot be checked")
+    try:
+        again = claims_lib.recompute(m)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ScorecardError(f"{where}: cannot recompute its interval ({err})") from None
+    stored = m.get("value")
+    if not _same(None if again.value is None or not math.isfinite(again.value) else again.value,
+                 None if stored is None or not math.isfinite(stored) else stored):
+        raise ScorecardError(f"{where}: value {stored!r} but its units give {again.value!r} (edited json)")
+    if not _same_interval(m.get("interval"), again.interval):
+        raise ScorecardError(f"{where}: interval {m.get('interval')!r} but its units give "
+                             f"{list(again.interval) if again.interval else None!r} (edited json)")
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _same_interval(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return all(_same(x, y) for x, y in zip(a, b))
+
+
+def check_paper_numbers_counted_once(entries: list["Entry"]) -> None:
+    """A paper number (its source and the paper's value) is one paper claim, however many figures
+    measure it: a second one must be a control."""
+    seen: dict[tuple, str] = {}
+    for e in entries:
+        if e.record.get("claim_contract") != claims_lib.CLAIM_CONTRACT:
+            continue
+        for c in kind_claims(e):
+            key = (e.paper, str(c.get("source", "")).strip(), str(c.get("paper_value", "")).strip())
+            here = f"{e.key}:{c.get('id')}"
+            if key in seen:
+                raise ScorecardError(f"paper number counted twice: {seen[key]} and {here} both quote "
+                                     f"{key[2]!r} ({key[1]}); make one of them a control")
+            seen[key] = here
 
 
 def provenance_warnings(record: dict, lock: dict[str, str]) -> list[str]:
@@ -351,6 +433,14 @@ def interval_text(claim: dict) -> str:
     return f"— (n={n})" if n else "—"
 
 
+def power_text(claim: dict) -> str:
+    """``±0.031 (12)``: the claim's minimum detectable effect and the units that would decide it."""
+    if claim.get("mde") is None:
+        return "—"
+    need = claim.get("units_to_decide")
+    return claims_lib.mde_text(claim) + (f" ({need})" if need else "")
+
+
 def notes_path(paper: str) -> Path | None:
     """The project's research notes on ``paper`` (docs/papers/<paper>.md), if there are any."""
     path = C.REPO_ROOT / "docs" / "papers" / f"{paper}.md"
@@ -370,13 +460,14 @@ def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
              + f" — at scale `{record.get('scale', '?')}` on `{record.get('hardware', '?')}` "
                f"(commit `{short_commit(record)}`). Verdicts are computed from each interval and "
                "the rules in the figure's config; how: the Claims section at the end.", "",
-             "| claim | verdict | ours [interval] (n) | paper | why |", "|---|---|---|---|---|"]
+             "| claim | verdict | ours [interval] (n) | MDE (n to decide) | paper | why |",
+             "|---|---|---|---|---|---|"]
     for c, control in ordered_claims(entry):
         what = f"↳ control `{c['id']}`" if control else f"`{c['id']}`"
         source = f" ({c['source']})" if c.get("source") else ""
         lines.append(f"| {what}: {_cell(c.get('statement', ''))} | {BADGE[c['verdict']]} "
                      f"| {_cell(fmt(c.get('measured')))} {_cell(interval_text(c))} "
-                     f"| {_cell(c.get('paper_value', '') + source)} "
+                     f"| {_cell(power_text(c))} | {_cell(c.get('paper_value', '') + source)} "
                      f"| {_cell(c.get('reason', ''))} |")
     lines += ["", source_markdown(record)]
     notes = notes_path(record.get("paper", ""))
@@ -444,8 +535,12 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
              "the measured number, its interval over independent units (seeds, datasets, "
              "replicates) and the rules in the figure's config, and is re-derived from those when "
              "this page is generated: none is typed. *replicated*: the whole interval satisfies the "
-             "claim's rule; *partial*: it straddles a bar or meets only the weaker one; *not "
-             "replicated*: no point of it meets the weaker rule; *inconclusive*: a precondition "
+             "claim's rule; *partial*: the whole interval meets the smallest effect of interest "
+             "but not the paper's bar (a weaker effect); *not replicated*: the interval excludes "
+             "the paper's bar; *undecided*: it reaches the paper's bar and falls below the smallest "
+             "effect of interest, so the design cannot tell (MDE: the distance from the bar, or the "
+             "factor for ratios, that its n separates with 80% power; n to decide: the units that "
+             "would separate the current estimate from every bar); *inconclusive*: a precondition "
              "failed (the reason says which) or nothing finite was measured. Totals count the "
              "papers' claims only. How to read it: README, "
              "\"Reading the results\". Browse the figures: [index.html](index.html) (open the file "
@@ -473,8 +568,8 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
         if notes is not None:
             about.append(f"research notes: [{notes.name}]({relative_link(notes, page_dir)})")
         lines += ["; ".join(about) + ".", ""]
-        lines += ["| figure | claim | paper | measured | interval (n) | rule | verdict | why |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| figure | claim | paper | measured | interval (n) | MDE (n to decide) | rule | verdict | why |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for e in group:
             fig = (f"[{e.name}]({relative_link(e.output('.png'), page_dir)}) "
                    f"([page]({relative_link(e.output('.html'), page_dir)}), "
@@ -484,7 +579,8 @@ def render(entries: list[Entry], page_dir: Path | None = None) -> str:
                 what = (f"↳ control: `{c.get('id', '')}`" if control else f"`{c.get('id', '')}`")
                 lines.append(f"| {fig} | {what} {_cell(c.get('statement', ''))} "
                              f"| {_cell(c.get('paper_value', ''))} | {_cell(fmt(c.get('measured')))} "
-                             f"| {_cell(interval_text(c))} | {_cell(c.get('criterion', ''))} "
+                             f"| {_cell(interval_text(c))} | {_cell(power_text(c))} "
+                             f"| {_cell(c.get('criterion', ''))} "
                              f"| {BADGE[c['verdict']]}{mark} | {_cell(c.get('reason', ''))} |")
         sanity = [(e, c) for e in group for c in kind_claims(e, "sanity")]
         if sanity:

@@ -38,9 +38,12 @@ SPECS = [  # paper claims that reach every verdict, a control and a sanity check
 N_PAPER = 4
 
 
-def write_figure(figures: Path, paper: str, figure: str, measurements: dict, specs=SPECS, **extra) -> Path:
-    """A claims json as FigureContext.report writes it; verdicts computed by replicate.claims."""
-    record = {"paper": paper, "figure": figure, "scale": "smoke", "hardware": "cpu",
+def write_figure(figures: Path, paper: str, figure: str, measurements: dict, specs=None, **extra) -> Path:
+    """A claims json as FigureContext.report writes it; verdicts computed by replicate.claims.
+    By default :data:`SPECS`, each paper number quoted as this figure's own (counted once)."""
+    specs = specs or [dict(s, paper_value=f"{s['paper_value']} [{figure}]") for s in SPECS]
+    record = {"claim_contract": claims_lib.CLAIM_CONTRACT, "paper": paper, "figure": figure,
+              "scale": "smoke", "hardware": "cpu",
               "git_commit": "0123456789abcdef", "started": "2026-01-02T03:04:05+00:00",
               "wall_seconds": 12.5, "config_sha256": "", "measurements": measurements,
               "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)], **extra}
@@ -69,9 +72,11 @@ def repo(tmp_path):
     figs = [("alpha", "one"), ("alpha", "two"), ("beta", "three")]
     fake_repo(tmp_path, figs)
     figures = tmp_path / "figures"
-    write_figure(figures, "alpha", "one", {"cut": 4.0, "gain": 0.02, "gate": 0.1})  # replicated x3
-    write_figure(figures, "alpha", "two", {"cut": 2.0, "gain": -1.0, "gate": float("nan")})
-    write_figure(figures, "beta", "three", {"cut": 1.0, "gain": 0.005, "gate": 0.5, "absent": 1.0})
+    nan = float("nan")
+    write_figure(figures, "alpha", "one", {"cut": 4.0, "gain": 0.02, "gate": 0.1, "absent": nan})  # replicated x3
+    write_figure(figures, "alpha", "two", {"cut": 2.0, "gain": -1.0, "gate": nan, "absent": nan})
+    undecided = claims_lib.mean_interval([-0.02, 0.01, 0.05])  # reaches 0.01 and falls below 0
+    write_figure(figures, "beta", "three", {"cut": 1.0, "gain": undecided, "gate": 0.5, "absent": 1.0})
     return tmp_path
 
 
@@ -103,11 +108,12 @@ def test_totals_count_paper_claims_only(repo):
     assert "Not counted: 3 controls" in text and "3 sanity checks" in text
     rows = parse_rows(text)  # paper claims and, indented under them, the controls
     assert len(rows) == 3 * (N_PAPER + 1)
-    assert Counter(verdict_of(r[6]) for r in rows if "control" not in r[1]) == expected
+    assert Counter(verdict_of(r[7]) for r in rows if "control" not in r[1]) == expected
     for i, r in enumerate(rows):  # each control follows the claim it qualifies
         if "↳ control: `fixed_gate`" in r[1]:
             assert "`small_gain`" in rows[i - 1][1]
     assert text.count("`identity` the gate is 1 at init") == 3  # in the sanity tables
+    assert "🔵 undecided" in text and "±" in text  # the undecided claim shows its MDE
     all_row = next(line for line in text.splitlines() if line.startswith("| **all** |"))
     assert [int(x.strip("* ")) for x in all_row.split("|")[2:-1]] == [
         3, len(claims), *(expected[v] for v in VERDICTS), 0, 3, 3]
@@ -123,8 +129,8 @@ def test_every_claim_row_has_its_numbers_provenance_and_links(repo):
             assert claim["id"] in row[1] and claim["statement"].replace("|", "\\|") in row[1]
             assert row[2] == claim["paper_value"] and row[3] == S.fmt(claim["measured"])
             assert row[4] == S.interval_text(claim).replace("|", "\\|")
-            assert row[5] == claim["criterion"] and verdict_of(row[6]) == claim["verdict"]
-            assert row[7] == claim["reason"]
+            assert row[5] == S.power_text(claim) and row[6] == claim["criterion"]
+            assert verdict_of(row[7]) == claim["verdict"] and row[8] == claim["reason"]
             links = re.findall(r"\]\(([^)]+)\)", row[0])
             assert [Path(link).suffix for link in links] == [".png", ".html", ".ipynb"]
             assert all((figures / link).is_file() for link in links)
@@ -148,8 +154,52 @@ def test_an_edited_interval_is_refused(repo):
     record = json.loads(path.read_text())
     record["claims"][1]["interval"] = [-0.01, 0.05]  # gain 0.02 was judged without an interval
     path.write_text(json.dumps(record))
-    with pytest.raises(S.ScorecardError, match="claim 'small_gain' says 'replicated' but .* gives 'partial'"):
+    with pytest.raises(S.ScorecardError, match=r"one.json: claim 'small_gain': interval \[-0.01, 0.05\] is not its measurement"):
         S.collect(repo / "figures", root=repo, compose=False)
+
+
+@pytest.mark.parametrize("forge,message", [
+    (lambda r: r["claims"][1].update(measured=0.04), "claim 'small_gain': measured 0.04 is not its measurement 'gain'"),
+    (lambda r: r["measurements"]["gain"]["units"].__setitem__(0, 99.0), "measurement 'gain': value .* but its units give"),
+    (lambda r: r["measurements"]["gain"].update(interval=[0.0, 0.03]), "measurement 'gain': interval .* but its units give"),
+    (lambda r: r["measurements"]["gain"]["estimator"].update(name="magic"), "measurement .gain.: cannot recompute its interval"),
+])
+def test_a_forged_number_is_refused_with_the_file_and_field_named(repo, forge, message):
+    path = repo / "figures" / "beta" / "three.json"
+    record = json.loads(path.read_text())
+    forge(record)
+    path.write_text(json.dumps(record))
+    with pytest.raises(S.ScorecardError, match="three.json: " + message):
+        S.collect(repo / "figures", root=repo, compose=False)
+
+
+def test_a_bootstrap_over_few_units_is_refused(repo):
+    path = repo / "figures" / "beta" / "three.json"
+    record = json.loads(path.read_text())
+    record["measurements"]["gain"]["estimator"] = {"name": "bootstrap", "statistic": "numpy:mean", "params": {},
+                                                   "resamples": 100, "seed": 0, "level": 0.95, "unit": "seeds"}
+    path.write_text(json.dumps(record))
+    with pytest.raises(S.ScorecardError, match="a percentile bootstrap over 3 units"):
+        S.collect(repo / "figures", root=repo, compose=False)
+
+
+def test_a_paper_number_is_counted_once(repo):
+    figures = repo / "figures"
+    nan = float("nan")
+    quoted = json.loads((figures / "alpha" / "one.json").read_text())["claims"][0]["paper_value"]
+    write_figure(figures, "alpha", "two", {"cut": 2.0}, specs=[dict(SPECS[0], id="same_number_again", paper_value=quoted)])
+    with pytest.raises(S.ScorecardError, match="paper number counted twice: alpha/one:big_cut and alpha/two:same_number_again"):
+        S.collect(figures, root=repo, compose=False)
+
+
+def test_a_figure_made_under_the_earlier_contract_is_stale_not_rejudged(repo):
+    path = repo / "figures" / "alpha" / "one.json"
+    record = json.loads(path.read_text())
+    del record["claim_contract"]
+    record["claims"][0]["verdict"] = "partial"  # the old rules' verdict, shown as made
+    path.write_text(json.dumps(record))
+    entries = {e.key: e for e in S.collect(repo / "figures", root=repo, compose=False)}
+    assert entries["alpha/one"].stale == [S.LEGACY] and not entries["alpha/two"].stale
 
 
 def test_a_json_without_kinds_or_rules_is_refused(repo):
@@ -220,7 +270,7 @@ def test_the_figure_config_is_judged_by_its_hash_and_gives_the_caption(tmp_path)
     cfg = C.compose(figure, hardware="cpu", scale="smoke")
     specs = OmegaConf.to_container(cfg.figure.claims)
     figures = tmp_path / "figures"
-    measurements = {s["measured"]: 0.0 for s in specs}
+    measurements = {k: 0.0 for s in specs for k in [s["measured"], *(s.get("requires") or {})]}
     write_figure(figures, "gated_attention", "loss", measurements, specs=specs,
                  config_sha256=C.config_sha256(cfg))
     (entry,) = S.collect(figures)
@@ -235,7 +285,8 @@ def test_the_figure_config_is_judged_by_its_hash_and_gives_the_caption(tmp_path)
     write_figure(figures, "gated_attention", "loss", measurements, specs=edited, config_sha256="0" * 64)
     (entry,) = S.collect(figures)  # config changed since: stale, checked against its own rules
     assert len(entry.stale) == 1 and "figure config changed" in entry.stale[0]
-    write_figure(figures, "gated_attention", "gone", measurements, specs=specs)
+    write_figure(figures, "gated_attention", "gone", measurements,
+                 specs=[dict(s, paper_value=f"{s['paper_value']} (gone)") for s in specs])
     gone = {e.key: e for e in S.collect(figures)}["gated_attention/gone"]
     assert "no longer exists" in gone.stale[0]
 
@@ -256,9 +307,12 @@ def test_the_shipped_scorecard_counts_equal_the_shipped_jsons():
     assert (figures / "SCORECARD.md").is_file(), "figures/ ships jsons but no SCORECARD.md: python -m replicate scorecard"
     text = (figures / "SCORECARD.md").read_text()
     assert f"**{len(claims)} claims**: " + ", ".join(f"{expected[v]} {v.replace('_', ' ')}" for v in VERDICTS) in text
-    assert Counter(verdict_of(r[6]) for r in parse_rows(text) if "control" not in r[1]) == expected
-    for p in jsons:  # strict JSON, and every shipped verdict follows from its numbers
-        S.check_verdicts(S._read_strict(p), p)
+    assert Counter(verdict_of(r[7]) for r in parse_rows(text) if "control" not in r[1]) == expected
+    for p in jsons:  # strict JSON, and every verdict of the current contract follows from its numbers
+        record = S._read_strict(p)
+        if record.get("claim_contract") == claims_lib.CLAIM_CONTRACT:
+            S.check_measurements(record, p)
+            S.check_verdicts(record, p)
 
 
 def test_provenance_commit_is_dirty_for_sources_not_for_figure_outputs(tmp_path, monkeypatch):
@@ -281,7 +335,8 @@ def test_provenance_commit_is_dirty_for_sources_not_for_figure_outputs(tmp_path,
 
 def test_the_answer_links_the_papers_research_notes(tmp_path):
     record = {"paper": "gated_attention", "figure": "loss", "scale": "smoke", "hardware": "cpu",
-              "git_commit": "0" * 40, "claims": [c.to_dict() for c in claims_lib.evaluate(SPECS, {"cut": 4.0})]}
+              "git_commit": "0" * 40, "claims": [c.to_dict() for c in claims_lib.evaluate(
+                  SPECS, {"cut": 4.0, "gain": float("nan"), "gate": float("nan"), "absent": float("nan")})]}
     figures = C.REPO_ROOT / "figures" / "gated_attention"
     text = S.answer_markdown(record, figures)
     assert "(../../docs/papers/gated_attention.md)" in text
