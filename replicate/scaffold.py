@@ -3,6 +3,7 @@
 Writes, from replicate/templates/ (see its README.md)::
 
     replicate/papers/NAME/{__init__,module,data}.py   LightningModule + DataModule (a working toy)
+    replicate/papers/NAME/measures.py                 one function per figure: the claims' numbers
     configs/figure/NAME/FIGURE.yaml                   run, sweep, measure, claims, scales.smoke
     notebooks/NAME/FIGURE.ipynb                       parameters cell, FigureContext, plot, report
     tests/test_NAME.py                                unit tests + one smoke training run
@@ -53,6 +54,7 @@ def targets(paper: str, figure: str, root: Path) -> dict[str, Path]:
         "paper/__init__.py.tmpl": root / "replicate" / "papers" / paper / "__init__.py",
         "paper/module.py.tmpl": root / "replicate" / "papers" / paper / "module.py",
         "paper/data.py.tmpl": root / "replicate" / "papers" / paper / "data.py",
+        "paper/measures.py.tmpl": root / "replicate" / "papers" / paper / "measures.py",
         "figure.yaml.tmpl": root / "configs" / "figure" / paper / f"{figure}.yaml",
         "notebook.py.tmpl": root / "notebooks" / paper / f"{figure}.ipynb",
         "test_paper.py.tmpl": root / "tests" / f"test_{paper}.py",

@@ -32,7 +32,8 @@ def test_it_writes_a_package_config_notebook_and_test_with_nothing_left_to_fill(
     rel = sorted(str(p.relative_to(fake_root)) for p in written)
     assert rel == ["configs/figure/toy_paper/headline.yaml", "notebooks/toy_paper/headline.ipynb",
                    "replicate/papers/toy_paper/__init__.py", "replicate/papers/toy_paper/data.py",
-                   "replicate/papers/toy_paper/module.py", "tests/test_toy_paper.py"]
+                   "replicate/papers/toy_paper/measures.py", "replicate/papers/toy_paper/module.py",
+                   "tests/test_toy_paper.py"]
     for path in written:
         text = path.read_text()
         assert not re.search(r"\{\{\w+\}\}", text), f"{path}: a placeholder is left"
@@ -54,8 +55,13 @@ def test_it_writes_a_package_config_notebook_and_test_with_nothing_left_to_fill(
     assert len(params) == 1 and 'figure = "toy_paper/headline"' in "".join(params[0]["source"])
     source = "".join("".join(c["source"]) for c in code)
     assert "FigureContext(" in source and "ctx.save(fig)" in source and "ctx.report(measurements)" in source
-    for claim in cfg["claims"]:  # every claim's measurement is reported by the notebook
-        assert f'"{claim["measured"]}"' in source
+    assert "measures.headline(table)" in source  # the claims' numbers come from measures.py
+    measures = (fake_root / "replicate/papers/toy_paper/measures.py").read_text()
+    assert "def headline(table" in measures and "def run_table(" in measures
+    test = (fake_root / "tests/test_toy_paper.py").read_text()
+    assert "def test_headline_measures_on_a_hand_built_run_table" in test
+    for claim in cfg["claims"]:  # every claim's measurement is computed by measures.py
+        assert f'"{claim["measured"]}"' in measures
     for c in code:
         compile("".join(c["source"]), "cell", "exec")
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
@@ -132,4 +138,4 @@ def test_a_new_paper_runs_end_to_end_in_a_copy_of_the_repo(tmp_path):
     assert 'src="throwaway/main.png"' in (figures / "index.html").read_text()
 
     tests = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_throwaway.py")
-    assert "3 passed" in tests.stdout
+    assert "4 passed" in tests.stdout
