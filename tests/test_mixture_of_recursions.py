@@ -363,30 +363,31 @@ def test_training_step_reduces_loss_and_carries_aux_loss():
 def _nll_table(rows):
     import pandas as pd
 
-    return pd.DataFrame([{"label": label, "budget": budget, "seed": seed, "nll_causal": nll, "nll_topk": nll - 0.01}
-                         for label, budget, seed, nll in rows])
+    return pd.DataFrame([{"variant": variant, "n_rec": n_rec, "aux": "ours", "kv_share": False, "budget": budget,
+                          "seed": seed, "nll_causal": nll, "nll_topk": nll - 0.01}
+                         for variant, n_rec, budget, seed, nll in rows])
 
 
 def test_paired_gaps_pool_nr_and_seed_pairs_with_a_t_interval():
-    from replicate.papers.mixture_of_recursions.analysis import gap_estimate, nr_comparisons, paired_gaps
+    from replicate.papers.mixture_of_recursions.analysis import Side, gap_estimate, over_n_rec, paired_gaps
 
-    table = _nll_table([("recursive N_r=2", 2, 0, 2.0), ("recursive N_r=2", 2, 1, 2.1),
-                        ("MoR-EC N_r=2", 2, 0, 1.8), ("MoR-EC N_r=2", 2, 1, 1.8), ("MoR-EC N_r=2", 2, 2, 1.0),
-                        ("recursive N_r=3", 2, 0, 2.2), ("recursive N_r=3", 2, 1, 2.3),
-                        ("MoR-EC N_r=3", 2, 0, 1.9), ("MoR-EC N_r=3", 2, 1, 2.1),
-                        ("MoR-EC N_r=3", -1, 0, 5.0)])  # an off-budget run is not at budget 2
-    gaps = paired_gaps(table, nr_comparisons("recursive N_r={n}", "MoR-EC N_r={n}", 2, 2))
+    table = _nll_table([("recursive", 2, 2, 0, 2.0), ("recursive", 2, 2, 1, 2.1),
+                        ("mor_ec", 2, 2, 0, 1.8), ("mor_ec", 2, 2, 1, 1.8), ("mor_ec", 2, 2, 2, 1.0),
+                        ("recursive", 3, 2, 0, 2.2), ("recursive", 3, 2, 1, 2.3),
+                        ("mor_ec", 3, 2, 0, 1.9), ("mor_ec", 3, 2, 1, 2.1),
+                        ("mor_ec", 3, -1, 0, 5.0)])  # an off-budget run is not at budget 2
+    gaps = paired_gaps(table, over_n_rec(lambda n: (Side("recursive", 2, n), Side("mor_ec", 2, n))))
     assert list(gaps.gap.round(6)) == [0.2, 0.3, 0.3, 0.2]  # seed 2 has no recursive partner: left out
     est = gap_estimate(gaps)
     # mean 0.25, sd sqrt(0.01 / 3), t_{3, 0.975} = 3.182446: half-width 0.091870
     assert est.n == 4 and est.value == pytest.approx(0.25)
     assert est.interval == pytest.approx((0.25 - 0.091870, 0.25 + 0.091870), abs=1e-5)
     assert "(N_r, seed) run pairs" in est.method
-    topk = paired_gaps(table, nr_comparisons("recursive N_r={n}", "MoR-EC N_r={n}", 2, 2, col_b="nll_topk"))
+    topk = paired_gaps(table, over_n_rec(lambda n: (Side("recursive", 2, n), Side("mor_ec", 2, n, rule="topk"))))
     assert topk.gap.mean() == pytest.approx(0.26)
 
 
-def test_share_of_gain_is_a_ratio_of_mean_gains_over_shared_units():
+def test_share_of_gain_is_a_mean_of_per_unit_shares_over_shared_units():
     import pandas as pd
 
     from replicate.papers.mixture_of_recursions.analysis import share_of_gain
@@ -396,9 +397,10 @@ def test_share_of_gain_is_a_ratio_of_mean_gains_over_shared_units():
                              for (c, s), g in zip([("N_r=2", 0), ("N_r=2", 1), ("N_r=3", 0), ("N_r=3", 1)], values)])
 
     est = share_of_gain(gaps([0.1, 0.1, 0.2, 0.2]), gaps([0.2, 0.3, 0.3, 0.2]))
-    assert est.value == pytest.approx(0.6) and est.n == 4
-    lo, hi = est.interval
-    assert lo <= 0.6 <= hi and 0.3 < lo and hi < 1.0  # bootstrap over 4 paired units
+    # per-unit shares 1/2, 1/3, 2/3, 1: mean 0.625, sd 0.284637, t_{3, 0.975} = 3.182446: half-width 0.452924
+    assert est.value == pytest.approx(0.625) and est.n == 4
+    assert est.interval == pytest.approx((0.625 - 0.452924, 0.625 + 0.452924), abs=1e-5)
+    assert est.units == pytest.approx((0.5, 1 / 3, 2 / 3, 1.0))
 
 
 def _depth_runs():
@@ -433,10 +435,10 @@ def test_depth_claims_use_every_seed():
     # |0.1 - 0.5|, |0.2 - 0.5|, |0.4 - 0.5| = 0.4, 0.3, 0.1: mean 0.26667, sd 0.152753, t_{2, 0.975} = 4.302653
     assert dev.n == 3 and dev.value == pytest.approx(0.8 / 3)
     assert dev.interval == pytest.approx((0.8 / 3 - 0.379456, 0.8 / 3 + 0.379456), abs=1e-5)
-    assert causal_depth_deviation(depths, "MoR-EC N_r=3").value == pytest.approx(0.4 - 1 / 3)
+    assert causal_depth_deviation(depths, 3).value == pytest.approx(0.4 - 1 / 3)
     agree = rule_agreement(depths)  # runs: 0.6, 0.7, 0.8 (N_r=2 seeds) and 0.85 (N_r=3: mean of its two steps)
     assert agree.n == 4 and agree.value == pytest.approx((0.6 + 0.7 + 0.8 + 0.85) / 4)
-    assert rule_agreement(depths, ["MoR-EC N_r=3"]).value == pytest.approx(0.85)
+    assert rule_agreement(depths, n_rec=3).value == pytest.approx(0.85)
     # token-choice imbalance: shares 0.2, 0.3, 0.5 against 1/3: largest deviation 0.5 - 1/3
     assert tc_imbalance(depths).value == pytest.approx(0.5 - 1 / 3) and tc_imbalance(depths).n == 1
     paper = _depth_runs()
@@ -445,7 +447,7 @@ def test_depth_claims_use_every_seed():
     split = depth_table(paper)
     assert split.label.iloc[0] == "MoR-EC N_r=2" + PAPER_AUX_SUFFIX
     assert rule_agreement(split).n == 3  # the paper-setting control is not pooled with our runs
-    assert causal_depth_deviation(split, "MoR-EC N_r=2" + PAPER_AUX_SUFFIX).value == pytest.approx(0.4)
+    assert causal_depth_deviation(split, 2, aux="paper").value == pytest.approx(0.4)
     assert depth_table(_depth_runs().iloc[-1:]).empty  # no MoR run: an empty table with its columns
     assert causal_depth_deviation(depth_table(_depth_runs().iloc[-1:])).n == 0
 
@@ -455,8 +457,8 @@ def test_round_speedups_pair_timing_rounds():
 
     # model: batch 4 in 1 s and 2 s; baseline: batch 2 in 2 s twice -> (4/1)/(2/2) = 4, (4/2)/(2/2) = 2
     assert list(round_speedups([1.0, 2.0], [2.0, 2.0], 4, 2)) == [4.0, 2.0]
-    est = speedup_estimate([1.0, 2.0, 4 / 3], [2.0, 2.0, 2.0], 4, 2)  # speed-ups 4, 2, 3
-    assert est.value == pytest.approx(3.0) and est.n == 3 and "timing rounds" in est.method
+    est = speedup_estimate([1.0, 2.0, 4 / 3], [2.0, 2.0, 2.0], 4, 2)  # speed-ups 4, 2, 3: geometric mean 24^(1/3)
+    assert est.value == pytest.approx(24 ** (1 / 3)) and est.n == 3 and "timing rounds" in est.method
     with pytest.raises(ValueError, match="not paired"):
         round_speedups([1.0], [1.0, 2.0], 1, 1)
 
@@ -468,7 +470,8 @@ def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
             assert c.kind in ("paper", "control") and c.source
         if figure == "isoflop":
             controls = {c.id: c.qualifies for c in claims if c.kind == "control"}
-            assert controls == {"ec_gain_not_from_fixed_gate": "ec_beats_recursive",
+            assert controls == {"ec_beats_recursive_topk": "ec_beats_recursive",
+                                "ec_gain_not_from_fixed_gate": "ec_beats_recursive",
                                 "ec_beats_recursive_equal_steps": "ec_beats_recursive",
                                 "ec_beats_fixed_gate_equal_steps": "ec_beats_recursive",
                                 "ec_beats_recursive_paper_aux": "ec_beats_recursive"}
@@ -498,3 +501,171 @@ def test_default_aux_setting_is_the_labelled_deviation_with_a_paper_control():
     assert model_label("mor_ec", 2, False, *DEFAULT_AUX) == model_label("mor_ec", 2) == "MoR-EC N_r=2"
     assert model_label("mor_ec", 2, False, "logits", 0.01) == "MoR-EC N_r=2 (logits aux 0.01)"
     assert model_label("mor_tc", 3, False, *PAPER_AUX) == "MoR-TC N_r=3"  # no expert-choice aux loss
+
+
+# --------------------------------------------------------------------------- measures (one per figure)
+
+T2, T5 = 4.302653, 2.570582  # t_{2, 0.975}, t_{5, 0.975}
+
+
+def _t_interval(units, t):
+    import statistics
+
+    mean = statistics.fmean(units)
+    half = t * statistics.stdev(units) / math.sqrt(len(units))
+    return mean - half, mean + half
+
+
+def _claim_keys(figure: str) -> set[str]:
+    """Every key a claim of the figure's config reads (``measured`` and ``requires``)."""
+    claims = OmegaConf.load(C.REPO_ROOT / "configs" / "figure" / "mixture_of_recursions" / f"{figure}.yaml").claims
+    return {c.measured for c in claims} | {key for c in claims for key in (c.get("requires") or {})}
+
+
+def _isoflop_runs():
+    """A hand-built isoFLOP run table: budgets 100 and 200 FLOPs, three seeds at the top one."""
+    import pandas as pd
+
+    top = {  # (variant, n_rec, extra probes, flops): causal NLL per seed
+        ("vanilla", 0, (), 200): [2.00, 2.10, 2.20],
+        ("recursive", 2, (), 200): [2.30, 2.30, 2.30],
+        ("recursive", 3, (), 200): [2.40, 2.40, 2.40],
+        ("mor_ec", 2, (), 200): [2.10, 2.00, 2.15],
+        ("mor_ec", 3, (), 200): [2.20, 2.20, 2.20],
+        ("mor_tc", 2, (), 200): [2.20, 2.20, 2.20],
+        ("mor_tc", 3, (), 200): [2.30, 2.25, 2.35],
+        ("mor_ec", 3, (("kv_share", True),), 200): [2.25],
+        ("mor_ec", 2, (("aux_mode", "logits"), ("aux_coef", 0.001)), 200): [2.20, 2.15, 2.20],
+        ("mor_ec", 2, (), 150): [2.25, 2.20, 2.25],  # equal steps: spends no budget
+        ("recursive_gated", 2, (), 200): [2.20, 2.20, 2.20],
+        ("vanilla", 0, (), 100): [2.50],  # the lower budget: never read by a claim
+    }
+    rows = []
+    for (variant, n_rec, extra, flops), nlls in top.items():
+        for seed, nll in enumerate(nlls):
+            topk = nll - 0.05 if variant == "mor_ec" else nll
+            probes = {"variant": variant, "n_rec": n_rec, "kv_share": False, "train_flops": float(flops),
+                      "nll": {"threshold": nll, "topk": topk}, **dict(extra)}
+            rows.append({"seed": seed, "steps": 10, "params": 1000, "wall_seconds": 1.0,
+                         "run_dir": f"{variant}-{n_rec}-{dict(extra)}-{flops}-{seed}", "probes": probes})
+    return pd.DataFrame(rows)
+
+
+def _isoflop_cfg():
+    return OmegaConf.create({"figure": {"measure": {"budgets": [100.0, 200.0]}}})
+
+
+def test_isoflop_measures_select_runs_by_config_and_pair_them_by_seed():
+    from replicate.papers.mixture_of_recursions import measures
+
+    runs = _isoflop_runs()
+    gated = {d: [0.05, 0.04] for d in runs.run_dir if d.startswith("mor_ec-") and d.endswith("-200-0")}
+    read = {d: [0.06, 0.03] for d in runs.run_dir if d.startswith("mor_ec-") and "-200-" in d and "kv_share" not in d}
+    read.update(gated)
+    read["mor_ec-2-{}-200-1"] = [0.07, 0.05]
+    m = measures.isoflop(runs, _isoflop_cfg(), read_gates=read.__getitem__)  # a KeyError if any other run is read
+    assert _claim_keys("isoflop") <= set(m)
+
+    # recursive minus MoR-EC, (N_r, seed) pairs: N_r=2 0.20, 0.30, 0.15; N_r=3 0.20 x 3
+    gain = m["gain_ec_vs_recursive_causal"]
+    assert gain.n == 6 and gain.value == pytest.approx(1.25 / 6)
+    assert gain.interval == pytest.approx(_t_interval([0.2, 0.3, 0.15, 0.2, 0.2, 0.2], T5))
+    assert m["gain_ec_vs_recursive_topk"].value == pytest.approx(1.25 / 6 + 0.05)  # top-k NLL is 0.05 lower
+    # MoR-EC N_r=2 minus vanilla: 0.10, -0.10, -0.05 (the lower-budget vanilla run is not paired)
+    assert m["gap_ec2_vs_vanilla_causal"].value == pytest.approx(-0.05 / 3) and m["gap_ec2_vs_vanilla_causal"].n == 3
+    # TC N_r=3 minus EC N_r=3: 0.10, 0.05, 0.15: mean 0.1, sd 0.05
+    tc = m["gap_tc3_vs_ec3"]
+    assert tc.value == pytest.approx(0.1) and tc.interval == pytest.approx((0.1 - T2 * 0.05 / math.sqrt(3),
+                                                                            0.1 + T2 * 0.05 / math.sqrt(3)))
+    # fixed gate: recursive N_r=2 minus fixed-gate = 0.10 per seed, over MoR-EC's 0.20, 0.30, 0.15 -> 1/2, 1/3, 2/3
+    share = m["fixed_gate_share_of_ec_gain"]
+    assert share.n == 3 and share.value == pytest.approx(0.5)
+    assert share.interval == pytest.approx(_t_interval([0.5, 1 / 3, 2 / 3], T2))
+    # equal steps (the off-budget MoR-EC runs): recursive minus them 0.05, 0.10, 0.05; fixed-gate minus them
+    assert m["equal_steps_gain_ec_vs_recursive"].value == pytest.approx(0.2 / 3)
+    assert m["equal_steps_gain_ec_vs_fixed_gate"].value == pytest.approx(-0.1 / 3)
+    # the paper's aux setting: recursive minus it 0.10, 0.15, 0.10
+    assert m["gain_paper_aux_ec2_vs_recursive"].value == pytest.approx(0.35 / 3)
+    assert m["gain_paper_aux_ec2_vs_recursive"].units == pytest.approx((0.1, 0.15, 0.1))
+    assert m["kv_share_cost_ec3"].n == 1 and m["kv_share_cost_ec3"].value == pytest.approx(0.05)
+    assert (m["trained_gate_ec_min"], m["trained_gate_ec_max"]) == (0.03, 0.07)
+    assert m["nll_vanilla"] == pytest.approx(2.1) and m["seed_sd_vanilla"] == pytest.approx(0.1)
+
+
+def test_isoflop_measures_do_not_depend_on_row_order():
+    from replicate.papers.mixture_of_recursions import measures
+
+    runs = _isoflop_runs()
+    no_gates = lambda run_dir: []  # noqa: E731
+    forward = measures.isoflop(runs, _isoflop_cfg(), read_gates=no_gates)
+    backward = measures.isoflop(runs.iloc[::-1].reset_index(drop=True), _isoflop_cfg(), read_gates=no_gates)
+    for key in _claim_keys("isoflop"):
+        assert backward[key].value == pytest.approx(forward[key].value)
+        assert backward[key].interval == pytest.approx(forward[key].interval)
+
+
+def _depth_map_runs():
+    import pandas as pd
+
+    runs = _depth_runs()
+    extra = []
+    for seed, (deep, agree) in enumerate([(0.5, 0.9), (0.7, 0.8), (0.6, 0.7)]):  # the paper's aux setting
+        extra.append({"seed": seed, "run_dir": f"paper-{seed}", "probes": {
+            "variant": "mor_ec", "n_rec": 2, "kv_share": False, "aux_mode": "logits", "aux_coef": 0.001,
+            "dead_token_ratio": 0.2, "depth_share": {"topk": [0.5, 0.5], "threshold": [1 - deep, deep]},
+            "rule_agreement": {"1": agree}}})
+    extra.append({"seed": 0, "run_dir": "tc2-0", "probes": {
+        "variant": "mor_tc", "n_rec": 2, "kv_share": False, "dead_token_ratio": 0.0,
+        "depth_share": {"topk": [0.6, 0.4], "threshold": [0.6, 0.4]}}})
+    return pd.concat([runs, pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_depth_map_measures_return_every_claim_key_by_aux_setting():
+    from replicate.papers.mixture_of_recursions import measures
+
+    m = measures.depth_map(_depth_map_runs(), OmegaConf.create({"figure": {"measure": {}}}))
+    assert _claim_keys("depth_map") <= set(m)
+    # our setting: N_r=2 seeds 0.6, 0.7, 0.8 and N_r=3 0.85 (its two steps' mean); the paper-setting runs apart
+    assert m["rule_agreement_ec"].n == 4 and m["rule_agreement_ec"].value == pytest.approx(2.95 / 4)
+    assert m["rule_agreement_ec"].interval == pytest.approx(_t_interval([0.6, 0.7, 0.8, 0.85], 3.182446))
+    assert m["rule_agreement_ec2_paper_coef"].value == pytest.approx(0.8)
+    assert m["rule_agreement_ec2_paper_coef"].interval == pytest.approx(_t_interval([0.9, 0.8, 0.7], T2))
+    # |deep share - 1/2|: ours 0.4, 0.3, 0.1; the paper's setting 0, 0.2, 0.1
+    assert m["causal_depth_deviation_ec2"].value == pytest.approx(0.8 / 3)
+    assert m["causal_depth_deviation_ec2_paper_coef"].value == pytest.approx(0.1)
+    assert m["causal_depth_deviation_ec2_paper_coef"].interval == pytest.approx(_t_interval([0.0, 0.2, 0.1], T2))
+    # token-choice imbalance: N_r=3 max |share - 1/3| = 1/6, N_r=2 max |share - 1/2| = 0.1
+    assert m["tc_depth_imbalance"].n == 2 and m["tc_depth_imbalance"].value == pytest.approx((1 / 6 + 0.1) / 2)
+    assert (m["n_runs_ec"], m["n_seeds_ec2"], m["n_seeds_ec2_paper_coef"], m["n_runs_tc"]) == (4, 3, 3, 2)
+    assert m["causal_deep_share[MoR-EC N_r=2 (paper aux 0.001)]"].value == pytest.approx(0.6)
+
+
+def _decoded_runs():
+    import pandas as pd
+
+    rows = [("vanilla", 0, False, 12.0, 4, [1.0, 1.0, 1.0]),
+            ("mor_ec", 3, False, 8.0, 6, [1.0, 1.5, 0.75]),
+            ("mor_ec", 3, True, 6.0, 8, [2.0, 2.0, 2.0])]
+    return pd.DataFrame([{"variant": v, "n_rec": n, "kv_share": kv, "label": f"{v} {n} {kv}", "cache_kb_per_seq": kb,
+                          "mean_depth": 1.5, "batch": 4, "budget_batch": b, "seconds_fixed": [1.0, 1.0, 1.0],
+                          "seconds_budget": s, "device": "test CPU"} for v, n, kv, kb, b, s in rows])
+
+
+def test_throughput_measures_pair_timing_rounds_and_count_cache_bytes():
+    from replicate.papers.mixture_of_recursions import measures
+
+    m = measures.throughput(_decoded_runs(), OmegaConf.create({"figure": {"measure": {}}}))
+    assert _claim_keys("throughput") <= set(m)
+    assert m["cache_ratio_ec3"].value == pytest.approx(1.5) and m["cache_ratio_ec3"].interval is None
+    assert m["cache_ratio_ec3_kv_share"].value == pytest.approx(2.0)
+    # per round (6 / t) / (4 / 1): 1.5, 1.0, 2.0 -> geometric mean 3^(1/3), t interval on the logs
+    speed = m["speedup_ec3_budget"]
+    assert speed.n == 3 and speed.value == pytest.approx(3 ** (1 / 3))
+    lo, hi = _t_interval([math.log(1.5), 0.0, math.log(2.0)], T2)
+    assert speed.interval == pytest.approx((math.exp(lo), math.exp(hi)))
+    assert m["speedup_ec3_fixed"].value == pytest.approx(1.0)
+    assert m["speedup_ec3_kv_share_budget"].value == pytest.approx(1.0)  # (8 / 2) / (4 / 1)
+    assert math.isnan(m["cache_ratio_ec2"].value) and m["speedup_ec2_budget"].n == 0  # not run: no number
+    assert m["device"] == "test CPU" and m["mean_depth_ec3"] == 1.5
+    with pytest.raises(ValueError, match="no vanilla run"):
+        measures.throughput(_decoded_runs().iloc[1:], OmegaConf.create({"figure": {"measure": {}}}))

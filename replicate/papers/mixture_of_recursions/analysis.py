@@ -1,7 +1,9 @@
 """Notebook-side analysis of the Mixture-of-Recursions figures (Bae et al. 2025): the run
 tables (one row per run: model label, seed, training FLOPs, isoFLOP budget, validation NLL under
-both routing rules; depth shares and rule agreement) and the numbers every claim is judged on,
-each an :class:`replicate.claims.Estimate` over its independent units.
+both routing rules; depth shares and rule agreement) and the estimators that ``measures`` (one
+function per figure) builds every claim's number from, each an :class:`replicate.claims.Estimate`
+over its independent units. Runs are picked by their config values (variant, N_r, KV sharing,
+auxiliary-loss setting, budget), never by position or display label.
 
 Units are independent training runs: seeds, and for comparisons pooled over N_r in {2, 3},
 (N_r, seed) pairs of runs (each pair a distinct pair of runs); never one seed picked. Notebook-only:
@@ -11,6 +13,7 @@ the training code never imports this module.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -49,9 +52,20 @@ def probe_label(p: dict) -> str:
     return model_label(p["variant"], p["n_rec"], p["kv_share"], p.get("aux_mode"), p.get("aux_coef"))
 
 
+def aux_setting(p: dict) -> str:
+    """The expert-choice auxiliary-loss setting of a run from its probes: ``"paper"``
+    (``PAPER_AUX``), ``"ours"`` (``DEFAULT_AUX``, and every model without an expert-choice router,
+    for which the setting is inert) or ``"<mode> <coef>"`` for any other."""
+    if p["variant"] != "mor_ec" or p.get("aux_mode") is None:
+        return "ours"
+    setting = (p["aux_mode"], float(p["aux_coef"]))
+    return {PAPER_AUX: "paper", DEFAULT_AUX: "ours"}.get(setting, f"{setting[0]} {setting[1]:g}")
+
+
 def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
-    """One row per finished run: label, seed, params, flops, budget (index or -1), nll_topk,
-    nll_causal (the threshold rule; equal to top-k for models without expert-choice)."""
+    """One row per finished run: label, its config values (variant, n_rec, kv_share, aux setting),
+    seed, params, flops, budget (index into ``budgets``, or ``OFF_BUDGET``), nll_topk, nll_causal
+    (the threshold rule; equal to top-k for models without expert-choice)."""
     rows = []
     for r in runs.itertuples():
         p = r.probes
@@ -59,26 +73,13 @@ def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
         ratios = [abs(flops / b - 1) for b in budgets]
         k = int(np.argmin(ratios))
         rows.append({"label": probe_label(p),
-                     "variant": p["variant"], "n_rec": p["n_rec"] if p["variant"] != "vanilla" else 0,
-                     "kv_share": p["kv_share"], "seed": r.seed if "seed" in runs else 0,
+                     "variant": p["variant"], "n_rec": int(p["n_rec"]) if p["variant"] != "vanilla" else 0,
+                     "kv_share": bool(p["kv_share"]), "aux": aux_setting(p), "seed": _seed(r),
                      "steps": r.steps, "params": r.params, "flops": flops,
-                     "budget": k if ratios[k] < BUDGET_TOLERANCE else -1,
+                     "budget": k if ratios[k] < BUDGET_TOLERANCE else OFF_BUDGET,
                      "nll_topk": p["nll"]["topk"], "nll_causal": p["nll"]["threshold"],
                      "run_dir": r.run_dir, "wall_seconds": r.wall_seconds})
-    table = pd.DataFrame(rows)
-    table["seed"] = table["seed"].fillna(0).astype(int)
-    return table
-
-
-def mean_at(table: pd.DataFrame, label: str, budget: int, column: str) -> float:
-    """Mean of ``column`` over seeds for one model at one budget (NaN when absent)."""
-    rows = table[(table.label == label) & (table.budget == budget)]
-    return float(rows[column].mean()) if len(rows) else math.nan
-
-
-def nanmean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
+    return pd.DataFrame(rows)
 
 
 def _seed(row) -> int:
@@ -89,24 +90,36 @@ def _seed(row) -> int:
 # --------------------------------------------------------------------------- claim numbers
 
 OFF_BUDGET = -1  # run_table's budget for runs that spend no isoFLOP budget (equal-steps controls)
+NLL_COLUMNS = {"causal": "nll_causal", "topk": "nll_topk"}
 
 
-def side_values(table: pd.DataFrame, label: str, budget: int, column: str) -> pd.Series:
-    """``column`` per seed for one model at one budget (``OFF_BUDGET`` for the equal-steps runs)."""
-    rows = table[(table.label == label) & (table.budget == budget)]
-    return rows.groupby("seed")[column].mean()
+@dataclass(frozen=True)
+class Side:
+    """One side of a paired comparison, picked by config values: the model (variant, N_r, KV
+    sharing, auxiliary-loss setting), the budget (index into the figure's budgets, or
+    ``OFF_BUDGET`` for the equal-steps runs) and the routing rule whose validation NLL is read
+    (``"causal"``: sigmoid > 0.5; ``"topk"``: the training rule)."""
+
+    variant: str
+    budget: int
+    n_rec: int = 0
+    rule: str = "causal"
+    aux: str = "ours"
+    kv_share: bool = False
+
+    def values(self, table: pd.DataFrame) -> pd.Series:
+        """Validation NLL per seed of the runs this side names (empty when there are none)."""
+        rows = table[(table.variant == self.variant) & (table.n_rec == self.n_rec) & (table.budget == self.budget)
+                     & (table.aux == self.aux) & (table.kv_share == self.kv_share)]
+        return rows.groupby("seed")[NLL_COLUMNS[self.rule]].mean()
 
 
-def paired_gaps(table: pd.DataFrame, comparisons: dict) -> pd.DataFrame:
+def paired_gaps(table: pd.DataFrame, comparisons: dict[str, tuple[Side, Side]]) -> pd.DataFrame:
     """One row per (comparison, seed) where both sides have a finished run: ``a``, ``b`` and
-    ``gap = a - b``.
-
-    ``comparisons`` maps a name (e.g. ``"N_r=2"``) to two sides ``((label, budget, column),
-    (label, budget, column))``; the sides are paired by seed (same seed, same data order).
-    """
+    ``gap = a - b``; the sides of a comparison are paired by seed (same seed, same data order)."""
     rows = []
     for name, (side_a, side_b) in comparisons.items():
-        a, b = side_values(table, *side_a), side_values(table, *side_b)
+        a, b = side_a.values(table), side_b.values(table)
         for seed in sorted(set(a.index) & set(b.index)):
             rows.append({"comparison": name, "seed": int(seed), "a": float(a[seed]), "b": float(b[seed]),
                          "gap": float(a[seed] - b[seed])})
@@ -120,32 +133,71 @@ def gap_estimate(gaps: pd.DataFrame) -> claims_lib.Estimate:
 
 
 def share_of_gain(part: pd.DataFrame, whole: pd.DataFrame) -> claims_lib.Estimate:
-    """mean(part.gap) / mean(whole.gap) with a paired percentile bootstrap over the units the
-    two tables share (same comparison and seed): e.g. the fixed-gate model's gain over the
-    recursive model as a share of MoR-EC's."""
+    """Mean over the units both tables share (same comparison and seed) of the per-unit share
+    ``part.gap / whole.gap``, with a t interval over those units: e.g. the fixed-gate model's gain
+    over the recursive model as a share of MoR-EC's, seed by seed."""
     both = part.merge(whole, on=["comparison", "seed"], suffixes=("_part", "_whole"))
     unit = "seeds" if both.comparison.nunique() <= 1 else "(N_r, seed) units"
-    return claims_lib.ratio_of_means(both.gap_part, both.gap_whole, unit=unit)
+    return claims_lib.mean_interval(both.gap_part / both.gap_whole, unit=unit)
 
 
-def nr_comparisons(minuend: str, subtrahend: str, budget_a: int, budget_b: int, col_a: str = "nll_causal",
-                   col_b: str = "nll_causal", n_recs=(2, 3)) -> dict:
-    """``{"N_r=n": ((minuend N_r=n, budget_a, col_a), (subtrahend N_r=n, budget_b, col_b))}``;
-    a label containing ``{n}`` is formatted with N_r."""
-    return {f"N_r={n}": ((minuend.format(n=n), budget_a, col_a), (subtrahend.format(n=n), budget_b, col_b))
-            for n in n_recs}
+def over_n_rec(pair, n_recs=(2, 3)) -> dict[str, tuple[Side, Side]]:
+    """``{"N_r=n": pair(n)}`` for each N_r: one comparison per recursion count, pooled as units."""
+    return {f"N_r={n}": pair(n) for n in n_recs}
 
 
-DEPTH_COLUMNS = ["label", "variant", "seed", "n_rec", "deep_share_topk", "deep_share_causal", "capacity",
+def trained_gates(run_dir) -> list[float]:
+    """Mean update weight w = alpha * sigmoid(logit) over the tokens a trained MoR-EC model updates
+    at each recursion (Bae et al. 2025, Sec. 2.2.1), on its first validation batch, training rule."""
+    import torch
+
+    from replicate import runs as runs_lib
+
+    model = runs_lib.load_module(run_dir).model.eval()
+    batch = next(iter(runs_lib.load_datamodule(run_dir).val_dataloader()))[0]
+    with torch.no_grad():
+        _, routing = model(batch, return_routing=True)
+    return [float((model.mor.alpha * torch.sigmoid(logits))[active].mean())
+            for logits, active in zip(routing.logits, routing.active)]
+
+
+def gate_table(table: pd.DataFrame, budget: int, read_gates=trained_gates) -> pd.DataFrame:
+    """One row per MoR-EC run (no KV sharing) at ``budget``: model, seed and the mean gate at each
+    recursion (``read_gates(run_dir)``, by default from the run's checkpoint)."""
+    runs = table[(table.variant == "mor_ec") & (table.budget == budget) & ~table.kv_share]
+    return pd.DataFrame([{"model": r.label, "seed": r.seed,
+                          **{f"w at recursion {i + 1}": w for i, w in enumerate(read_gates(r.run_dir))}}
+                         for r in runs.itertuples()])
+
+
+def depth_coloured_text(run_dir, n_windows: int, bos: int = 256) -> tuple[list[int], list[int]]:
+    """``(bytes, depths)`` of ``n_windows`` consecutive validation windows (from a third of the
+    way in) run through a trained model under the causal rule: each byte's depth depends only on
+    the bytes before it (the depth-coloured text of Bae et al. 2025, Fig. 1 right)."""
+    import torch
+
+    from replicate import runs as runs_lib
+
+    module = runs_lib.load_module(run_dir)
+    val = runs_lib.load_datamodule(run_dir).corpus.val
+    width, start = module.lm_config.max_len - 1, len(val) // 3
+    windows = torch.stack([torch.cat([torch.tensor([bos]), val[start + i * width: start + (i + 1) * width].long()])
+                           for i in range(n_windows)])
+    with torch.no_grad():
+        _, routing = module.model(windows, rule="threshold", return_routing=True)
+    return windows[:, 1:].flatten().tolist(), routing.depth()[:, 1:].flatten().tolist()
+
+
+DEPTH_COLUMNS = ["label", "variant", "seed", "n_rec", "aux", "deep_share_topk", "deep_share_causal", "capacity",
                  "causal_deviation", "rule_agreement", "imbalance", "dead_token_ratio", "run_dir"]
 
 
 def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per MoR run: label, variant, seed, N_r, the share of tokens reaching the deepest
-    recursion under top-k and under the causal rule, its trained capacity (1/N_r for expert-choice;
-    token-choice has none) and the causal share's absolute deviation from it, the mean rule
-    agreement over routed steps (expert-choice), the imbalance (largest |share of depth i - 1/N_r|
-    under the causal rule, for token-choice) and the dead-token ratio."""
+    """One row per MoR run: label, variant, seed, N_r, aux setting, the share of tokens reaching the
+    deepest recursion under top-k and under the causal rule, its trained capacity (1/N_r for
+    expert-choice; token-choice has none) and the causal share's absolute deviation from it, the
+    mean rule agreement over routed steps (expert-choice), the imbalance (largest |share of depth
+    i - 1/N_r| under the causal rule, for token-choice) and the dead-token ratio."""
     rows = []
     for r in runs.itertuples():
         p = r.probes
@@ -155,9 +207,8 @@ def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
         deep = float(p["depth_share"]["threshold"][-1])
         capacity = 1.0 / n_rec if p["variant"] == "mor_ec" else math.nan
         agreement = p.get("rule_agreement") or {}
-        rows.append({"label": probe_label(p), "variant": p["variant"],
-                     "seed": _seed(r),
-                     "n_rec": n_rec, "deep_share_topk": float(p["depth_share"]["topk"][-1]),
+        rows.append({"label": probe_label(p), "variant": p["variant"], "seed": _seed(r), "n_rec": n_rec,
+                     "aux": aux_setting(p), "deep_share_topk": float(p["depth_share"]["topk"][-1]),
                      "deep_share_causal": deep, "capacity": capacity,
                      "causal_deviation": abs(deep - capacity),
                      "rule_agreement": float(np.mean(list(agreement.values()))) if agreement else math.nan,
@@ -167,18 +218,23 @@ def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DEPTH_COLUMNS)
 
 
-def causal_depth_deviation(depths: pd.DataFrame, label: str = "MoR-EC N_r=2") -> claims_lib.Estimate:
-    """Mean over seeds of |causal deep share - capacity| for one expert-choice model, t interval
-    over seeds (every seed of that model)."""
-    return claims_lib.mean_interval(depths[depths.label == label].causal_deviation)
+def expert_choice_runs(depths: pd.DataFrame, aux: str = "ours", n_rec: int | None = None) -> pd.DataFrame:
+    """The expert-choice rows of ``depths`` with one auxiliary-loss setting (every N_r unless
+    ``n_rec`` is given)."""
+    rows = depths[(depths.variant == "mor_ec") & (depths.aux == aux)]
+    return rows if n_rec is None else rows[rows.n_rec == n_rec]
 
 
-def rule_agreement(depths: pd.DataFrame, labels: list[str] | None = None) -> claims_lib.Estimate:
-    """Mean over every expert-choice run (N_r in {2, 3}, every seed; only ``labels`` when given,
-    else every label without ``PAPER_AUX_SUFFIX``) of its rule agreement (each run's mean over
-    its routed steps), t interval over the runs."""
-    ec = depths[depths.variant == "mor_ec"]
-    ec = ec[ec.label.isin(labels)] if labels is not None else ec[~ec.label.str.endswith(PAPER_AUX_SUFFIX)]
+def causal_depth_deviation(depths: pd.DataFrame, n_rec: int = 2, aux: str = "ours") -> claims_lib.Estimate:
+    """Mean over seeds of |causal deep share - capacity 1/N_r| (Bae et al. 2025, Sec. 2.2.1) for one
+    expert-choice model, t interval over its seeds (every seed of that model)."""
+    return claims_lib.mean_interval(expert_choice_runs(depths, aux, n_rec).causal_deviation)
+
+
+def rule_agreement(depths: pd.DataFrame, aux: str = "ours", n_rec: int | None = None) -> claims_lib.Estimate:
+    """Mean over every expert-choice run of one aux setting (N_r in {2, 3} x seeds unless ``n_rec``
+    is given) of its rule agreement (each run's mean over its routed steps), t interval over runs."""
+    ec = expert_choice_runs(depths, aux, n_rec)
     unit = "runs (N_r x seeds)" if ec.n_rec.nunique() > 1 else "seeds"
     return claims_lib.mean_interval(ec.rule_agreement, unit=unit)
 
@@ -188,8 +244,7 @@ def tc_imbalance(depths: pd.DataFrame) -> claims_lib.Estimate:
     return claims_lib.mean_interval(depths[depths.variant == "mor_tc"].imbalance, unit="runs (N_r x seeds)")
 
 
-def round_speedups(seconds_model: list[float], seconds_base: list[float], batch_model: int,
-                   batch_base: int) -> np.ndarray:
+def round_speedups(seconds_model, seconds_base, batch_model: int, batch_base: int) -> np.ndarray:
     """Per timing round, the model's tokens/s over the baseline's: (batch_model / t_model) /
     (batch_base / t_base) (both generate the same number of tokens per sequence)."""
     t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
@@ -199,7 +254,10 @@ def round_speedups(seconds_model: list[float], seconds_base: list[float], batch_
 
 
 def speedup_estimate(seconds_model, seconds_base, batch_model: int, batch_base: int) -> claims_lib.Estimate:
-    """Mean per-round speed-up with a t interval over the interleaved timing rounds (one trained
-    model per variant: the interval covers timing noise, not seed-to-seed variation)."""
-    return claims_lib.mean_interval(round_speedups(seconds_model, seconds_base, batch_model, batch_base),
-                                    unit="timing rounds")
+    """Geometric mean of the per-round speed-ups with a t interval on their logs, over the
+    interleaved timing rounds (one trained model per variant: the interval covers timing noise,
+    not seed-to-seed variation)."""
+    t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
+    if len(t_m) != len(t_b):
+        raise ValueError(f"speedup_estimate: {len(t_m)} and {len(t_b)} rounds are not paired")
+    return claims_lib.ratio_interval(batch_model / t_m, batch_base / t_b, unit="timing rounds")
