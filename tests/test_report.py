@@ -57,8 +57,9 @@ def site(tmp_path_factory):
         cfg = C.compose(figure, hardware="cpu", scale="smoke")
         specs = OmegaConf.to_container(cfg.figure.claims)
         values = [5.0, 0.0, -1.0, float("nan")]  # a spread of numbers -> a spread of verdicts
-        measurements = {s["measured"]: values[(i + j) % len(values)] for j, s in enumerate(specs)}
-        record = {"paper": paper, "figure": name, "scale": "smoke", "hardware": "cpu",
+        measurements = {k: 1.0 for s in specs for k in (s.get("requires") or {})}  # preconditions hold
+        measurements.update({s["measured"]: values[(i + j) % len(values)] for j, s in enumerate(specs)})
+        record = {"claim_contract": claims_lib.CLAIM_CONTRACT, "paper": paper, "figure": name, "scale": "smoke", "hardware": "cpu",
                   "git_commit": "abcdef0123456789", "started": "2026-01-02T03:04:05+00:00",
                   "wall_seconds": 42.0,
                   "source": {"arxiv": "2505.06708", "where": "Table 1",
