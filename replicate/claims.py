@@ -70,6 +70,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 VERDICTS = ("replicated", "partial", "undecided", "not_replicated", "inconclusive")
+# The version of the claims json this module writes: 2 = recomputable intervals with their units,
+# the undecided verdict and each claim's minimum detectable effect.
+CLAIM_CONTRACT = 2
 KINDS = ("paper", "control", "sanity")
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _COMPARE = re.compile(rf"^\s*(>=|<=|>|<)\s*{_NUMBER}\s*$")
@@ -557,6 +560,7 @@ class Claim:
     id: str
     kind: str
     qualifies: str | None
+    measurement: str
     statement: str
     paper_value: str
     source: str
@@ -642,7 +646,7 @@ def evaluate(specs: Sequence[Mapping[str, Any]], measurements: Mapping[str, Any]
         pre = check_preconditions(spec.get("requires") or {}, measurements)
         verdict_, reason = judge(value, interval, spec["replicated"], spec.get("partial"), pre)
         claims.append(Claim(
-            id=spec["id"], kind=spec["kind"], qualifies=spec.get("qualifies"),
+            id=spec["id"], kind=spec["kind"], qualifies=spec.get("qualifies"), measurement=spec["measured"],
             statement=spec["statement"], paper_value=spec["paper_value"], source=spec.get("source", ""),
             measured=value, interval=interval, n=est.n if est is not None else 0,
             interval_method=est.method if est is not None else "not measured",
