@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
-from replicate import plotting, runs as runs_lib
+from replicate import plotting, runs as runs_lib, seeds as seeds_lib
 from replicate.environment import describe
 
 
@@ -44,6 +44,7 @@ class FigureContext:
         self.figure_dir = Path(figure_dir) if figure_dir else self.out / "figures" / self.figure.paper
         self.train_missing = train_missing
         self._runs: pd.DataFrame | None = None
+        self.seed_decision: dict | None = None  # set by runs() under a two-stage seed design
         plotting.set_theme()
 
     @property
@@ -68,9 +69,20 @@ class FigureContext:
         return "\n".join(lines)
 
     def runs(self) -> pd.DataFrame:
+        """One row per training run the figure reads. Under a two-stage seed design (``seeds:`` in
+        the config, replicate/seeds.py) the pilot seeds first, then as many seeds as they ask for."""
         if self._runs is None:
-            self._runs = runs_lib.figure_runs(self.cfg, self.out, train_missing=self.train_missing)
+            rules = seeds_lib.policy(self.figure)
+            cfg = self.cfg if rules is None else seeds_lib.with_seeds(self.cfg, self._decide(rules))
+            self._runs = runs_lib.figure_runs(cfg, self.out, train_missing=self.train_missing)
         return self._runs
+
+    def _decide(self, rules: dict) -> list:
+        pilot_cfg = seeds_lib.with_seeds(self.cfg, rules["seeds"][:rules["pilot"]])
+        pilot = runs_lib.figure_runs(pilot_cfg, self.out, train_missing=self.train_missing)
+        measure = seeds_lib.measures_function(self.figure.paper, self.figure.name)
+        self.seed_decision = seeds_lib.decide(self.cfg, measure(pilot, pilot_cfg))
+        return self.seed_decision["seeds"]
 
     def save(self, fig) -> list[Path]:
         return plotting.save(fig, self.figure_dir / f"{self.figure.name}.png")
@@ -79,6 +91,8 @@ class FigureContext:
         """Judge every claim of the figure and write ``<name>.json``; returns the claims table
         (kind, measured, interval, n, verdict and the reason for it)."""
         specs = OmegaConf.to_container(self.figure.claims)
+        if self.seed_decision is not None:
+            measurements = seeds_lib.finalize(measurements, self.seed_decision["pilot"])
         judged = claims_lib.evaluate(specs, measurements, where=f"{self.figure.paper}/{self.figure.name}")
         runs_wall = float(self._runs["wall_seconds"].sum()) if self._runs is not None and len(self._runs) else 0.0
         notebook_wall = time.perf_counter() - self._t0
@@ -97,6 +111,7 @@ class FigureContext:
             "data": self._data_provenance(),
             "measurements": dict(measurements),
             "claims": [c.to_dict() for c in judged],
+            **({"seeds": self.seed_decision} if self.seed_decision is not None else {}),
         }
         runs_lib.write_json_atomic(self.figure_dir / f"{self.figure.name}.json", payload)
         return claims_table(judged)

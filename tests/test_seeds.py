@@ -1,0 +1,79 @@
+"""Stein's two-stage seed design: the pilot's spread sets n, the final interval keeps its level."""
+
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+
+from replicate import claims, seeds
+from replicate import config as C
+
+
+def figure(seeds_block=None, claims_list=None, seed_list=tuple(range(12))):
+    fig = {"paper": "toy", "name": "demo", "sweep": {"module.width": [8], "seed": list(seed_list)},
+           "claims": claims_list or [
+               {"id": "gain", "kind": "paper", "measured": "gain", "replicated": ">= 0.1", "partial": "> 0"},
+               {"id": "cut", "kind": "paper", "measured": "cut", "replicated": ">= 3", "partial": ">= 1.5"},
+               {"id": "ablation", "kind": "control", "measured": "gain", "replicated": "> 0"}]}
+    if seeds_block is not None:
+        fig["seeds"] = seeds_block
+    return OmegaConf.create({"figure": fig})
+
+
+def test_policy_reads_and_validates_the_settings():
+    assert seeds.policy(figure().figure) is None
+    rules = seeds.policy(figure({"pilot": 3, "half_width": 0.5}).figure)
+    assert rules == {"pilot": 3, "half_width": 0.5, "max": 12, "key": "seed", "seeds": list(range(12))}
+    for bad, message in [({"pilot": 1, "half_width": 0.5}, "pilot = 1"), ({"pilot": 3, "half_width": 0},
+                         "half_width = 0"), ({"pilot": 3, "half_width": 0.5, "max": 4}, "unknown key")]:
+        with pytest.raises(ValueError, match=message):
+            seeds.policy(figure(bad).figure)
+
+
+def test_margin_is_the_distance_between_the_bars():
+    assert seeds.margin({"replicated": ">= 0.1", "partial": "> 0"}, log=False) == pytest.approx(0.1)
+    assert seeds.margin({"replicated": ">= 3", "partial": ">= 1.5"}, log=True) == pytest.approx(math.log(2))
+    two_sided = {"replicated": "in [-0.65, -0.35]", "partial": "in [-0.8, -0.25]"}
+    assert seeds.margin(two_sided, log=False) == pytest.approx(0.1)
+    assert seeds.margin({"replicated": "> 1"}, log=True) is None
+
+
+def test_decide_takes_steins_n_per_claim_and_the_largest():
+    cfg = figure({"pilot": 3, "half_width": 0.5})
+    pilot = {"gain": claims.mean_interval([0.10, 0.14, 0.12]),  # sd 0.02
+             "cut": claims.log_mean_interval([2.0, 2.0 * math.e ** 0.3, 2.0 * math.e ** 0.6])}  # log sd 0.3
+    decision = seeds.decide(cfg, pilot)
+    t = stats.t.ppf(0.975, 2)
+    gain_n = max(3, math.ceil((t * 0.02 / (0.5 * 0.1)) ** 2))
+    cut_n = min(12, math.ceil((t * 0.3 / (0.5 * math.log(2))) ** 2))
+    assert decision["claims"]["gain"]["n"] == gain_n and decision["claims"]["cut"]["n"] == cut_n
+    assert decision["n"] == max(gain_n, cut_n) and decision["seeds"] == list(range(decision["n"]))
+    assert "ablation" not in decision["claims"]  # controls do not drive n
+    assert decision["max_reached"] == (cut_n == 12)
+
+
+def test_decide_ignores_the_pilot_mean():
+    cfg = figure({"pilot": 3, "half_width": 0.5})
+    low = seeds.decide(cfg, {"gain": claims.mean_interval([0.0, 0.1, 0.2]), "cut": 5.0})
+    high = seeds.decide(cfg, {"gain": claims.mean_interval([5.0, 5.1, 5.2]), "cut": 5.0})
+    assert low["n"] == high["n"] and "plain number" in low["claims"]["cut"]["why"]
+
+
+def test_finalize_gives_the_stein_interval_of_every_t_estimate():
+    units = [1.0, 1.4, 1.1, 1.3, 0.9, 1.2]
+    out = seeds.finalize({"gain": claims.mean_interval(units), "share": claims.proportion(2, 6), "x": 1.0}, 3)
+    half = stats.t.ppf(0.975, 2) * np.std(units[:3], ddof=1) / math.sqrt(6)
+    assert out["gain"].interval == pytest.approx((np.mean(units) - half, np.mean(units) + half))
+    assert out["gain"].estimator["name"] == "stein_t_mean" and out["share"].estimator["name"] == "wilson"
+    assert out["x"] == 1.0
+
+
+def test_with_seeds_keeps_every_run_config():
+    cfg = C.compose("gated_attention/attention_sink", hardware="cpu", scale="default")
+    key, listed = seeds.seed_axis(cfg.figure)
+    fewer = seeds.with_seeds(cfg, listed[:2])
+    kept = {C.run_hash(r) for r in C.run_configs(fewer)}
+    assert kept and kept <= {C.run_hash(r) for r in C.run_configs(cfg)}
+    assert len(C.points(fewer)) == len(C.points(cfg)) * 2 // len(listed)
