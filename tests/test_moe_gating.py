@@ -299,23 +299,26 @@ def _frame(errors: dict[int, list[float]], ll_gap=None, converged=None):
     return frame
 
 
-def test_slope_estimate_is_the_slope_of_log_mean_error_with_a_bootstrap_over_replicates():
+def test_slope_estimate_is_the_mean_per_replicate_slope_with_a_t_interval_over_replicates():
+    from scipy import stats
+
     from replicate.papers.moe_gating import analysis as A
 
-    # replicate means 1.0, 0.1 at n = 100, 10000: slope log(0.1)/log(100) = -0.5 exactly
-    frame = _frame({100: [0.5, 1.5, 1.0], 10000: [0.05, 0.15, 0.1], 10**7: [9.0, 9.0, 9.0]})
-    est = A.slope_estimate(frame, "err", window=[100, 10000], n_boot=500)
-    assert est.value == pytest.approx(-0.5)
-    assert est.n == 3 and "replicates" in est.method
-    assert est.interval == pytest.approx((-0.5, -0.5))  # every resample has slope -0.5
-    # every replicate's own slope is -0.5 too (each replicate is one-tenth per factor 100)
-    assert est.units == pytest.approx((-0.5, -0.5, -0.5))
-    # replicates that disagree widen the interval: rows (1, 0.1) and (1, 1) give per-row slopes -0.5, 0
-    wide = A.slope_estimate(_frame({100: [1.0, 1.0], 10000: [0.1, 1.0]}), "err", [100, 10000], n_boot=500)
-    assert wide.value == pytest.approx(math.log(0.55) / math.log(100))
-    assert wide.interval[0] == pytest.approx(-0.5) and wide.interval[1] == pytest.approx(0.0, abs=1e-12)
+    # replicates fall 10x, 10x and 100x per factor 100 in n: slopes -0.5, -0.5, -1; n = 1e7 is
+    # outside the window and ignored
+    frame = _frame({100: [0.5, 1.5, 1.0], 10000: [0.05, 0.15, 0.01], 10**7: [9.0, 9.0, 9.0]})
+    est = A.slope_estimate(frame, "err", window=[100, 10000])
+    assert est.units == pytest.approx((-0.5, -0.5, -1.0))
+    assert est.value == pytest.approx(-2 / 3) and est.n == 3 and "replicates" in est.method
+    half = stats.t.ppf(0.975, 2) * np.std([-0.5, -0.5, -1.0], ddof=1) / math.sqrt(3)
+    assert est.interval == pytest.approx((-2 / 3 - half, -2 / 3 + half))
+    # identical replicates: a zero-width interval at the common slope
+    same = A.slope_estimate(_frame({100: [1.0, 2.0], 10000: [0.1, 0.2]}), "err", [100, 10000])
+    assert same.value == pytest.approx(-0.5) and same.interval == pytest.approx((-0.5, -0.5))
     # a zero or NaN error: nothing finite
     assert math.isnan(A.slope_estimate(_frame({100: [1.0, 0.0], 1000: [1.0, 1.0]}), "err", [100, 1000]).value)
+    with pytest.raises(ValueError, match="a slope needs >= 2"):
+        A.slope_estimate(frame, "err", [100, 1000])
 
 
 def test_slope_difference_pairs_replicates_and_excludes_zero_flags_disagreement():
@@ -323,10 +326,10 @@ def test_slope_difference_pairs_replicates_and_excludes_zero_flags_disagreement(
 
     a = _frame({100: [1.0, 2.0, 3.0], 10000: [0.1, 0.2, 0.3]})      # slope -0.5 in every replicate
     b = _frame({100: [1.0, 2.0, 3.0], 10000: [1.0, 2.0, 3.0]})      # slope 0
-    diff = A.slope_difference(a, b, "err", [100, 10000], n_boot=300)
+    diff = A.slope_difference(a, b, "err", [100, 10000])
     assert diff.value == pytest.approx(-0.5) and diff.interval == pytest.approx((-0.5, -0.5))
     assert A.excludes_zero(diff) == 1
-    same = A.slope_difference(a, a, "err", [100, 10000], n_boot=300)
+    same = A.slope_difference(a, a, "err", [100, 10000])
     assert same.value == pytest.approx(0.0) and A.excludes_zero(same) == 0
     with pytest.raises(ValueError, match="same replicates"):
         A.slope_difference(a, _frame({100: [1.0], 10000: [1.0]}), "err", [100, 10000])
@@ -350,7 +353,7 @@ def test_a_fit_below_the_truth_makes_a_rate_claim_inconclusive():
     spec = [{"id": "rate", "kind": "paper", "statement": "", "paper_value": "", "measured": "slope",
              "replicated": "in [-0.65, -0.35]", "requires": {"fits_below_truth": "<= 0"}}]
     frame = _frame({100: [1.0, 1.0], 10000: [0.1, 0.1]}, ll_gap=[-1.0, -1.0, -1.0, 5.0])
-    m = {"slope": A.slope_estimate(frame, "err", [100, 10000], n_boot=100),
+    m = {"slope": A.slope_estimate(frame, "err", [100, 10000]),
          "fits_below_truth": A.fits_below_truth(frame)}
     (claim,) = claims.evaluate(spec, m)
     assert claim.verdict == "inconclusive" and "fits_below_truth" in claim.reason
@@ -466,3 +469,141 @@ def test_an_expert_the_topk_gate_never_selects_is_reported():
     y = np.where(x > 0.5, 1 - x, 0.5 * x - 1) + 0.3 * torch.randn(400, generator=g, dtype=torch.float64).numpy()
     out = fit_moe(x, y, 3, gate="topk", top_k=2, rank="slope", init=start, max_iter=20)
     assert out["never_selected"].tolist() == [True, False, False]
+
+
+# --------------------------------------------------------------------------- measures (one function per figure)
+WINDOW_NS = (200, 800)   # the smoke scale's window; n = 100 lies outside it
+
+
+def _run(probes: dict, slopes, metrics, ll_gap=None, converged=None, never_selected=None, steps=7) -> dict:
+    """One row of a runs table: replicate r's error of metric k at n is (k+1)(r+1) n^slopes[r]
+    inside the window and 1e6 at n = 100 (outside it, so a slope that read it would be wrong)."""
+    rows = [(r, n) for r in range(len(slopes)) for n in (100, *WINDOW_NS)]
+    per_fit = {"replicate": [r for r, _ in rows], "n": [n for _, n in rows],
+               "ll_truth": list(ll_gap or [-1.0] * len(rows)), "ll_fit": [0.0] * len(rows),
+               "converged": list(converged or [True] * len(rows)),
+               "never_selected": list(never_selected or [0] * len(rows))}
+    for k, metric in enumerate(metrics):
+        per_fit[metric] = [(k + 1) * (r + 1) * n ** slopes[r] if n > 100 else 1e6 for r, n in rows]
+    return {"probes": {**probes, "per_fit": per_fit, "tol": 1e-6}, "steps": steps}
+
+
+def _claim_keys(cfg) -> set[str]:
+    keys = set()
+    for spec in cfg.figure.claims:
+        keys.add(spec.measured)
+        keys.update((spec.get("requires") or {}).keys())
+    return keys
+
+
+def _t_half(units) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(units) - 1) * np.std(units, ddof=1) / math.sqrt(len(units)))
+
+
+def _assert_every_claim_reads_a_measurement(cfg, m):
+    from omegaconf import OmegaConf
+
+    from replicate import claims
+
+    assert _claim_keys(cfg) <= set(m), _claim_keys(cfg) - set(m)
+    judged = claims.evaluate(OmegaConf.to_container(cfg.figure.claims), m)
+    assert all(c.verdict in claims.VERDICTS for c in judged)
+
+
+TEMPLATE = {"name": "template", "gate": "topk"}
+
+
+def test_topk_exact_measures_key_settings_by_config_value_not_sweep_order():
+    import pandas as pd
+
+    from replicate.papers.moe_gating import measures
+
+    cfg = C.compose("moe_gating/topk_exact", "cpu", "smoke")
+    metrics = measures.TOPK_EXACT_METRICS
+    near = lambda rate: {"kind": "truth", "rate": rate, "scale": 0.1}  # noqa: E731
+    rows = [  # the fixed-noise control first: a positional mapping would swap two claims
+        _run({"truth": TEMPLATE, "init": near(0.0)}, [-0.3, -0.3, -0.3], metrics, ll_gap=[-1.0] * 8 + [2.0]),
+        _run({"truth": TEMPLATE, "init": near(0.083)}, [-0.4, -0.5, -0.6], metrics),
+        _run({"truth": {"name": "d2_paper_rank"}, "init": {"kind": "data", "rate": 0.083}}, [-0.5] * 3, metrics,
+             never_selected=[0] * 8 + [2]),
+        _run({"truth": {"name": "generic_jump"}, "init": {"kind": "data", "rate": 0.083}}, [-0.45, -0.55, -0.5],
+             metrics, converged=[True] * 8 + [False], steps=11),
+    ]
+    m = measures.topk_exact(pd.DataFrame(rows), cfg)
+    _assert_every_claim_reads_a_measurement(cfg, m)
+    shrinking = m["slope_voronoi_shrinking"]
+    assert shrinking.units == pytest.approx((-0.4, -0.5, -0.6))
+    assert shrinking.value == pytest.approx(-0.5)
+    assert shrinking.interval == pytest.approx((-0.5 - _t_half([-0.4, -0.5, -0.6]), -0.5 + _t_half([-0.4, -0.5, -0.6])))
+    assert m["slope_hellinger_shrinking"].value == pytest.approx(-0.5)    # the multiplier (k+1) leaves slopes alone
+    assert m["slope_voronoi_fixed"].value == pytest.approx(-0.3)
+    assert m["slope_voronoi_fixed"].interval == pytest.approx((-0.3, -0.3))
+    assert m["slope_voronoi_generic_jump"].value == pytest.approx(-0.5)
+    assert m["slope_hellinger_d2_paper_rank"].value == pytest.approx(-0.5)
+    assert (m["fits_below_truth_fixed"], m["fits_below_truth_shrinking"]) == (1, 0)
+    assert (m["unconverged_generic_jump"], m["never_selected_d2_paper_rank"]) == (1, 2)
+    assert m["iteration_cap_share_generic_jump"].value == pytest.approx(1 / 9)
+    assert m["em_steps_generic_jump"] == 11 and m["fits"] == 36 and m["max_ll_gap"] == pytest.approx(2.0)
+    # the same runs in another order give the same measurements
+    again = measures.topk_exact(pd.DataFrame(rows[::-1]), cfg)
+    assert again["slope_voronoi_fixed"].value == pytest.approx(-0.3)
+    assert again["slope_voronoi_shrinking"].units == pytest.approx(shrinking.units)
+    # two runs the measures cannot tell apart are an error, not a silent overwrite
+    with pytest.raises(ValueError, match="setting 'shrinking'"):
+        measures.topk_exact(pd.DataFrame([rows[1], rows[1]]), cfg)
+
+
+def test_topk_overspecified_measures_by_hand():
+    import pandas as pd
+
+    from replicate.papers.moe_gating import measures
+
+    cfg = C.compose("moe_gating/topk_overspecified", "cpu", "smoke")
+    metrics = measures.OVERSPECIFIED_METRICS
+    init = {"kind": "truth", "rate": 0.083}
+    rows = [_run({"top_k": 2, "truth": TEMPLATE, "init": init}, [0.3, 0.4, 0.5], metrics, ll_gap=[5.0] * 9),
+            _run({"top_k": 3, "truth": TEMPLATE, "init": init}, [-0.05, -0.125, -0.2], metrics)]
+    m = measures.topk_overspecified(pd.DataFrame(rows), cfg)
+    _assert_every_claim_reads_a_measurement(cfg, m)
+    split = m["slope_split_w1_top3"]
+    assert split.value == pytest.approx(-0.125) and split.n == 3
+    assert m["split_w1_interval_covers_predicted_top3"] == 1     # -1/8 is the interval's centre
+    assert m["split_w1_interval_covers_predicted_top2"] == 0     # 0.4 +- 0.248 excludes -1/8
+    assert (m["fits_below_truth_top3"], m["fits_below_truth_top2"]) == (0, 9)
+    hellinger_top3 = np.mean([(r + 1) * 800 ** s for r, s in enumerate([-0.05, -0.125, -0.2])])
+    assert m["hellinger_at_largest_n_top3"] == pytest.approx(hellinger_top3)
+    voronoi = [2 * (r + 1) * n ** s if n > 100 else 1e6 for r, s in enumerate([0.3, 0.4, 0.5])
+               for n in (100, 200, 800)]
+    assert m["median_voronoi_top2"] == pytest.approx(np.median(voronoi))
+
+
+def test_temperature_vs_activation_measures_pair_the_two_init_schedules():
+    import pandas as pd
+
+    from replicate.papers.moe_gating import measures
+
+    cfg = C.compose("moe_gating/temperature_vs_activation", "cpu", "smoke")
+    metrics = measures.TEMPERATURE_METRICS
+    truth = lambda gate: {"name": gate, "gate": gate}  # noqa: E731
+    init = lambda rate: {"kind": "truth", "rate": rate}  # noqa: E731
+    rows = [_run({"truth": truth("activation"), "init": init(0.0)}, [-0.5, -0.4, -0.6], metrics),
+            _run({"truth": truth("temperature"), "init": init(0.0)}, [-0.3, -0.3, -0.3], metrics),
+            _run({"truth": truth("temperature"), "init": init(0.083)}, [-0.4, -0.5, -0.6], metrics,
+                 ll_gap=[-1.0] * 8 + [0.5]),
+            _run({"truth": truth("activation"), "init": init(0.083)}, [-0.5, -0.4, -0.6], metrics)]
+    m = measures.temperature_vs_activation(pd.DataFrame(rows), cfg)
+    _assert_every_claim_reads_a_measurement(cfg, m)
+    assert m["slope_temperature_gate_identified_shrinking"].value == pytest.approx(-0.5)
+    assert m["slope_temperature_gate_identified_fixed"].value == pytest.approx(-0.3)
+    # paired per-replicate differences -0.1, -0.2, -0.3: mean -0.2 with a t interval over them
+    effect = m["init_effect_temperature_identified"]
+    assert effect.value == pytest.approx(-0.2)
+    assert effect.interval == pytest.approx((-0.2 - _t_half([-0.1, -0.2, -0.3]), -0.2 + _t_half([-0.1, -0.2, -0.3])))
+    # fixed's -0.3 lies inside shrinking's interval, shrinking's -0.5 outside fixed's zero-width one
+    assert m["init_schedules_disagree_temperature_identified"] == 1
+    assert m["init_schedules_disagree_activation_raw"] == 0
+    assert m["init_effect_activation_raw"].value == pytest.approx(0.0)
+    assert (m["fits_below_truth_temperature_shrinking"], m["fits_below_truth_temperature_fixed"]) == (1, 0)
+    assert m["median_ll_gap_activation_fixed"] == pytest.approx(-1.0)

@@ -1,13 +1,18 @@
 """The numbers behind the MoE gating claims (Nguyen et al. ICLR 2024 top-K; ICML 2024 temperature).
 
-Notebook-only: the three figure notebooks call these functions; the training code never imports
-this module. The unit of every interval is the **replicate**: fit (replicate r, sample size n)
-has its own independent sample (problem.py), and a replicate's row of fits over the n grid is
-resampled whole.
+Notebook-side: ``measures`` (one function per figure) calls these functions; the training code
+never imports this module. The unit of every interval is the **replicate**: fit (replicate r,
+sample size n) has its own independent sample (problem.py), so a replicate's row of fits over
+the n grid is one unit.
 
-Rates. A rate is the least-squares slope of log(mean error over replicates) on log n inside
-the figure's pre-registered window (:func:`slope_estimate`); its interval is a 95% percentile
-bootstrap over replicates of that fitted slope (the regression is refitted on every resample).
+Rates. A rate is a statistic over the set of sample sizes, so it is computed per replicate and
+then averaged: replicate r's least-squares slope of log error on log n inside the figure's
+pre-registered window (:func:`replicate_slopes`), and the rate is their mean with a Student-t
+interval over replicates (:func:`slope_estimate`). The mean of the per-replicate slopes is the
+slope of the mean log error (the regression is linear in its response), so the point estimate
+lies inside its interval. The papers' rates (ICLR 2024 Theorem 1 and Sec. 4; the ICML 2024
+temperature paper's main results) bound the error's order, which E[log error] and log E[error]
+share when the error's spread scales with its level.
 
 Preconditions. A rate says something about the MLE only if the optimiser reached it: every fit
 must end at or above the truth's log-likelihood (the truth is a point of the fitted model, so
@@ -59,54 +64,45 @@ def error_table(frame: pd.DataFrame, metric: str, window) -> pd.DataFrame:
     return inside.pivot(index="replicate", columns="n", values=metric).sort_index(axis=1)
 
 
-def _slope(n: np.ndarray, rows: np.ndarray) -> float:
-    """Least-squares slope of log(mean over rows) on log n."""
-    mean = rows.mean(0)
-    if not np.all(mean > 0):
-        return math.nan
-    x = np.log(n) - np.log(n).mean()
-    return float(x @ np.log(mean) / (x @ x))
-
-
-def _intercept(n: np.ndarray, rows: np.ndarray) -> float:
-    return float(np.polyfit(np.log(n), np.log(rows.mean(0)), 1)[1])
-
-
 def _with_method(est: claims.Estimate, what: str) -> claims.Estimate:
     return dataclasses.replace(est, method=f"{est.method}; {what}")
 
 
-def slope_estimate(frame: pd.DataFrame, metric: str, window, n_boot: int = 2000,
-                   seed: int = 0) -> claims.Estimate:
-    """Rate of ``metric``: slope of log mean error on log n over ``window``, with a 95%
-    percentile bootstrap over replicates (rows of :func:`error_table`); units = per-replicate
-    slopes (shown, not used for the interval). Not finite (a NaN or zero error): NaN."""
+def replicate_slopes(frame: pd.DataFrame, metric: str, window) -> np.ndarray:
+    """Each replicate's least-squares slope of log(``metric``) on log n over ``window`` (one
+    number per replicate: its own sample at every n); NaN for a replicate with a non-finite or
+    zero error."""
     table = error_table(frame, metric, window)
     if table.shape[1] < 2:
         raise ValueError(f"window {window} holds {table.shape[1]} sample sizes; a slope needs >= 2")
-    n, rows = table.columns.to_numpy(float), table.to_numpy(float)
-    if not np.isfinite(rows).all() or (rows <= 0).any():
-        return claims.Estimate(math.nan, None, len(rows), f"{metric}: a non-finite or zero error")
-    est = claims.bootstrap(rows, lambda u: _slope(n, u), resamples=n_boot, seed=seed, unit="replicates")
-    per_replicate = tuple(_slope(n, r[None]) for r in rows)
-    est = dataclasses.replace(est, units=per_replicate)
-    return _with_method(est, f"slope of log mean error on log n over {len(n)} n in {list(window)}")
+    rows = table.to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(np.isfinite(rows) & (rows > 0), np.log(rows), np.nan)
+    x = np.log(table.columns.to_numpy(float))
+    x = x - x.mean()
+    return logs @ x / (x @ x)
 
 
-def slope_difference(frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str, window,
-                     n_boot: int = 2000, seed: int = 0) -> claims.Estimate:
-    """slope(a) - slope(b) of ``metric`` with a paired bootstrap over replicates (the same
-    replicate's data in both settings, e.g. two initialisation schedules)."""
+def slope_estimate(frame: pd.DataFrame, metric: str, window) -> claims.Estimate:
+    """Rate of ``metric``: the mean over replicates of each replicate's slope of log error on
+    log n inside ``window`` (equivalently, the slope of the mean log error), with a Student-t
+    interval over the replicates (units = the per-replicate slopes). A NaN or zero error in some
+    replicate makes its slope, and the rate, NaN (no interval)."""
+    slopes_ = replicate_slopes(frame, metric, window)
+    n_grid = error_table(frame, metric, window).shape[1]
+    return _with_method(claims.mean_interval(slopes_, unit="replicates"),
+                        f"per-replicate slope of log error on log n over {n_grid} n in {list(window)}")
+
+
+def slope_difference(frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str, window) -> claims.Estimate:
+    """slope(a) - slope(b) of ``metric`` with a paired t interval over replicates (replicate r's
+    data are the same in both settings, e.g. two initialisation schedules)."""
     ta, tb = error_table(frame_a, metric, window), error_table(frame_b, metric, window)
     if not (ta.index.equals(tb.index) and ta.columns.equals(tb.columns)):
         raise ValueError("slope_difference: the two settings do not hold the same replicates x n")
-    n, k = ta.columns.to_numpy(float), ta.shape[1]
-    rows = np.concatenate([ta.to_numpy(float), tb.to_numpy(float)], 1)
-    if not np.isfinite(rows).all() or (rows <= 0).any():
-        return claims.Estimate(math.nan, None, len(rows), f"{metric}: a non-finite or zero error")
-    est = claims.bootstrap(rows, lambda u: _slope(n, u[:, :k]) - _slope(n, u[:, k:]),
-                           resamples=n_boot, seed=seed, unit="paired replicates")
-    return _with_method(est, "difference of the two settings' slopes")
+    a, b = replicate_slopes(frame_a, metric, window), replicate_slopes(frame_b, metric, window)
+    return _with_method(claims.paired_difference(a, b, unit="replicates"),
+                        "difference of the two settings' per-replicate slopes")
 
 
 def excludes_zero(est: claims.Estimate) -> int:
@@ -159,29 +155,30 @@ def cap_share(frame: pd.DataFrame) -> claims.Estimate:
     return claims.proportion(stopped, len(frame), unit="fits")
 
 
-def slopes(frame: pd.DataFrame, metrics: list[str], by: list[str], window, n_boot: int,
-           seed: int = 0) -> pd.DataFrame:
-    """:func:`slope_estimate` for every metric and group of ``by``: columns by..., metric,
-    slope, lower, upper, intercept, estimate (the Estimate itself)."""
-    rows = []
-    for group, part in frame.groupby(by, sort=False):
-        group = group if isinstance(group, tuple) else (group,)
-        for metric in metrics:
-            est = slope_estimate(part, metric, window, n_boot, seed)
-            lo, hi = est.interval if est.interval else (math.nan, math.nan)
-            table = error_table(part, metric, window)
-            c = (_intercept(table.columns.to_numpy(float), table.to_numpy(float))
-                 if math.isfinite(est.value) else math.nan)
-            rows.append({**dict(zip(by, group)), "metric": metric, "slope": est.value, "lower": lo,
-                         "upper": hi, "intercept": c, "estimate": est})
-    return pd.DataFrame(rows)
+def smallest_atom_weight(runs: pd.DataFrame, setting) -> pd.DataFrame:
+    """One row per fit: ``setting(probes)`` of its run, n and the smallest gate weight exp(beta0)
+    among the fit's atoms (an atom the top-K gate never selects ends with a small one)."""
+    frames = [pd.DataFrame({"setting": setting(run.probes), "n": run.probes["per_fit"]["n"],
+                            "smallest exp(w0)": np.exp(np.asarray(run.probes["per_fit"]["params"]["w0"])).min(1)})
+              for run in runs.itertuples()]
+    return pd.concat(frames, ignore_index=True)
 
 
-def draw_fit(ax, row, window, color, label=True):
-    """The fitted power law of a ``slopes`` row over its window, dashed."""
-    n = np.geomspace(window[0], window[1], 20)
-    ax.plot(n, np.exp(row.intercept) * n ** row.slope, ls="--", lw=1.2, color=color,
-            label=f"slope {row.slope:.2f} [{row.lower:.2f}, {row.upper:.2f}]" if label else None)
+def rate_table(frame: pd.DataFrame, metrics: list[str], by: str, window) -> dict[tuple[str, str], claims.Estimate]:
+    """:func:`slope_estimate` of every metric in every group of the ``by`` column:
+    ``{(group, metric): Estimate}``."""
+    return {(group, metric): slope_estimate(part, metric, window)
+            for group, part in frame.groupby(by, sort=False) for metric in metrics}
+
+
+def draw_fit(ax, frame: pd.DataFrame, metric: str, est: claims.Estimate, window, color, label=True):
+    """The fitted power law n^slope of ``est`` through the mean log error of ``frame``'s
+    ``metric`` inside ``window`` (the least-squares line of the mean log error), dashed."""
+    inside = frame[(frame.n >= window[0]) & (frame.n <= window[1])]
+    level = float(np.log(inside[metric]).mean() - est.value * np.log(inside.n).mean())
+    n = np.geomspace(inside.n.min(), inside.n.max(), 20)
+    text = f"slope {est:.2f}" if label else None
+    ax.plot(n, np.exp(level) * n ** est.value, ls="--", lw=1.2, color=color, label=text)
 
 
 def draw_reference(ax, n, anchor, slope, text, color="0.45"):
