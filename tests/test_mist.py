@@ -549,8 +549,10 @@ def test_mse_ratio_is_ksg_mse_over_mist_mse_with_an_interval_over_datasets():
     t = eval_table([0.0] * 4, ksg=[1.0, 1.0, 2.0, 2.0], mist=[1.0, -1.0, 1.0, -1.0])
     est = measures.mse_ratio(t, "ksg", "mist")  # (1 + 1 + 4 + 4) / 4 = 2.5 over 1
     assert est.value == pytest.approx(2.5) and est.n == 4
-    lo, hi = est.interval
-    assert 1.0 <= lo <= 2.5 <= hi <= 4.0
+    # delta method on the log ratio: MIST's squared errors are all 1 (no variance), KSG's have
+    # variance 3, so se = sqrt(3 / 2.5^2 / 4), with t on 3 degrees of freedom
+    half = stats.t.ppf(0.975, 3) * np.sqrt(3 / 2.5**2 / 4)
+    assert est.interval == pytest.approx((2.5 * np.exp(-half), 2.5 * np.exp(half)))
     assert "datasets" in est.method
 
 
@@ -566,17 +568,20 @@ def test_frac_bins_won_counts_bins_and_bootstraps_datasets():
     t["n"] = [10] * 4 + [20] * 4
     est = measures.frac_bins_won(t, "n", "mist", "ksg")  # MIST wins n = 10, loses n = 20
     assert est.value == 0.5 and est.n == 8
-    t["mist"] = 0.0
-    est = measures.frac_bins_won(t, "n", "mist", "ksg")
-    assert est.value == 1.0 and est.interval == (1.0, 1.0)
+    assert est.interval is None and "too few for a bootstrap" in est.method   # 8 < 30 datasets
+    many = eval_table([0.0] * 40, mist=0.0, ksg=1.0)
+    many["n"] = [10, 20] * 20
+    est = measures.frac_bins_won(many, "n", "mist", "ksg")
+    assert est.value == 1.0 and est.interval == (1.0, 1.0) and est.n == 40
+    assert est.estimator["statistic"] == "replicate.papers.mist.measures:share_of_bins_won"
 
 
 def test_log_ratio_slope_recovers_a_known_trend():
-    d = np.repeat([1, 2, 3], 3)
-    t = eval_table(np.zeros(9), mist=np.ones(9), ksg=np.sqrt(np.exp(0.5 * d)))  # log ratio = 0.5 d
+    d = np.repeat([1, 2, 3], 12)
+    t = eval_table(np.zeros(36), mist=np.ones(36), ksg=np.sqrt(np.exp(0.5 * d)))  # log ratio = 0.5 d
     t["d"] = d
     est = measures.log_ratio_slope(t, "d", "ksg", "mist")
-    assert est.value == pytest.approx(0.5)
+    assert est.value == pytest.approx(0.5) and est.n == 36
     assert est.interval[0] == pytest.approx(0.5) and est.interval[1] == pytest.approx(0.5)
 
 
@@ -660,3 +665,135 @@ def test_evaluation_cache_computes_once_per_key(tmp_path):
     assert cached(tmp_path, key, compute) == cached(tmp_path, key, compute) == {"value": 3}
     assert len(calls) == 1 and cache_key("x", [1, 3]) != key
     assert cached(None, key, compute) == {"value": 3} and len(calls) == 2
+
+
+# --------------------------------------------------------------------------- one measures function per figure
+def _claim_keys(cfg) -> set[str]:
+    return {key for spec in cfg.figure.claims for key in (spec.measured, *(spec.get("requires") or {}))}
+
+
+def _judged(cfg, m):
+    """Every claim of the figure judged on ``m`` (a key the claims read and ``m`` lacks fails here)."""
+    from omegaconf import OmegaConf
+
+    from replicate import claims
+
+    assert _claim_keys(cfg) <= set(m), _claim_keys(cfg) - set(m)
+    return {c.id: c for c in claims.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+
+
+RUNS = pd.DataFrame({"objective": ["mse", "quantile"], "run_dir": ["unused/mse", "unused/quantile"]})
+
+
+def _rows(split, mi, err_mist, err_ksg, n=(10, 20), d=1, dy=None, **extra):
+    """Datasets of one split: true MI ``mi``; MIST and KSG off by ``err_mist`` / ``err_ksg``."""
+    mi = np.asarray(mi, dtype=float)
+    frame = pd.DataFrame({"split": split, "family": "gauss", "n": np.resize(n, len(mi)), "d": d,
+                          "dy": d if dy is None else dy, "mi": mi, "mist": mi + err_mist, "mist_qr": mi * 2,
+                          "ksg": mi - err_ksg, "ksg_ranks": mi - err_ksg, "cca": mi, "infonce": np.nan,
+                          "q_0.05": 0.0})
+    return frame.assign(**extra)
+
+
+def test_error_vs_n_measures_by_hand():
+    from replicate.config import compose
+
+    cfg = compose("mist/error_vs_n", "cpu", "smoke")
+    mi = [0.1, 0.2, 0.5, 1.5]   # strata low, low, mid, high (edges 0.3 and 1)
+    table = pd.concat([
+        _rows("in", mi, 0.1, 0.2), _rows("out", mi, 0.1, 0.3),
+        _rows("copula", mi, 0.1, 0.1, ksg_ranks=np.asarray(mi) - 0.05),
+        _rows("independent", [0.0] * 4, [0.02, 0.04, 0.5, 0.5], 0.0, n=(200, 200, 200, 50), d=[1, 4, 8, 1],
+              **{"q_0.05": [0.0, 0.1, 0.3, 0.3]}),
+    ], ignore_index=True)
+    m = measures.error_vs_n(RUNS, cfg, table)
+    judged = _judged(cfg, m)
+    assert m["mse_ratio_ksg_over_mist_in"].value == pytest.approx(4.0)        # 0.2^2 / 0.1^2
+    assert m["mse_ratio_ksg_over_mist_out"].value == pytest.approx(9.0)
+    assert m["mse_ratio_ksg_over_mist_copula"].value == pytest.approx(1.0)
+    assert m["mse_ratio_ksgranks_over_mist_copula_mi_low"].value == pytest.approx(0.25)
+    assert m["mse_ratio_ksg_over_mist_in_mi_low"].value == pytest.approx(4.0)
+    assert (m["datasets_in_mi_low"], m["datasets_in_mi_mid"], m["datasets_out_mi_high"]) == (2, 1, 1)
+    assert m["frac_n_bins_mist_beats_ksg_in"].value == 1.0 and m["win_rate_mist_over_ksg_out"].value == 1.0
+    assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)   # MIST-QR's median is 2 MI
+    assert m["mse_ratio_ksg_over_mistqr_in"].value == pytest.approx(0.04 / np.mean(np.square(mi)))
+    # independent pairs: only n = 200 with d_x = d_y <= 4 count (the d = 8 and n = 50 rows do not)
+    assert m["datasets_independent_n200_d4"] == 2
+    assert m["mean_mist_independent_n200_d4"].value == pytest.approx(0.03)
+    assert m["false_dependence_rate_n200_d4"].value == pytest.approx(0.5)
+    assert m["false_dependence_rate_independent"].value == pytest.approx(0.75)
+    assert m["mist_nonfinite_estimates"] == 0
+    assert judged["mist_beats_ksg_in"].verdict == "replicated"      # zero spread: the interval is [4, 4]
+    assert judged["mist_beats_ksg_in_mi_low"].verdict == "inconclusive"   # 2 < 30 datasets
+
+
+def test_error_vs_dim_measures_by_hand():
+    from replicate.config import compose
+
+    cfg = compose("mist/error_vs_dim", "cpu", "smoke")   # d_grid [1, 2], one unequal cell (1, 3)
+    mi = [0.1, 0.2, 0.5, 1.5]
+    table = pd.concat([_rows("in", mi, 0.1, 0.2, d=1), _rows("in", mi, 0.1, 0.4, d=2),
+                       _rows("in", mi, 0.1, 0.1, d=1, dy=3), _rows("out", mi, 0.1, 0.2, d=1),
+                       _rows("out", mi, 0.2, 0.1, d=2), _rows("copula", mi, 5.0, 0.0)], ignore_index=True)
+    m = measures.error_vs_dim(RUNS, cfg, table)
+    judged = _judged(cfg, m)
+    assert m["mse_ratio_ksg_over_mist_top_d_in"].value == pytest.approx(16.0)     # d = 2: 0.4^2 / 0.1^2
+    assert m["frac_d_bins_mist_beats_ksg_in"].value == 1.0
+    assert m["frac_d_bins_mist_beats_ksg_out"].value == 0.5                        # out loses d = 2
+    assert m["log_ratio_slope_per_d_in"].value == pytest.approx(np.log(16.0) - np.log(4.0))
+    assert m["mse_ratio_ksg_over_mist_unequal_in"].value == pytest.approx(1.0)
+    assert (m["datasets_unequal_in"], m["datasets_top2_d_in_mi_low"]) == (4, 4)   # MI <= 0.3 at d in {1, 2}
+    assert m["mse_ratio_ksg_over_mist_top2_d_in_mi_low"].value == pytest.approx((0.04 + 0.16) / 2 / 0.01)
+    assert m["mse_mist_d1_in"] == pytest.approx(0.01) and m["mse_ksg_d2_in"] == pytest.approx(0.16)
+    assert judged["mist_beats_ksg_top_d_in"].verdict == "replicated"
+
+
+def test_calibration_measures_by_hand():
+    from replicate.config import compose
+    from replicate.papers.mist.analysis import TAU_GRID, coverage
+
+    cfg = compose("mist/calibration", "cpu", "smoke")
+    mi = np.array([0.1, 0.2, 0.5, 1.5])
+    table = pd.concat([_rows("in", mi, 0.0, 0.0), _rows("out", mi, 0.0, 0.0), _rows("copula", mi, 0.0, 0.0),
+                       _rows("independent", [0.0] * 2, 0.0, 0.0, n=200, d=[1, 2])], ignore_index=True)
+    # the truth lies below q̂_τ exactly when τ >= 0.5; on the independent pairs q̂_0.05 is 0 and 0.2
+    anchor = table.mi + np.r_[[0.0] * 12, 0.45, 0.65]
+    for t in TAU_GRID:
+        table[f"q_{t:g}"] = anchor + (t - 0.5)
+    # a bootstrap interval on two datasets per split, both missing the truth
+    on_subset = table.index.isin([0, 1, 4, 5])
+    table["boot_lo"] = np.where(on_subset, table.mi + 1.0, np.nan)
+    table["boot_hi"] = np.where(on_subset, table.mi + 2.0, np.nan)
+    table = table.assign(cover_qr=coverage(table, "q_0.05", "q_0.95"), cover_boot=coverage(table, "boot_lo", "boot_hi"),
+                         width_qr=table["q_0.95"] - table["q_0.05"], width_boot=table.boot_hi - table.boot_lo)
+    m = measures.calibration(RUNS, cfg, table)
+    judged = _judged(cfg, m)
+    assert m["coverage_qr_in"].value == 1.0 and m["coverage_boot_in"].value == 0.0
+    assert m["datasets_bootstrap_subset_in"] == 2
+    assert m["coverage_gap_difference_boot_minus_qr_in"].value == pytest.approx(0.9 - 0.1)
+    gaps = [t if t < 0.5 else 1 - t for t in TAU_GRID]
+    assert m["calibration_error_in"].value == pytest.approx(np.mean(gaps))
+    assert m["width_qr_in"] == pytest.approx(0.9) and m["width_boot_out"] == pytest.approx(1.0)
+    assert m["crossing_rate"] == 0.0 and m["quantile_nonfinite_estimates"] == 0
+    assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)
+    assert m["false_dependence_rate_n200_d4"].value == pytest.approx(0.5) and m["datasets_independent_n200_d4"] == 2
+    assert m["coverage_qr_in_mi_low"].value == 1.0
+    assert judged["quantiles_do_not_cross"].verdict == "replicated"
+
+
+def test_runtime_measures_by_hand():
+    from replicate.config import compose
+
+    cfg = compose("mist/runtime", "cpu", "smoke")   # reference n = 40
+    seconds = {"MIST (batched)": [0.01, 0.01], "MIST (one at a time)": [0.1, 0.2], "KSG (k=5)": [0.02, 0.01],
+               "InfoNCE (5 steps)": [1.0, 4.0]}
+    timing = pd.DataFrame([{"n": n, "repeat": r, "method": k, "seconds": v[r] * (1 if n == 40 else 0.5)}
+                           for n in (10, 40) for k, v in seconds.items() for r in range(2)])
+    m = measures.runtime(RUNS, cfg, timing)
+    judged = _judged(cfg, m)
+    assert m["speedup_infonce_over_mist_batched"].value == pytest.approx(200.0)   # ratios 100 and 400
+    assert m["speedup_infonce_over_mist_batched"].units == pytest.approx((100.0, 400.0))
+    assert m["speedup_infonce_over_mist_single"].value == pytest.approx(np.sqrt(10.0 * 20.0))
+    assert m["speedup_ksg_over_mist_batched"].value == pytest.approx(np.sqrt(2.0))
+    assert m["seconds_InfoNCE (5 steps)_n10"] == pytest.approx(1.25)               # median of 0.5 and 2
+    assert judged["mist_faster_than_infonce"].n == 2
