@@ -10,16 +10,28 @@
 
 A run whose directory already holds metrics.json is reused, never recomputed; the hash is of
 the resolved config (replicate.config.run_hash), so any figure asking for the same run shares it.
+A result is also bound to the code that computed it: metrics.json and every checkpoint carry
+``code_sha256`` (:func:`code_sha256` of the paper's training-code closure), and a run finished
+by other code (or by a version that did not record it) is retrained, not reused.
+
+Writers sharing one run store wait for each other: a process asking for a run another process
+is training blocks on the run's lock (a line in its log every minute) for at most
+``REPLICATE_RUN_LOCK_TIMEOUT`` seconds (default one day), then is refused with one line.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +43,21 @@ from omegaconf import DictConfig, OmegaConf
 from replicate import config as C
 
 METRICS = "metrics.json"
+LOCK_TIMEOUT_ENV = "REPLICATE_RUN_LOCK_TIMEOUT"
+LOCK_TIMEOUT_DEFAULT = 24 * 3600.0
+LOCK_PROGRESS_EVERY = 60.0
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal (SIGTERM, SIGINT) or by the loss of the Snakemake process that
+    started it, after writing a checkpoint: a rerun resumes from it. ``exit_status`` is the
+    shell's convention for death by that signal (128 + its number: 143, 130)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, why: str = ""):
+        self.signum, self.step, self.checkpoint = int(signum), int(step), Path(checkpoint)
+        self.exit_status = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        super().__init__(f"interrupted at step {step} ({why or name}); rerun to resume from {checkpoint}")
 
 
 def run_dir(out: str | Path, run_cfg: DictConfig) -> Path:
@@ -39,6 +66,50 @@ def run_dir(out: str | Path, run_cfg: DictConfig) -> Path:
 
 def is_finished(directory: Path) -> bool:
     return (directory / METRICS).is_file()
+
+
+def code_files(run_cfg: DictConfig) -> list[str]:
+    """The paper's source files the run's training imports (repository-relative): the paper
+    package and the modules its ``_target_`` s name, with their imports inside the package
+    (the same closure as the pipeline's train-job inputs, ``Plan.training_code``)."""
+    from replicate.pipeline import _import_closure
+
+    package = f"replicate.papers.{run_cfg.paper}"
+    modules = sorted({target.rsplit(".", 1)[0] for target in _targets(OmegaConf.to_container(run_cfg.run))})
+    return _import_closure([package, *modules], package)
+
+
+def _targets(node: Any) -> list[str]:
+    """Every ``_target_`` string in a config tree (plain dicts and lists)."""
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+def code_sha256(files: list[str]) -> str:
+    """sha256 over the repository-relative path and the bytes of every file in ``files``."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256((C.REPO_ROOT / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_code_sha256(run_cfg: DictConfig) -> str:
+    """The code identity of a run: :func:`code_sha256` of its :func:`code_files`."""
+    return code_sha256(code_files(run_cfg))
+
+
+def stale_code(directory: Path, code: str) -> str | None:
+    """Why the finished run in ``directory`` is not this code's result (None when it is)."""
+    recorded = read_metrics(directory).get("code_sha256")
+    if recorded == code:
+        return None
+    was = f"code {recorded[:12]}" if recorded else "a version that recorded no code hash"
+    return f"run {directory} was trained by {was}; the training code is now {code[:12]}"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -50,10 +121,22 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = strict_payload(payload) if isinstance(payload, dict) else strict(payload)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(clean, fh, indent=1, allow_nan=False)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for every reader
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(clean, fh, indent=1, allow_nan=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for every reader
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming(err, path) from None
+
+
+def naming(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its file name when it has none (a write that hit a full disk
+    reports no file), so the one-line error names what could not be written."""
+    if err.filename is not None:
+        return err
+    return type(err)(err.errno or errno.EIO, err.strerror or str(err), str(path))
 
 
 def strict(obj: Any, notes: dict[str, str] | None = None, path: str = "") -> Any:
@@ -107,31 +190,32 @@ def read_metrics(directory: Path) -> dict:
 
 
 def ensure(run_cfg: DictConfig, out: str | Path) -> Path:
-    """Train the run unless an identical one has finished; return its directory.
+    """Train the run unless this code has finished it; return its directory.
 
-    The directory is locked while it trains (``.lock``, an advisory file lock): a second process
-    asking for the same run, from this checkout or another sharing the run store, is refused
-    with one line naming the holder. A run whose module or data cannot be built from its config
-    leaves no directory behind.
+    The config is checked first (data paths, module, optimiser, ``max_steps``: a one-line
+    :class:`~replicate.config.ConfigError`), before the run directory exists. The directory is
+    then locked while it trains (:class:`RunLock`): a second process asking for the same run,
+    from this checkout or another sharing the run store, waits for it and reuses its result.
+    A run finished by other training code loses its metrics.json and is retrained.
     """
     directory = run_dir(out, run_cfg)
-    if is_finished(directory):
+    code = run_code_sha256(run_cfg)
+    if is_finished(directory) and not stale_code(directory, code):
         return directory
-    from replicate.train import fit
+    from replicate.train import fit, prepare
 
-    created = not directory.exists()
+    prepared = prepare(run_cfg)
     directory.mkdir(parents=True, exist_ok=True)
-    try:
-        with RunLock(directory):
-            if is_finished(directory):  # another process finished it while we waited for the lock
+    with RunLock(directory):
+        if is_finished(directory):  # another process may have finished it while we waited
+            reason = stale_code(directory, code)
+            if reason is None:
                 return directory
-            (directory / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
-            write_json_atomic(directory / METRICS, fit(run_cfg, directory))
-            drop_checkpoints(run_cfg, directory)
-    except C.ConfigError:
-        if created and not (directory / "checkpoints" / "last.ckpt").exists():
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
+            print(f"{reason}: retraining", file=sys.stderr, flush=True)
+            (directory / METRICS).unlink()
+        (directory / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg))
+        write_json_atomic(directory / METRICS, fit(run_cfg, directory, prepared, code))
+        drop_checkpoints(run_cfg, directory)
     return directory
 
 
@@ -144,33 +228,81 @@ def drop_checkpoints(run_cfg: DictConfig, directory: Path) -> None:
 
 
 class RunLock:
-    """An exclusive, non-blocking ``flock`` on ``<run dir>/.lock`` holding the holder's pid and host."""
+    """An exclusive ``flock`` on ``<run dir>/.lock`` holding the holder's pid and host.
 
-    def __init__(self, directory: Path):
+    A lock held by another process is waited for, with a line on stderr when the wait starts
+    and every ``LOCK_PROGRESS_EVERY`` seconds; after ``timeout`` seconds (``REPLICATE_RUN_LOCK_TIMEOUT``,
+    default one day) the wait ends with a one-line :class:`~replicate.config.ConfigError` naming
+    the holder. A failed job is never the outcome of a wait, so a workflow manager has no reason
+    to delete the holder's output.
+    """
+
+    def __init__(self, directory: Path, timeout: float | None = None, shared: bool = False):
         self.path = Path(directory) / ".lock"
+        self.timeout = lock_timeout() if timeout is None else timeout
+        self.shared = shared  # a reader: waits for the trainer, writes nothing
         self.fh = None
 
     def __enter__(self) -> "RunLock":
-        import fcntl
         import socket
 
-        self.fh = open(self.path, "a+")
+        self.fh = open(self.path, "r" if self.shared else "a+")
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
+            self._wait()
+        except BaseException:
             self.fh.close()
-            raise C.ConfigError(f"run {self.path.parent} is being trained by {holder}; wait for it "
-                                "to finish (or stop that process)") from None
+            raise
+        if self.shared:
+            return self
         self.fh.seek(0)
         self.fh.truncate()
         self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
         self.fh.flush()
         return self
 
+    def _wait(self) -> None:
+        import fcntl
+
+        started = last_line = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(self.fh, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - started
+            if waited >= self.timeout:
+                raise C.ConfigError(f"run {self.path.parent} is still being trained by {self.holder()} "
+                                    f"after {waited:.0f} s of waiting ({LOCK_TIMEOUT_ENV}); wait for it to "
+                                    "finish (or stop that process)")
+            if waited == 0 or time.monotonic() - last_line >= LOCK_PROGRESS_EVERY:
+                print(f"run {self.path.parent} is being trained by {self.holder()}; waiting for it "
+                      f"({waited / 60:.0f} of at most {self.timeout / 60:.0f} min)", file=sys.stderr, flush=True)
+                last_line = time.monotonic()
+            time.sleep(min(1.0, max(self.timeout - waited, 0.01)))
+
+    def holder(self) -> str:
+        self.fh.seek(0)
+        return self.fh.read().strip() or "another process"
+
     def __exit__(self, *exc) -> None:
         self.fh.close()  # closing releases the lock; the file stays (harmless, tiny)
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a run another process trains (``REPLICATE_RUN_LOCK_TIMEOUT``)."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return float(text) if text else LOCK_TIMEOUT_DEFAULT
+    except ValueError:
+        raise C.ConfigError(f"{LOCK_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+
+
+def wait_for_writer(directory: Path) -> None:
+    """Return once no process is training the run in ``directory`` (at once when none is)."""
+    if (directory / ".lock").is_file():
+        with RunLock(directory, shared=True):
+            pass
 
 
 def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -> pd.DataFrame:
@@ -178,15 +310,23 @@ def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -
 
     Columns: ``point``, the last component of every swept key (``gate``, ``seed``, ``lr`` ...),
     ``run_dir``, ``status``, and every key of the run's metrics.json.
+    A run another process is training is waited for; a run finished by other training code
+    counts as missing.
     """
     rows = []
     for k, (values, run_cfg) in enumerate(zip(C.points(cfg), C.run_configs(cfg))):
         directory = run_dir(out, run_cfg)
-        if not is_finished(directory):
-            if not train_missing:
+        if train_missing:
+            directory = ensure(run_cfg, out)
+        else:
+            wait_for_writer(directory)
+            if not is_finished(directory):
                 raise FileNotFoundError(f"run for {cfg.figure.paper}/{cfg.figure.name} point={k} "
                                         f"has not finished: {directory} (run the pipeline first)")
-            directory = ensure(run_cfg, out)
+            reason = stale_code(directory, run_code_sha256(run_cfg))
+            if reason:
+                raise FileNotFoundError(f"{reason}: retrain it (delete {directory / METRICS} and rerun "
+                                        "the pipeline)")
         swept = {key.rsplit(".", 1)[-1]: value for key, value in values.items()}
         rows.append({"point": k, **swept, "run_dir": str(directory), **read_metrics(directory)})
     return pd.DataFrame(rows)

@@ -1,11 +1,14 @@
 """The trainer: determinism, reuse, resume after a kill, divergence recorded as a result."""
 
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import lightning as L
@@ -15,6 +18,7 @@ from omegaconf import OmegaConf
 
 from replicate import config as C
 from replicate import runs
+from replicate.cli import main
 from replicate.train import fit
 
 FIG = "gated_attention/attention_sink"
@@ -110,3 +114,122 @@ def test_nonfinite_loss_ends_the_run_as_diverged(tmp_path):
     assert metrics["steps"] < 50
     assert math.isnan(metrics["final_val_loss"])
     json.dumps(metrics)  # recorded, serialisable
+
+
+def test_a_run_records_the_hash_of_its_training_code(tmp_path):
+    run_cfg = smoke_run()
+    directory = runs.ensure(run_cfg, tmp_path)
+    code = runs.run_code_sha256(run_cfg)
+    assert runs.read_metrics(directory)["code_sha256"] == code
+    assert "replicate/papers/gated_attention/module.py" in runs.code_files(run_cfg)
+    state = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["callbacks"]["RunIdentity"]["code_sha256"] == code
+
+
+def test_a_run_finished_by_other_code_is_retrained_from_scratch(tmp_path, monkeypatch, capsys):
+    directory = runs.ensure(smoke_run(), tmp_path)
+    before = runs.read_metrics(directory)
+    monkeypatch.setattr(runs, "run_code_sha256", lambda run_cfg: "e" * 64)  # the code was edited
+    assert runs.ensure(smoke_run(), tmp_path) == directory
+    err = capsys.readouterr().err
+    assert f"the training code is now {'e' * 12}: retraining" in err
+    assert "training from scratch" in err and "resuming" not in err
+    aside = directory / "checkpoints" / f"last.ckpt.code-{before['code_sha256'][:12]}"
+    assert aside.is_file()
+    after = runs.read_metrics(directory)
+    assert after["code_sha256"] == "e" * 64 and after["steps"] == 20
+    assert after["val"] == before["val"]  # the same code really ran: same numbers
+    assert math.isfinite(after["step_seconds"])  # steps were taken, none "resumed" through
+
+
+def test_a_legacy_run_without_a_code_hash_is_retrained(tmp_path, capsys):
+    directory = runs.ensure(smoke_run(), tmp_path)
+    metrics = runs.read_metrics(directory)
+    del metrics["code_sha256"]
+    runs.write_json_atomic(directory / "metrics.json", metrics)
+    assert "recorded no code hash" in runs.stale_code(directory, runs.run_code_sha256(smoke_run()))
+    runs.ensure(smoke_run(), tmp_path)
+    assert "recorded no code hash" in capsys.readouterr().err
+    assert "code_sha256" in runs.read_metrics(directory)
+
+
+def test_a_checkpoint_at_max_steps_without_metrics_is_retrained_not_resumed(tmp_path, capsys):
+    """`snakemake --forcerun train` deletes metrics.json and keeps the finished checkpoint."""
+    directory = runs.ensure(smoke_run(), tmp_path)
+    before = runs.read_metrics(directory)
+    (directory / "metrics.json").unlink()
+    runs.ensure(smoke_run(), tmp_path)
+    err = capsys.readouterr().err
+    assert "is at step 20 of 20 but the run has no metrics.json" in err and "resuming" not in err
+    after = runs.read_metrics(directory)
+    assert (directory / "checkpoints" / "last.ckpt.complete").is_file()
+    assert after["val"] == before["val"] and math.isfinite(after["step_seconds"])
+
+
+def test_zero_max_steps_is_refused_before_a_run_folder_exists(tmp_path):
+    with pytest.raises(C.ConfigError, match="max_steps must be a positive integer, got 0"):
+        runs.ensure(smoke_run(max_steps=0), tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_optimiser_value_of_the_wrong_type_is_one_line_before_a_run_folder_exists(tmp_path):
+    run_cfg = C.run_config(C.compose(FIG, "cpu", "smoke", ["figure.run.module.optim.lr=fast"]), 1)
+    with pytest.raises(C.ConfigError, match=r"the optimiser of run\.module .*GatedAttentionLM.*TypeError") as err:
+        runs.ensure(run_cfg, tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch, capsys, code):
+    def no_space(*args, **kwargs):
+        raise OSError(code, os.strerror(code))  # a failed write names no file
+
+    monkeypatch.setattr(torch, "save", no_space)
+    status = main(["run", FIG, "point=1", "hardware=cpu", "scale=smoke", f"out={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside progress lines
+    assert status == 2 and errors == [err.splitlines()[-1]] and "Traceback" not in err, err
+    assert "checkpoints/last.ckpt" in errors[0] and os.strerror(code) in errors[0]
+    assert not list(tmp_path.glob("runs/*/*/checkpoints/.last.ckpt.*"))  # no temporary file left
+
+
+def test_checkpoints_are_written_in_the_run_folder_not_through_tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_such_tmpdir"))
+    directory = runs.ensure(smoke_run(), tmp_path / "out")
+    assert (directory / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resume_under_dropout_is_bit_identical(tmp_path):
+    """The random states (dropout masks) ride in the checkpoint: kill -9 after a validation and
+    resume gives the uninterrupted run's losses exactly."""
+    args = [sys.executable, "-m", "replicate", "run", FIG, "point=1", "hardware=cpu", "scale=smoke",
+            "+figure.run.module.model.dropout=0.1", "figure.run.trainer.max_steps=60",
+            "figure.run.trainer.val_check_interval=10"]
+    reference = subprocess.run([*args, f"out={tmp_path / 'ref'}"], capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*args, f"out={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("runs/*/*/checkpoints/last.ckpt")):
+        assert time.time() < deadline and proc.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = next(out.glob("runs/*/*"))
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert 0 < state["global_step"] < 60
+
+    without_rng = tmp_path / "without_rng" / run_dir.relative_to(out)  # the same checkpoint, minus its RNG
+    shutil.copytree(run_dir, without_rng)
+    del state["callbacks"]["RunIdentity"]["rng"]
+    torch.save(state, without_rng / "checkpoints" / "last.ckpt")
+
+    for where in (out, tmp_path / "without_rng"):
+        resumed = subprocess.run([*args, f"out={where}"], capture_output=True, text=True)
+        assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-2000:]
+    a = runs.read_metrics(next((tmp_path / "ref").glob("runs/*/*")))
+    b, c = runs.read_metrics(run_dir), runs.read_metrics(without_rng)
+    assert a["train"] == b["train"] and a["val"] == b["val"]
+    assert a["train"] != c["train"]  # without the saved states the dropout masks differ
