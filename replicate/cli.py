@@ -68,9 +68,15 @@ def _requested_run(args, options, overrides):
 
 
 def cmd_run(args, options, overrides):
+    """Train one run; a signal that stops it is one line and the shell's status for that signal
+    (143 SIGTERM, 130 SIGINT), with a checkpoint to resume from."""
     from replicate import runs
 
-    directory = runs.ensure(_requested_run(args, options, overrides), options["out"])
+    try:
+        directory = runs.ensure(_requested_run(args, options, overrides), options["out"])
+    except runs.Interrupted as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_status) from None
     metrics = runs.read_metrics(directory)
     which = f"hash={options['hash']}" if options["hash"] else f"point={options['point']}"
     print(f"{args.figure} {which}: {metrics['status']} after {metrics['steps']} steps, "

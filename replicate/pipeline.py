@@ -238,8 +238,13 @@ def _imports(path: Path, package: str) -> list[str]:
 
 def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) -> Path:
     """Run ``notebooks/<figure>.ipynb`` with papermill; on success move its png, pdf, json and
-    executed notebook into ``<out>/figures/<paper>/``. On failure nothing is written there: the
-    executed notebook with the traceback goes to ``<out>/logs/notebooks/`` and the error is raised.
+    executed notebook into ``<out>/figures/<paper>/``. On failure nothing this attempt wrote is
+    left there and no figure older than the attempt survives (a figure another writer finished
+    meanwhile is kept): the executed notebook with the traceback goes to
+    ``<out>/logs/notebooks/`` and the error is raised.
+
+    The notebook writes into a staging folder named after this process (:func:`staging_folder`);
+    staging folders of processes that are gone (killed attempts) are removed, live ones are not.
     """
     import papermill as pm
 
@@ -251,10 +256,9 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
     out = Path(out).resolve()
     final_dir = out / "figures" / paper
     final_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in final_dir.glob(f".{name}.*"):  # staging of an attempt that was killed
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final_dir))
+    remove_dead_staging(final_dir, name)
+    before = {suffix: _identity(final_dir / f"{name}{suffix}") for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX)}
+    staging = staging_folder(final_dir, name)
     params = {"figure": figure, "hardware": hardware, "scale": scale, "out": str(out),
               "figure_dir": str(staging), "train_missing": False}
     try:
@@ -270,8 +274,10 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
         for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX):
             os.replace(staging / f"{name}{suffix}", final_dir / f"{name}{suffix}")
     except BaseException:
-        for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX):  # no stale figure survives a failed notebook
-            (final_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        for suffix, identity in before.items():  # no stale figure survives a failed notebook
+            target = final_dir / f"{name}{suffix}"
+            if identity is not None and _identity(target) == identity:  # not replaced meanwhile
+                target.unlink(missing_ok=True)
         failed = out / "logs" / "notebooks" / paper / f"{name}.ipynb"
         if (staging / f"{name}.ipynb").is_file():
             failed.parent.mkdir(parents=True, exist_ok=True)
@@ -281,3 +287,49 @@ def execute_notebook(figure: str, hardware: str, scale: str, out: str | Path) ->
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final_dir / f"{name}.png"
+
+
+def staging_folder(final_dir: Path, name: str) -> Path:
+    """A new folder ``.<name>.<pid>-<host>-<random>`` in ``final_dir`` for one notebook attempt."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}-{_host()}-", dir=final_dir))
+
+
+def remove_dead_staging(final_dir: Path, name: str) -> None:
+    """Remove the staging folders of ``name`` left by attempts whose process is gone: those of
+    this host whose pid no longer runs, and unnamed ones (made before folders carried a pid).
+    A live attempt's folder, or one from another host (its pid cannot be checked), is kept."""
+    owned = re.compile(rf"^\.{re.escape(name)}\.(\d+)-([A-Za-z0-9_]*)-[A-Za-z0-9_]+$")
+    for folder in final_dir.glob(f".{name}.*"):
+        if not folder.is_dir():
+            continue
+        match = owned.match(folder.name)
+        if match and (match[2] != _host() or process_alive(int(match[1]))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``, or None when it does not exist: a file replaced by another
+    writer has a new identity."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
