@@ -130,10 +130,10 @@ def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str,
     the claims json) right under the title, code cells collapsed (``source_hidden``; tagged
     ``hide-input`` for renderers that honour it), and every path of this machine (the temporary
     output folder, the out dir, the checkout) replaced by the one a reader can follow, relative
-    to the repository. Then write the code-free HTML page next to it (:func:`write_page`)."""
+    to the repository. Then write the code-free HTML page next to it (:func:`replicate.page.write_page`: offline)."""
     import nbformat
 
-    from replicate import scorecard
+    from replicate import page, scorecard
 
     nb = nbformat.read(str(executed), as_version=4)
     record = json.loads(claims_json.read_text())
@@ -149,7 +149,7 @@ def present(executed: Path, claims_json: Path, final_dir: Path, paths: dict[str,
         cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     nb = nbformat.reads(_relocate(nbformat.writes(nb), {**paths, str(C.REPO_ROOT): "."}), as_version=4)
     nbformat.write(nb, str(executed))
-    write_page(nb, executed.with_suffix(".html"))
+    page.write_page(nb, executed.with_suffix(".html"))
 
 
 def _relocate(text: str, paths: dict[str, str]) -> str:
@@ -158,16 +158,6 @@ def _relocate(text: str, paths: dict[str, str]) -> str:
     for old, new in sorted(paths.items(), key=lambda kv: -len(kv[0])):
         text = re.sub(re.escape(old) + r"(?=[/\"'\s\\]|$)", lambda _: new, text)
     return text
-
-
-def write_page(nb, target: Path) -> None:
-    """The executed notebook as a static HTML page without code (inputs and prompts left out):
-    the answer, the prose, the figures and the tables, for a reader who never opens Jupyter."""
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nb)
-    target.write_text(body, encoding="utf-8")
 
 
 def _shown_path(path: Path) -> str:
