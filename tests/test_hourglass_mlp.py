@@ -3,6 +3,7 @@ block types, stacked-copies equivalence (one copy per learning rate = Adam alone
 PSNR and degradations, Pareto frontiers on hand cases, the data (scikit-image photo patches,
 digits, the MNIST and ImageNet-32 fixtures) and the figure configs."""
 
+import functools
 import math
 from pathlib import Path
 
@@ -439,45 +440,31 @@ def test_shape_trend_counts_each_distinct_frontier_point_once():
     assert A.at_lr_edge(rows, {"hourglass": [1e-2, 3e-2]}).all()
 
 
-def test_over_seeds_reruns_the_selection_on_resampled_seeds():
-    # one shape, one rate; its test PSNR is 1, 2, 6 in seeds 0, 1, 2: the statistic (its selected
-    # test PSNR) over all seeds is their mean 3, per seed 1, 2, 6, and every resample's mean lies in [1, 6]
-    rows = [r for s, t in [(0, 1.0), (1, 2.0), (2, 6.0)] for r in shape_rows("hourglass", [(10, 0.0, t, 1, 4)], seed=s)]
-    table = pd.DataFrame(rows)
-    est = A.over_seeds(table, lambda shapes: float(shapes.test_psnr.iloc[0]), resamples=500)
-    assert est.value == pytest.approx(3.0) and est.units == (1.0, 2.0, 6.0) and est.n == 3
-    lo, hi = est.interval
-    assert 1.0 <= lo < 3.0 < hi <= 6.0 and "bootstrap over 3 seeds" in est.method
-    assert A.resample(table, [2, 2]).test_psnr.tolist() == [6.0, 6.0]
-
-
-def test_pareto_measurements_have_intervals_over_seeds_on_a_synthetic_grid():
-    rows = []
-    for s in (0, 1, 2):
-        rows += shape_rows("hourglass", [(10, 5 + s, 5 + s, 1, 4), (20, 7 + s, 7 + s, 2, 4), (40, 9 + s, 9 + s, 4, 4)], seed=s)
-        for fam in ("conventional", "conventional_head"):
-            rows += shape_rows(fam, [(15, 4 + s, 4 + s, 1, 8), (30, 6 + s, 6 + s, 2, 16)], seed=s)
-    m = A.pareto_measurements(pd.DataFrame(rows), [1e-3, 1e-2, 3e-2])
-    assert m["win_fraction_vs_plain"].value == 1.0 and m["win_fraction_vs_plain"].n == 3
-    # seed means: Hourglass (10, 6) (20, 8) (40, 10), baseline (15, 5) (30, 7); points 15, 20, 30 in [15, 30]:
-    # gaps 6-5, 8-5, 8-7 -> mean 5/3; every seed is the same grid shifted, so the interval is a point
-    gap = m["mean_gap_db_vs_head"]
-    assert gap.value == pytest.approx(5 / 3) and gap.interval == pytest.approx((5 / 3, 5 / 3))
-    assert gap.units == pytest.approx((5 / 3,) * 3) and m["frontier_points_vs_head"] == 3
-    assert m["lr_edge_frontier_points_hourglass"] == 0 and m["seeds"] == 3
+def test_each_seed_reruns_the_selection_on_its_own_runs():
+    # one shape at two rates; validation prefers 1e-3 on seed 0 and 1e-2 on seed 1, so each seed
+    # reports its own pick's test PSNR (1 and 6), while the pooled selection (mean validation) picks one rate
+    rows = (shape_rows("hourglass", [(10, 2.0, 1.0, 1, 4)], seed=0, lr=1e-3)
+            + shape_rows("hourglass", [(10, 1.0, 9.0, 1, 4)], seed=0, lr=1e-2)
+            + shape_rows("hourglass", [(10, 1.0, 9.0, 1, 4)], seed=1, lr=1e-3)
+            + shape_rows("hourglass", [(10, 4.0, 6.0, 1, 4)], seed=1, lr=1e-2))
+    by_seed = A.shapes_by_seed(pd.DataFrame(rows))
+    assert sorted(by_seed) == [0, 1]
+    assert [float(by_seed[s].test_psnr.iloc[0]) for s in (0, 1)] == [1.0, 6.0]
+    assert A.per_shape(pd.DataFrame(rows)).lr.tolist() == [1e-2]  # mean validation 2.5 vs 1.5
 
 
 def test_a_baseline_diverged_everywhere_gives_an_inconclusive_claim_not_an_error():
     from replicate import claims
-    rows = []
+    cfg = C.compose("hourglass_mlp/pareto_denoise", "cpu", "smoke")
+    search = {}
     for s in (0, 1, 2):
-        rows += shape_rows("hourglass", [(10, 5.0, 5.0, 1, 4), (20, 6.0, 6.0, 2, 4), (40, 7.0, 7.0, 4, 4)], seed=s)
+        rows = shape_rows("hourglass", [(10, 5.0, 5.0, 1, 4), (20, 6.0, 6.0, 2, 4), (40, 7.0, 7.0, 4, 4)], seed=s)
         for fam in ("conventional", "conventional_head"):
             rows += shape_rows(fam, [(15, float("nan"), float("nan"), 1, 8)], seed=s)
-    m = A.pareto_measurements(pd.DataFrame(rows), [1e-2])
+        search[s] = rows
+    m = measures.pareto_denoise(search_runs(search), cfg)
     assert math.isnan(m["win_fraction_vs_plain"].value) and m["frontier_points_vs_plain"] == 0
-    spec = C.compose("hourglass_mlp/pareto_denoise", "cpu", "smoke").figure.claims
-    judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(spec), m)}
+    judged = {c.id: c for c in claims.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
     assert judged["hourglass_dominates_plain"].verdict == "inconclusive"
     assert "frontier_points_vs_plain" in judged["hourglass_dominates_plain"].reason
 
@@ -489,3 +476,151 @@ def test_the_digits_option_still_builds():
     module, data = instantiate(run.module, _convert_="all"), instantiate(run.data, _convert_="all")
     sizes = {f: sum(s.family == f for s in module.shapes) for f in ("hourglass", "conventional", "conventional_head")}
     assert set(sizes.values()) == {9} and data.image_shape == (1, 8, 8) and len(data.held_out("test")) == 269
+
+
+# --------------------------------------------------------------------------- measures (one per figure)
+from replicate import claims as claims_lib  # noqa: E402
+from replicate.papers.hourglass_mlp import measures  # noqa: E402
+
+GRID = [2e-3, 4e-3, 8e-3]  # every family's rate grid; the shapes below train at its middle rate
+
+
+def search_runs(shapes_of_seed, task="denoise"):
+    """A stand-in for ``ctx.runs()`` of a search figure: one row per seed whose ``probes.shapes``
+    are ``shapes_of_seed[seed]`` (rows of ``shape_rows``'s form; shape fields only)."""
+    rows = []
+    for seed, shapes in shapes_of_seed.items():
+        probes = {"shapes": [{k: v for k, v in r.items() if k != "seed"} for r in shapes],
+                  "lrs": {f: GRID for f in ("hourglass", "conventional", "conventional_head")},
+                  "task": {"kind": task}, "input_psnr": {"test": 20.0 + seed, "val": 0.0}}
+        rows.append({"seed": seed, "status": "finished", "probes": probes})
+    return pd.DataFrame(rows)
+
+
+@functools.lru_cache(maxsize=None)
+def claim_keys(figure):
+    """Every key a claim of ``figure`` reads (``measured`` and ``requires``) and the composed config."""
+    cfg = C.compose(f"hourglass_mlp/{figure}", "cpu", "default")
+    specs = OmegaConf.to_container(cfg.figure.claims)
+    return cfg, {s["measured"] for s in specs} | {k for s in specs for k in (s.get("requires") or {})}
+
+
+def t_interval(values):
+    from scipy import stats
+    x = np.asarray(values, float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return x.mean() - half, x.mean() + half
+
+
+def pareto_search(offsets=(0.0, -2.0, 0.5)):
+    """Three seeds. Hourglass (10, 20, 40 params; validation 6, 8, 10) with test PSNR = validation
+    + the seed's offset d; plain conventional (15, 30; test 5, 7) and conventional + head (the
+    same, 1 dB lower). Distinct frontier points in [15, 30]: 15, 20, 30; Hourglass minus plain:
+    1 + d, 3 + d, 1 + d (mean 5/3 + d); minus head: 1 dB more."""
+    out = {}
+    for seed, d in enumerate(offsets):
+        hourglass = [(10, 6.0, 6.0, 1, 64), (20, 8.0, 8.0, 2, 32), (40, 10.0, 10.0, 3, 16)]
+        rows = [dict(r, test_psnr=r["test_psnr"] + d, fixed=256)
+                for r in shape_rows("hourglass", hourglass, seed=seed, lr=GRID[1])]
+        rows += shape_rows("conventional", [(15, 5.0, 5.0, 1, 256), (30, 7.0, 7.0, 2, 384)], seed=seed, lr=GRID[1])
+        rows += shape_rows("conventional_head", [(15, 5.0, 4.0, 1, 256), (30, 7.0, 6.0, 2, 384)], seed=seed, lr=GRID[1])
+        out[seed] = rows
+    return out
+
+
+@pytest.mark.parametrize("figure", ["pareto_denoise", "pareto_superres"])
+def test_pareto_measures_are_per_seed_statistics_with_t_intervals(figure):
+    cfg, keys = claim_keys(figure)
+    task = "denoise" if figure == "pareto_denoise" else "superres"
+    m = getattr(measures, figure)(search_runs(pareto_search(), task), cfg)
+    assert keys <= set(m)
+    # per seed (d = 0, -2, +0.5): mean gap over plain 5/3, -1/3, 13/6; win share 1, 1/3, 1
+    gap = m["mean_gap_db_vs_plain"]
+    assert gap.units == pytest.approx((5 / 3, -1 / 3, 13 / 6)) and gap.value == pytest.approx(7 / 6)
+    assert gap.interval == pytest.approx(t_interval([5 / 3, -1 / 3, 13 / 6])) and gap.n == 3
+    win = m["win_fraction_vs_plain"]
+    assert win.units == pytest.approx((1.0, 1 / 3, 1.0)) and win.value == pytest.approx(7 / 9)
+    assert m["mean_gap_db_vs_head"].value == pytest.approx(7 / 6 + 1)
+    assert m["win_fraction_vs_head"].units == pytest.approx((1.0, 1 / 3, 1.0))  # seed 1: gaps 0, 2, 0 dB
+    assert m["frontier_points_vs_plain"] == 3 and m["frontier_points_vs_head"] == 3
+    assert all(m[f"lr_edge_frontier_points_{k}"] == 0 for k in ("hourglass", "conventional", "conventional_head"))
+    assert m["min_gap_db_vs_plain"] == pytest.approx(-1.0) and m["seeds"] == 3
+    assert m["input_psnr_db"] == pytest.approx(21.0)
+    lo, hi = gap.interval
+    assert lo <= gap.value <= hi
+
+
+def test_pareto_measures_do_not_depend_on_row_order_and_count_edge_rates_on_every_seed():
+    cfg, _ = claim_keys("pareto_denoise")
+    search = pareto_search()
+    search[2] = [dict(r, lr=GRID[0]) if r["family"] == "conventional" and r["trainable"] == 30 else r
+                 for r in search[2]]  # seed 2 picks the grid's smallest rate for one frontier shape
+    runs = search_runs(search)
+    m = measures.pareto_denoise(runs, cfg)
+    shuffled = measures.pareto_denoise(runs.iloc[::-1].reset_index(drop=True), cfg)
+    assert m["lr_edge_frontier_points_conventional"] == 1 and m["lr_edge_frontier_points_hourglass"] == 0
+    assert shuffled["mean_gap_db_vs_plain"].units == m["mean_gap_db_vs_plain"].units  # units in seed order
+    verdicts = {c.id: c for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["hourglass_dominates_plain"].verdict == "inconclusive"
+    assert "lr_edge_frontier_points_conventional" in verdicts["hourglass_dominates_plain"].reason
+
+
+def test_measures_refuse_runs_of_another_task():
+    cfg, _ = claim_keys("pareto_denoise")
+    with pytest.raises(ValueError, match="superres"):
+        measures.pareto_denoise(search_runs(pareto_search(), "superres"), cfg)
+
+
+def trend_search():
+    """Three seeds. Hourglass, fixed lift: (10, 20, 40 params; validation = test 6, 8, 10) with
+    depth 1, 2, 3, d_z 384, 512, 768 and d_h 128, 64, 32: rho +1, +1, -1 on every seed. The same
+    shapes with a trained lift: 2 more parameters, test PSNR 0.5 + 0.1 seed dB lower. Conventional
+    + head (15, 30, 45): depth 1, 2, 3 and hidden width 256, 384, 512 (seeds 0, 2) or reversed
+    (seed 1): rho of d_h +1, -1, +1."""
+    out = {}
+    for seed in range(3):
+        rows = []
+        for p, val, depth, d_z, d_h in ((10, 6.0, 1, 384, 128), (20, 8.0, 2, 512, 64), (40, 10.0, 3, 768, 32)):
+            rows += shape_rows("hourglass", [(p, val, val, depth, d_h)], seed=seed, lr=GRID[1], d_z=d_z)
+            rows += [dict(r, train_lift=True, trainable=p + 2, test_psnr=val - 0.5 - 0.1 * seed)
+                     for r in shape_rows("hourglass", [(p, val, val, depth, d_h)], seed=seed, lr=GRID[1], d_z=d_z)]
+        widths = (256, 384, 512) if seed != 1 else (512, 384, 256)
+        rows += shape_rows("conventional_head", [(15, 5.0, 5.0, 1, widths[0]), (30, 7.0, 7.0, 2, widths[1]),
+                                                 (45, 9.0, 9.0, 3, widths[2])], seed=seed, lr=GRID[1])
+        rows += shape_rows("conventional", [(15, 5.0, 5.0, 1, 256), (30, 7.0, 7.0, 1, 384), (45, 9.0, 9.0, 1, 512)],
+                           seed=seed, lr=GRID[1])
+        out[seed] = rows
+    return out
+
+
+def test_shape_trend_measures_are_per_seed_with_paired_contrasts():
+    cfg, keys = claim_keys("shape_trends")
+    m = measures.shape_trends(search_runs(trend_search()), cfg)
+    assert keys <= set(m)
+    assert m["rho_depth"].units == pytest.approx((1.0,) * 3) and m["rho_d_z"].value == pytest.approx(1.0)
+    assert m["rho_d_h"].units == pytest.approx((-1.0,) * 3)
+    contrast = m["rho_d_h_hourglass_minus_conventional_head"]  # -1 - (+1, -1, +1) = -2, 0, -2
+    assert contrast.units == pytest.approx((-2.0, 0.0, -2.0)) and contrast.value == pytest.approx(-4 / 3)
+    assert contrast.interval == pytest.approx(t_interval([-2.0, 0.0, -2.0]))
+    assert m["rho_depth_hourglass_minus_conventional_head"].units == pytest.approx((0.0,) * 3)
+    assert m["rho_depth_conventional"].value == 0.0  # depth never changes on that frontier
+    # lift: distinct frontier points in [12, 40]: 20, 40 (fixed) and 12, 22 (trained); fixed minus trained
+    # at 12: 6 - (6 - e), at 20: 8 - (6 - e), at 22: 8 - (8 - e), at 40: 10 - (8 - e), e = 0.5 + 0.1 seed:
+    # mean 1 + e
+    lift = m["mean_gap_db_fixed_minus_trained"]
+    assert lift.units == pytest.approx((1.5, 1.6, 1.7)) and lift.value == pytest.approx(1.6) and lift.n == 3
+    assert lift.interval == pytest.approx(t_interval([1.5, 1.6, 1.7]))
+    assert m["frontier_points_lift"] == 4 and m["min_gap_db_fixed_minus_trained"] == pytest.approx(0.5)
+    assert m["distinct_best_shapes"] == 3 and m["distinct_best_shapes_conventional_head"] == 3
+    assert m["same_shape_gain_db_trained_mean"] == pytest.approx(-0.6)  # trained - fixed, seed mean
+
+
+def test_a_seed_with_too_few_frontier_shapes_makes_the_trend_claims_inconclusive():
+    cfg, _ = claim_keys("shape_trends")
+    search = trend_search()
+    search[2] = [dict(r, val_psnr=5.0) if r["family"] == "hourglass" and r["trainable"] == 20 else r
+                 for r in search[2]]  # seed 2: the 20-parameter shape loses to the 10-parameter one
+    m = measures.shape_trends(search_runs(search), cfg)
+    assert m["distinct_best_shapes"] == 2 and math.isnan(m["rho_depth"].value)
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["deeper_with_budget"] == "inconclusive"

@@ -259,10 +259,10 @@ def test_primary_module_baseline_trains_the_same_functional_network():
 
 
 def _runs_frame(rows):
-    """A stand-in for ``ctx.runs()``: (variant, seed, val curve, final loss, status) per run."""
+    """A stand-in for ``expand_seeds``'s rows: (variant, seed, val curve, final loss, status) per run and seed."""
     import pandas as pd
 
-    return pd.DataFrame([{"run_dir": f"run{i}", "variant": v, "seed": s, "status": st,
+    return pd.DataFrame([{"run_dir": f"run{i}", "regime": "noise", "variant": v, "seed": s, "status": st,
                           "final_val_loss": f, "val": [{"step": 10 * (j + 1), "val_loss": x} for j, x in enumerate(c)]}
                          for i, (v, s, c, f, st) in enumerate(rows)])
 
@@ -278,7 +278,7 @@ def _table():
         ("mip", 1, [2, 1.0, 0.6, 0.6, 0.6], 0.6, "finished"),
         ("mip", 2, [0.9, 0.9, 0.9, 0.9, 0.9], 0.9, "finished"),
     ]
-    return seed_table(_runs_frame(rows), {"noise": 1.0}, 50, regime_of=lambda d: "noise")
+    return seed_table(_runs_frame(rows), {"noise": 1.0}, 50)
 
 
 def test_seed_table_censors_runs_that_never_reach_the_threshold():
@@ -291,14 +291,18 @@ def test_seed_table_censors_runs_that_never_reach_the_threshold():
     assert reached_fraction(t, "noise", "mip") == 1.0
 
 
-def test_steps_ratio_is_a_ratio_of_mean_steps_with_a_paired_seed_interval():
+def test_steps_ratio_is_the_geometric_mean_of_per_seed_ratios_with_a_t_interval_on_logs():
+    from scipy import stats
+
     from replicate.papers.hypernet_mip.analysis import steps_ratio
 
     est = steps_ratio(_table(), "noise")
-    assert est.value == pytest.approx(40.0 / (40.0 / 3))  # (40+30+50)/3 over (10+20+10)/3 = 3
-    assert est.n == 3 and "paired seeds" in est.method
-    lo, hi = est.interval  # every bootstrap resample is a ratio of per-seed sums: within [1.5, 5]
-    assert 1.5 - 1e-9 <= lo <= est.value <= hi <= 5.0 + 1e-9
+    logs = np.log([40 / 10, 30 / 20, 50 / 10])  # default ÷ MIP per seed (seed 2 censored at 50)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
+    assert est.value == pytest.approx(30 ** (1 / 3)) and est.n == 3
+    assert est.interval == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+    assert est.units == pytest.approx((4.0, 1.5, 5.0))
+    assert math.isnan(steps_ratio(_table(), "noise", "encoding").value)  # no encoding run: nothing paired
 
 
 def test_final_gain_is_the_mean_paired_difference_with_a_t_interval():
@@ -321,7 +325,7 @@ def test_final_gain_of_a_diverged_run_is_not_judged_as_finite():
 
     rows = [("default", 0, [2.0], float("nan"), "diverged"), ("mip", 0, [1.0], 1.0, "finished"),
             ("default", 1, [2.0], 2.0, "finished"), ("mip", 1, [1.0], 1.0, "finished")]
-    t = seed_table(_runs_frame(rows), 1.0, 10, regime_of=lambda d: "noise")
+    t = seed_table(_runs_frame(rows), 1.0, 10)
     assert t.steps_censored.tolist() == [10, 10, 10, 10] and math.isinf(t.final[0])
     est = final_gain(t, "noise")
     assert est.interval is None
@@ -487,9 +491,10 @@ def test_expand_seeds_gives_one_row_per_run_and_seed(tmp_path):
     runs.ensure(C.run_config(cfg, point), tmp_path)
     import pandas as pd
 
-    frame = pd.DataFrame([{"run_dir": str(runs.run_dir(tmp_path, C.run_config(cfg, point))),
+    frame = pd.DataFrame([{"point": point, "variant": "default", "setting": {"hyper": {"init": "scaled"}},
+                           "run_dir": str(runs.run_dir(tmp_path, C.run_config(cfg, point))),
                            **runs.read_metrics(runs.run_dir(tmp_path, C.run_config(cfg, point)))}])
-    per_seed = expand_seeds(frame)
+    per_seed = expand_seeds(frame, cfg)
     assert per_seed.seed.tolist() == [0, 1] and set(per_seed.variant) == {"default_scaled"}
     assert [len(v) for v in per_seed.val] == [2, 2] and per_seed.val[0] != per_seed.val[1]
     t = seed_table(per_seed, 9.0, 4)
@@ -512,3 +517,139 @@ def test_a_resumed_run_continues_every_seed_exactly(tmp_path):
     assert [v["step"] for v in b["probes"]["per_seed"][1]["val"]] == [2, 4]
     for key in ("train", "val", "probes"):
         assert a[key] == b[key], key
+
+
+# --------------------------------------------------------------------------- measures (one per figure)
+import functools  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from replicate import claims as claims_lib  # noqa: E402
+from replicate.papers.hypernet_mip import measures  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def _figure(figure, scale="default", overrides=()):
+    """The composed config and every key a claim of ``figure`` reads (``measured`` and ``requires``)."""
+    cfg = C.compose(f"hypernet_mip/{figure}", "cpu", scale, list(overrides))
+    specs = OmegaConf.to_container(cfg.figure.claims)
+    return cfg, {s["measured"] for s in specs} | {k for s in specs for k in (s.get("requires") or {})}
+
+
+def _curve(step, threshold):
+    """Validation every 10 steps at loss 2 until ``step``, where it is ``threshold`` (reached at
+    exactly ``step``); ``None``: never reached."""
+    if step is None:
+        return [{"step": 10 * j, "val_loss": 2.0} for j in (1, 2)]
+    return [{"step": 10 * j, "val_loss": 2.0} for j in range(1, step // 10)] + [{"step": step, "val_loss": threshold}]
+
+
+def _mip_runs(spec, threshold):
+    """A stand-in for ``ctx.runs()``: one run per (variant, setting, per-seed (steps to
+    ``threshold[regime]`` or None, final loss)) of ``spec``."""
+    rows = []
+    for variant, setting, seeds in spec:
+        regime = setting.get("task", {}).get("kind", "noise")
+        thr = threshold[regime] if isinstance(threshold, dict) else threshold
+        per_seed = [{"seed": s, "status": "finished", "val": _curve(steps, thr), "final_val_loss": final}
+                    for s, (steps, final) in enumerate(seeds)]
+        rows.append({"variant": variant, "setting": setting, "run_dir": f"run-{variant}-{len(rows)}",
+                     "status": "finished", "probes": {"per_seed": per_seed}})
+    return pd.DataFrame(rows)
+
+
+SCALED = {"hyper": {"init": "scaled"}}
+ONEBLOCK = {"hyper": {"init": "oneblock"}}
+L2 = {"task": {"kind": "l2"}, "primary": {"hidden": [64]}}
+CONVERGENCE = [  # steps to the threshold and final loss, seeds 0, 1, 2
+    ("default", {}, [(40, 0.9), (80, 0.8), (20, 1.0)]),
+    ("encoding", {}, [(20, 0.9), (40, 0.9), (20, 0.9)]),
+    ("residual", {}, [(20, 0.9), (20, 0.9), (20, 0.9)]),
+    ("mip", {}, [(10, 0.8), (20, 0.75), (10, 0.85)]),
+    ("default", SCALED, [(30, 0.9), (60, 0.9), (20, 0.9)]),
+    ("encoding", SCALED, [(10, 0.9), (30, 0.9), (10, 0.9)]),
+    ("default", ONEBLOCK, [(80, 1.0), (80, 1.0), (40, 1.0)]),
+    ("default", L2, [(30, 0.3), (30, 0.3), (30, 0.3)]),
+    ("mip", L2, [(10, 0.3), (30, 0.3), (None, 0.5)]),
+]
+
+
+def _log_t(ratios):
+    from scipy import stats
+
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    return math.exp(logs.mean()), (math.exp(logs.mean() - half), math.exp(logs.mean() + half))
+
+
+def test_convergence_measures_pair_seeds_by_config_values():
+    cfg, keys = _figure("convergence")  # thresholds: noise 1.0, l2 0.35; budget 600 steps
+    runs_table = _mip_runs(CONVERGENCE, {"noise": 1.0, "l2": 0.35})
+    m = measures.convergence(runs_table, cfg)
+    assert keys <= set(m)
+    for key, ratios in (("default_over_mip_noise", (4, 4, 2)), ("default_scaled_over_mip_noise", (3, 3, 2)),
+                        ("default_scaled_over_encoding_scaled_noise", (3, 2, 2)),
+                        ("default_over_default_scaled_noise", (4 / 3, 4 / 3, 1)),
+                        ("default_over_encoding_noise", (2, 2, 1)), ("default_over_residual_noise", (2, 4, 1)),
+                        ("default_oneblock_over_default_noise", (2, 1, 2)),
+                        ("default_over_mip_l2", (3, 1, 30 / 600))):
+        est, (value, interval) = m[f"steps_ratio_{key}"], _log_t(ratios)
+        assert est.units == pytest.approx(ratios) and est.value == pytest.approx(value), key
+        assert est.interval == pytest.approx(interval) and est.interval[0] <= est.value <= est.interval[1], key
+    gain = m["final_gain_noise"]
+    assert gain.units == pytest.approx((0.1, 0.05, 0.15)) and gain.value == pytest.approx(0.1)
+    assert m["mip_reached_frac_noise"] == 1.0 and m["mip_reached_frac_l2"] == pytest.approx(2 / 3)
+    assert m["steps_mip_l2"] == pytest.approx((10 + 30 + 600) / 3) and m["runs_never_reaching_l2"] == 1
+    shuffled = measures.convergence(runs_table.iloc[::-1].reset_index(drop=True), cfg)
+    assert shuffled["steps_ratio_default_over_mip_noise"].units == m["steps_ratio_default_over_mip_noise"].units
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["mip_faster_l2"] == "inconclusive"  # a MIP seed never reached the threshold
+
+
+ABLATIONS = [  # one cell per setting: per seed (steps to loss 1.0 or None, final loss)
+    ("default", {}, [(100, 1.0), (100, 1.3), (100, 0.9)]),
+    ("mip", {}, [(50, 0.8), (50, 0.9), (50, 0.7)]),
+    ("default", {"optim": {"name": "sgd", "lr": 1.0e-2}}, [(None, 2.0)] * 3),
+    ("mip", {"optim": {"name": "sgd", "lr": 1.0e-2}}, [(None, 2.0)] * 3),
+    ("default", {"hyper": {"norm": "layer"}}, [(20, 0.5)] * 3),
+    ("mip", {"hyper": {"norm": "layer"}}, [(40, 0.6)] * 3),
+]
+
+
+def test_ablation_measures_judge_cells_on_seed_means():
+    cfg, keys = _figure("ablations")  # threshold 1.0, tie 0.02
+    m = measures.ablations(_mip_runs(ABLATIONS, 1.0), cfg)
+    assert keys <= set(m)
+    # base: gain 1.0667 - 0.8 (MIP better); SGD: 0 (tie); LayerNorm: -0.1 (MIP worse)
+    better = m["frac_cells_mip_better"]
+    assert better.value == pytest.approx(1 / 3) and better.n == 3 and "Wilson" in better.method
+    assert better.interval == pytest.approx(claims_lib.proportion(1, 3, unit="cells").interval)
+    assert (m["n_cells_mip_better"], m["n_cells_tie"], m["n_cells_mip_worse"]) == (1, 1, 1)
+    # threshold reached in the base cell (MIP first) and the LayerNorm cell (MIP later); SGD never
+    assert m["frac_cells_mip_first"].value == pytest.approx(0.5) and m["n_cells_reaching_threshold"] == 2
+    gain = m["mean_gain_over_seeds"]  # per seed mean over cells of default - MIP
+    assert gain.units == pytest.approx(((0.2 - 0.1) / 3, (0.4 - 0.1) / 3, (0.2 - 0.1) / 3))
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["mip_reaches_threshold_first"] == "inconclusive"  # 2 cells reach it, 3 required
+
+
+TINY = ("figure.run.module.hyper.hidden=[8]", "figure.run.module.primary.hidden=[4]",
+        "figure.measure.init_seeds=3", "figure.measure.gammas=[0.1,0.3,1.0]",
+        "figure.measure.input_dims=[1,2]", "figure.measure.random_gammas=3")
+
+
+def test_proportionality_measures_are_slopes_per_init_seed():
+    cfg, keys = _figure("proportionality", "smoke", TINY)
+    m = measures.proportionality(pd.DataFrame(), cfg)  # nothing trained is read
+    assert keys <= set(m)
+    default = m["slope_theta_default"]  # zero-bias ReLU-family hypernetwork: exactly proportional
+    assert default.n == 3 and default.units == pytest.approx((1.0,) * 3, abs=1e-6)
+    assert default.value == pytest.approx(1.0, abs=1e-6) and default.interval[0] <= 1.0 + 1e-6
+    for key in ("slope_theta_default_oneblock", "slope_theta_default_scaled"):
+        assert m[key].value == pytest.approx(1.0, abs=1e-6)
+    assert m["slope_delta_residual"] == pytest.approx(1.0, abs=1e-6)  # theta0 + h(gamma): h proportional
+    flat = m["abs_slope_theta_mip"]
+    assert flat.units == pytest.approx(tuple(abs(u) for u in flat.units)) and flat.n == 3
+    assert abs(m["slope_delta_mip"].value) < 0.5  # constant-norm encoding: the term does not scale
+    assert measures.proportionality(pd.DataFrame(), cfg)["slope_delta_mip"].units == m["slope_delta_mip"].units

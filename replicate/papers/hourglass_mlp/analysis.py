@@ -1,4 +1,5 @@
-"""The numbers behind the Hourglass MLP claims (notebook-only: never imported by training code).
+"""The statistics behind the Hourglass MLP claims (notebook-side: never imported by training code;
+``measures`` turns them into each figure's measurements).
 
 Paper: Chen, Lee, Liao & Shiu, "Rethinking the shape convention of an MLP" (MediaTek Research
 2025, arXiv 2510.01796). Abstract: "Hourglass architectures consistently achieve superior Pareto
@@ -21,22 +22,21 @@ Selection on validation, reporting on test (no winner's curse from a larger grid
 * a shape trend is the Spearman correlation of a dimension of the pick with the budget over the
   family's own frontier points (:func:`shape_trend`).
 
-Intervals are over seeds (:func:`over_seeds`): a percentile bootstrap that resamples whole seeds
-(runs of every learning rate of one seed together) and reruns the selection on each resample.
-The per-seed values shown with it are the statistic on each seed alone.
+Units. One seed is one independent replicate of the whole search: every statistic of a claim is
+computed on each seed alone, the selection rerun on that seed's runs (:func:`shapes_by_seed`,
+:func:`gap_per_seed`, :func:`trend_per_seed`), and its interval is a t interval over the per-seed
+values, so the point estimate (their mean) lies inside it. The selection on all seeds' means
+(:func:`per_shape` of the whole table) is what the figures draw.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-from replicate import claims
 
 SHAPE_KEYS = ["family", "d_z", "d_h", "depth", "train_lift"]
 BASELINES = {"plain": "conventional", "head": "conventional_head"}
@@ -156,109 +156,85 @@ def lr_edge_points(rows: pd.DataFrame, lr_grid) -> int:
     return int(at_lr_edge(front, lr_grid).sum()) if len(front) else 0
 
 
-def resample(table: pd.DataFrame, seeds: Iterable[int]) -> pd.DataFrame:
-    """The rows of the given seeds, a seed drawn twice appearing twice (relabelled 0, 1, ...)."""
-    parts = [table[table["seed"] == s].assign(seed=i) for i, s in enumerate(seeds)]
-    return pd.concat(parts, ignore_index=True)
+def lr_grids(runs: pd.DataFrame) -> dict:
+    """The learning-rate grid of each family, as the runs trained them (``probes.lrs``)."""
+    grids = [p.get("lrs") for p in runs["probes"] if p and p.get("lrs")]
+    if not grids:
+        raise ValueError("no run records its learning-rate grids (probes.lrs)")
+    return {k: sorted(float(v) for v in grid) for k, grid in grids[0].items()}
 
 
-def over_seeds(table: pd.DataFrame, statistic: Callable[[pd.DataFrame], float], resamples: int = 4000,
-               seed: int = 0, cache: dict | None = None) -> claims.Estimate:
-    """``statistic(per_shape(all seeds))`` with a percentile bootstrap over whole seeds.
-
-    Each resample draws seeds with replacement and reruns the learning-rate and frontier
-    selection on them (a multiset is computed once: n seeds have C(2n-1, n) of them). The
-    Estimate's ``units`` are the statistic on each seed alone. ``cache`` (a dict) shares the
-    per-shape tables of each multiset between several statistics of the same ``table``.
-    """
-    seeds = sorted(int(s) for s in table["seed"].unique())
-    memo: dict[tuple[int, ...], float] = {}
-    shapes_of = {} if cache is None else cache
-
-    def on(draw) -> float:
-        key = tuple(sorted(int(s) for s in draw))
-        if key not in memo:
-            if key not in shapes_of:
-                shapes_of[key] = per_shape(resample(table, key))
-            memo[key] = float(statistic(shapes_of[key]))
-        return memo[key]
-
-    est = claims.bootstrap(np.asarray(seeds, float), on, resamples=resamples, seed=seed, unit="seeds")
-    singles = tuple(on([s]) for s in seeds)
-    return dataclasses.replace(est, units=singles)
+def input_psnr(runs: pd.DataFrame, split: str = "test") -> float:
+    """PSNR of the degraded input itself on ``split``, averaged over the runs that recorded it."""
+    values = [p["input_psnr"][split] for p in runs["probes"] if p and p.get("input_psnr")]
+    return float(np.mean(values)) if values else math.nan
 
 
-# --------------------------------------------------------------------------- the figures' statistics
+# --------------------------------------------------------------------------- per-seed statistics
 def family(shapes: pd.DataFrame, key: str) -> pd.DataFrame:
     return shapes[shapes["key"] == key]
 
 
-def gap_statistic(a: str, b: str, field: str) -> Callable[[pd.DataFrame], float]:
-    """A statistic of :func:`frontier_gap` of family ``a`` over family ``b`` on a per-shape table."""
-    return lambda shapes: frontier_gap(family(shapes, a), family(shapes, b))[field]
+def shapes_by_seed(table: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """Each seed's own :func:`per_shape` table: the search rerun on that seed's runs alone (its
+    learning rates and frontiers selected on its own validation PSNR). Seeds are the units every
+    interval is over: one seed is one independent replicate of the whole search."""
+    return {int(s): per_shape(table[table["seed"] == s]) for s in sorted(table["seed"].unique())}
 
 
-def trend_statistic(key: str, dim: str) -> Callable[[pd.DataFrame], float]:
-    return lambda shapes: shape_trend(family(shapes, key), dim)
+def gap_per_seed(by_seed: dict[int, pd.DataFrame], a: str, b: str) -> pd.DataFrame:
+    """:func:`frontier_gap` of family ``a`` over family ``b`` on each seed alone: one row per seed
+    with ``win_fraction``, ``mean_gap``, ``min_gap`` and ``n_points``."""
+    rows = []
+    for seed, shapes in by_seed.items():
+        gap = frontier_gap(family(shapes, a), family(shapes, b))
+        rows.append({"seed": seed, **{k: gap[k] for k in ("win_fraction", "mean_gap", "min_gap", "n_points")}})
+    return pd.DataFrame(rows, columns=["seed", "win_fraction", "mean_gap", "min_gap", "n_points"])
 
 
-def trend_contrast_statistic(dim: str, other: str = "conventional_head") -> Callable[[pd.DataFrame], float]:
-    """ρ(dim) of the fixed-lift Hourglass minus ρ(dim) of family ``other`` (same resample)."""
-    return lambda shapes: shape_trend(family(shapes, "hourglass"), dim) - shape_trend(family(shapes, other), dim)
+def trend_per_seed(by_seed: dict[int, pd.DataFrame], key: str, dim: str) -> np.ndarray:
+    """:func:`shape_trend` of dimension ``dim`` of family ``key`` on each seed alone."""
+    return np.asarray([shape_trend(family(shapes, key), dim) for shapes in by_seed.values()], float)
 
 
-def pareto_measurements(table: pd.DataFrame, lr_grid) -> dict:
-    """The Pareto figures' measurements: for each baseline, the Hourglass (fixed lift) frontier's
-    win fraction and mean gap over it with intervals over seeds, plus context numbers (the same
-    gaps with the Hourglass counted at its total parameters, fixed lift included; edge rates)."""
-    shapes = per_shape(table)
-    hourglass = family(shapes, "hourglass")
-    out, cache = {}, {}
-    for name, base in BASELINES.items():
-        out[f"win_fraction_vs_{name}"] = over_seeds(table, gap_statistic("hourglass", base, "win_fraction"), cache=cache)
-        out[f"mean_gap_db_vs_{name}"] = over_seeds(table, gap_statistic("hourglass", base, "mean_gap"), cache=cache)
-        point = frontier_gap(hourglass, family(shapes, base))
-        out[f"min_gap_db_vs_{name}"] = point["min_gap"]
-        out[f"frontier_points_vs_{name}"] = point["n_points"]
-        total = frontier_gap(hourglass.assign(trainable=hourglass["trainable"] + hourglass["fixed"]), family(shapes, base))
-        out[f"mean_gap_db_vs_{name}_total_params"] = total["mean_gap"]
-        out[f"win_fraction_vs_{name}_total_params"] = total["win_fraction"]
-    for key, rows in shapes.groupby("key"):
-        front = val_frontier(rows)
-        out[f"best_test_psnr_{key}"] = float(rows["test_psnr"].max())
-        out[f"train_minus_test_db_{key}"] = float((front["train_psnr"] - front["test_psnr"]).mean())
-        out[f"frontier_points_{key}"] = int(len(front))
-        out[f"lr_edge_frontier_points_{key}"] = lr_edge_points(rows, lr_grid)
-    out["seeds"] = int(table["seed"].nunique())
-    out["median_seed_sd_db"] = float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan
-    out["diverged_shape_runs"] = int(table["diverged"].sum())
-    return out
+def smallest_frontier(by_seed: dict[int, pd.DataFrame], key: str) -> int:
+    """The fewest distinct validation-frontier shapes family ``key`` has on any one seed."""
+    return min((len(val_frontier(family(shapes, key))) for shapes in by_seed.values()), default=0)
 
 
-def trend_measurements(table: pd.DataFrame, lr_grid) -> dict:
-    """The shape_trends figure's measurements: ρ of depth, d_z, d_h of the Hourglass picks, the
-    depth-trend contrast with the conventional + head family, and the fixed-vs-trained lift gap
-    at matched trainable budgets, each with an interval over seeds; plus context numbers."""
-    shapes = per_shape(table)
-    hourglass = family(shapes, "hourglass")
-    cache: dict = {}
-    out = {f"rho_{dim}": over_seeds(table, trend_statistic("hourglass", dim), cache=cache) for dim in ("depth", "d_z", "d_h")}
-    out["rho_depth_hourglass_minus_conventional_head"] = over_seeds(table, trend_contrast_statistic("depth"), cache=cache)
-    out["rho_d_h_hourglass_minus_conventional_head"] = over_seeds(table, trend_contrast_statistic("d_h"), cache=cache)
-    for key in ("conventional", "conventional_head"):
-        for dim in ("depth", "d_h"):
-            out[f"rho_{dim}_{key}"] = shape_trend(family(shapes, key), dim)
-    out["mean_gap_db_fixed_minus_trained"] = over_seeds(table, gap_statistic("hourglass", "hourglass_trained", "mean_gap"),
-                                                        cache=cache)
-    lift = frontier_gap(hourglass, family(shapes, "hourglass_trained"))
-    out["min_gap_db_fixed_minus_trained"] = lift["min_gap"]
-    out["win_fraction_fixed_over_trained"] = lift["win_fraction"]
-    out["frontier_points_lift"] = lift["n_points"]
-    front = val_frontier(hourglass)
-    out["distinct_best_shapes"] = int(len(front))
-    out["distinct_best_shapes_conventional_head"] = int(len(val_frontier(family(shapes, "conventional_head"))))
-    for key in ("hourglass", "hourglass_trained", "conventional_head"):
-        out[f"lr_edge_frontier_points_{key}"] = lr_edge_points(family(shapes, key), lr_grid)
-    out["seeds"] = int(table["seed"].nunique())
-    out["median_seed_sd_db"] = float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan
-    return out
+def lr_edge_table(by_seed: dict[int, pd.DataFrame], keys: Iterable[str], lr_grid) -> pd.DataFrame:
+    """Per seed and family: its validation-frontier shapes and how many of them picked the
+    smallest or largest rate of the family's grid (:func:`lr_edge_points`)."""
+    return pd.DataFrame([{"seed": seed, "key": key, "frontier_shapes": len(val_frontier(family(shapes, key))),
+                          "at_lr_edge": lr_edge_points(family(shapes, key), lr_grid)}
+                         for seed, shapes in by_seed.items() for key in keys])
+
+
+def at_total_params(shapes: pd.DataFrame) -> pd.DataFrame:
+    """``shapes`` with every shape counted at its total parameters (the fixed lift included)."""
+    return shapes.assign(trainable=shapes["trainable"] + shapes["fixed"])
+
+
+def lift_pairs(shapes: pd.DataFrame) -> pd.DataFrame:
+    """Each Hourglass shape with a fixed and a trained lift side by side (columns suffixed
+    ``_fixed`` / ``_trained``) and ``gain_db``, trained minus fixed test PSNR."""
+    paired = family(shapes, "hourglass").merge(family(shapes, "hourglass_trained"), on=["d_z", "d_h", "depth"],
+                                               suffixes=("_fixed", "_trained"))
+    return paired.assign(gain_db=paired["test_psnr_trained"] - paired["test_psnr_fixed"])
+
+
+def gap_curves(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Frontier ``a`` minus frontier ``b`` at each distinct frontier point, on each seed alone
+    (``seed`` = the seed) and with the selection on all seeds' means (``seed`` = ``"all"``):
+    columns ``seed``, ``budget``, ``gap`` (for the figures)."""
+    parts = {"all": per_shape(table), **shapes_by_seed(table)}
+    rows = []
+    for seed, shapes in parts.items():
+        gap = frontier_gap(family(shapes, a), family(shapes, b))
+        rows += [{"seed": seed, "budget": x, "gap": g} for x, g in zip(gap["budgets"], gap["gaps"])]
+    return pd.DataFrame(rows, columns=["seed", "budget", "gap"])
+
+
+def median_seed_sd(shapes: pd.DataFrame) -> float:
+    """Median over shapes of the seed-to-seed sd of test PSNR at the selected rate (dB)."""
+    return float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan

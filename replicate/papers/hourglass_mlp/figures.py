@@ -64,14 +64,6 @@ def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
 
-def lr_grids(runs: pd.DataFrame) -> dict:
-    """The learning-rate grid of each family, as the runs trained them (``probes.lrs``)."""
-    grids = [p.get("lrs") for p in runs["probes"] if p and p.get("lrs")]
-    if not grids:
-        raise ValueError("no run records its learning-rate grids (probes.lrs)")
-    return {k: sorted(float(v) for v in grid) for k, grid in grids[0].items()}
-
-
 def data_label(data: dict) -> str:
     """A short name of the images, for titles: "16×16 patches of photos" or the dataset."""
     side = (data.get("image_shape") or [0, 0, 0])[-1]

@@ -1,5 +1,6 @@
-"""Measurements the MIP figure notebooks share: the proportionality probe at initialisation,
-steps to a loss threshold, log-log slopes, and the effective setting of a run.
+"""The statistics behind the MIP claims (``measures`` turns them into each figure's measurements):
+the proportionality probe at initialisation, steps to a loss threshold, log-log slopes, and the
+effective setting of a run.
 
 ``init_probe`` builds fresh ``HypernetMIP`` modules (one per init seed) and measures, at each γ:
 ``theta_norm`` ‖θ(γ)‖, ``delta_norm`` ‖θ(γ) − θ₀‖ (the hypernetwork's predicted term; equal to
@@ -8,21 +9,23 @@ network's logits on a fixed batch of clean images, and ``grad_norm`` ‖∂L/∂
 (with the fixed validation noise) over all hypernetwork parameters (θ₀ included).
 
 Every run trains several seeds side by side (``module.HypernetMIP(seeds=...)``);
-``expand_seeds`` turns the run table into one row per (run, seed), labelled by variant and init
-(``variant_label``: ``default``, ``default_scaled``, ``default_oneblock`` ...).
+``expand_seeds`` turns the run table into one row per (run, seed), labelled by the run's
+effective config (``variant_label``: ``default``, ``default_scaled``, ``default_oneblock`` ...),
+which it derives from the figure config and the run's swept values, never from sweep position.
 
 Claim estimates (each returns a ``replicate.claims.Estimate`` over its independent units):
-``steps_ratio`` (paired bootstrap over seeds of mean steps default ÷ variant), ``final_gain``
-(t over paired seed differences of the final loss), ``cell_fraction`` (Wilson interval over
-ablation cells, each cell judged on its seed means with a tie tolerance by ``cell_outcomes``),
-``gain_over_seeds`` (t over seeds of the mean gain across cells) and ``slope_over_seeds`` (t
-interval over init seeds of a per-seed log-log slope).
+``steps_ratio`` (per-seed ratios default ÷ variant, geometric mean with a t interval on the logs),
+``final_gain`` (t over paired seed differences of the final loss), ``cell_fraction`` (Wilson
+interval over ablation cells, each cell judged on its seed means with a tie tolerance by
+``cell_outcomes``), ``gain_over_seeds`` (t over seeds of the mean gain across cells) and
+``slope_over_seeds`` (t interval over init seeds of a per-seed log-log slope).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -66,35 +69,60 @@ def variant_label(effective: Mapping[str, Any]) -> str:
     return effective["variant"] + ("" if init == "hyperlight" else f"_{init}")
 
 
-def expand_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+SWEPT_KEYS = ("module.variant", "module.setting")
+
+
+def figure_module(cfg) -> dict[str, Any]:
+    """The figure's run module config (resolved), after checking that its sweep varies only the
+    keys a row of the run table carries back (``module.variant``, ``module.setting``)."""
+    from omegaconf import OmegaConf
+
+    from replicate import config as C
+
+    other = sorted({key for point in C.points(cfg) for key in point} - set(SWEPT_KEYS))
+    if other:
+        raise ValueError(f"{cfg.figure.paper}/{cfg.figure.name}: the sweep varies {other}; the MIP measures "
+                         f"read runs by {list(SWEPT_KEYS)} only")
+    return OmegaConf.to_container(C.run_config(cfg, 0).run.module, resolve=True)
+
+
+def run_effective(module: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective module config of one run: the figure's module config with the run's swept
+    ``variant`` and ``setting`` (columns of the run table) in place of the module's own."""
+    from replicate.papers.hypernet_mip.module import effective_config
+
+    swept = {k: row[k] for k in ("variant", "setting") if k in row}
+    kwargs = {**{k: v for k, v in module.items() if k not in ("_target_", "seed", "seeds")}, **swept}
+    return effective_config(**kwargs)
+
+
+def expand_seeds(runs: pd.DataFrame, cfg) -> pd.DataFrame:
     """One row per (run, seed) of a figure's run table (``FigureContext.runs()``): the run's
     columns, with ``seed``, ``status``, ``val``, ``final_val_loss``, ``diverged_at_step`` and
     ``probes`` replaced by that seed's (``probe_metrics()["per_seed"]``), ``variant`` by
-    ``variant_label`` of the run's effective config, and ``n_seeds`` the seeds the run trained.
-    A run that ended because every seed diverged records no probes: each of its seeds is a
-    diverged row."""
+    ``variant_label`` of the run's effective config (``effective``, from the figure config and the
+    run's swept values), ``regime`` its task kind, and ``n_seeds`` the seeds the run trained. A run
+    that ended because every seed diverged records no probes: each of its seeds is a diverged row."""
+    module = figure_module(cfg)
     rows = []
     for r in runs.to_dict("records"):
-        eff = run_effective(r["run_dir"])
-        label = variant_label(eff)
+        eff = run_effective(module, r)
         probes = r.get("probes") or {}
-        per_seed = probes.get("per_seed")
-        if not per_seed:
-            from omegaconf import OmegaConf
-            seeds = OmegaConf.load(Path(r["run_dir"]) / "config.yaml").run.module.seeds
-            per_seed = [{"seed": int(s), "status": "diverged", "diverged_at_step": r.get("diverged_at_step"),
-                         "val": [], "final_val_loss": float("nan")} for s in seeds]
+        per_seed = probes.get("per_seed") or [
+            {"seed": int(s), "status": "diverged", "diverged_at_step": r.get("diverged_at_step"), "val": [],
+             "final_val_loss": float("nan")} for s in module["seeds"]]
         shared = {k: v for k, v in probes.items() if k != "per_seed"}
         for p in per_seed:
-            rows.append({**r, "variant": label, "base_variant": eff["variant"], "init": eff["hyper"]["init"],
-                         "seed": int(p["seed"]), "status": p["status"], "val": p["val"],
-                         "final_val_loss": p["final_val_loss"], "diverged_at_step": p.get("diverged_at_step"),
-                         "probes": {**shared, **p}, "n_seeds": len(per_seed)})
+            rows.append({**r, "variant": variant_label(eff), "base_variant": eff["variant"],
+                         "init": eff["hyper"]["init"], "regime": eff["task"]["kind"], "effective": eff, "seed": int(p["seed"]),
+                         "status": p["status"], "val": p["val"], "final_val_loss": p["final_val_loss"],
+                         "diverged_at_step": p.get("diverged_at_step"), "probes": {**shared, **p},
+                         "n_seeds": len(per_seed)})
     return pd.DataFrame(rows)
 
 
 def effective_setting(effective: Mapping[str, Any]) -> dict[str, Any]:
-    """The ablated fields of a run's effective config (``probes.effective``) as flat columns."""
+    """The ablated fields of a run's effective config as flat columns."""
     return {"optimizer": effective["optim"]["name"], "lr": effective["optim"]["lr"],
             "activation": effective["hyper"]["activation"], "input_dim": effective["task"]["input_dim"],
             "norm": effective["hyper"]["norm"], "arch": effective["primary"]["arch"],
@@ -102,15 +130,9 @@ def effective_setting(effective: Mapping[str, Any]) -> dict[str, Any]:
             "init": effective["hyper"]["init"]}
 
 
-def run_effective(run_dir: str | Path) -> dict[str, Any]:
-    """The effective module config of a run in the run store (from its config.yaml, so it is
-    there for diverged runs too, which record no probes)."""
-    from omegaconf import OmegaConf
-
-    from replicate.papers.hypernet_mip.module import effective_config
-
-    module = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml").run.module, resolve=True)
-    return effective_config(**{k: v for k, v in module.items() if k not in ("_target_", "seed", "seeds")})
+def base_setting(cfg) -> dict[str, Any]:
+    """:func:`effective_setting` of the figure's base cell (its module config, no ``setting``)."""
+    return effective_setting(run_effective(figure_module(cfg), {"setting": {}}))
 
 
 def build_module(module_cfg: Mapping[str, Any], seed: int, **overrides):
@@ -164,29 +186,101 @@ def random_gamma_norms(module, n: int, generator: torch.Generator) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+PROBE_VARIANTS = {  # label -> overrides of the run's module config, for the probes at initialisation
+    "default": {"variant": "default"},
+    "default, PyTorch init": {"variant": "default", "setting": {"hyper": {"init": "torch"}}},
+    "default, one-block init": {"variant": "default", "setting": {"hyper": {"init": "oneblock"}}},
+    "default, scaled init": {"variant": "default", "setting": {"hyper": {"init": "scaled"}}},
+    "encoding only": {"variant": "encoding"},
+    "residual only": {"variant": "residual"},
+    "MIP": {"variant": "mip"},
+}
+DIMS_VARIANTS = ("default", "MIP")
+
+
+def init_probes(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The probes at initialisation of the figure's hypernetwork (``run.module`` of its first
+    point), with the parameters ``figure.measure`` (``init_seeds``, ``gammas``, ``input_dims``,
+    ``random_gammas``):
+
+    ``init``  :func:`init_probe` rows of every ``PROBE_VARIANTS`` label and init seed (1000 + s)
+              on the ``gammas`` grid, on the clean validation digits; columns ``variant``, ``seed``;
+    ``dims``  :func:`random_gamma_norms` of ``DIMS_VARIANTS`` at ``random_gammas`` random γ per
+              input dimension k and init seed (2000 + s); columns ``variant``, ``k``, ``seed``.
+
+    Computed once per configuration (cached: the figure's notebook draws what its measures read)."""
+    from omegaconf import OmegaConf
+
+    from replicate import config as C
+
+    run = C.run_config(cfg, 0).run
+    key = json.dumps({"module": OmegaConf.to_container(run.module, resolve=True),
+                      "data": OmegaConf.to_container(run.data, resolve=True),
+                      "measure": OmegaConf.to_container(cfg.figure.measure, resolve=True)}, sort_keys=True)
+    init, dims = _init_probes(key)
+    return init.copy(), dims.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _init_probes(key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from replicate.papers.hypernet_mip.data import SeedStackedDigits
+
+    spec = json.loads(key)
+    module_cfg, measure = spec["module"], spec["measure"]
+    data = SeedStackedDigits(**{k: v for k, v in spec["data"].items() if k != "_target_"})
+    data.setup()
+    x, y = next(iter(data.val_dataloader()))
+    rows = [{"variant": label, "seed": s, **r}
+            for label, overrides in PROBE_VARIANTS.items() for s in range(measure["init_seeds"])
+            for r in init_probe(build_module(module_cfg, seed=1000 + s, **overrides), measure["gammas"], x, y)]
+    generator = torch.Generator().manual_seed(0)
+    dims = [random_gamma_norms(build_module(module_cfg, seed=2000 + s, **{**PROBE_VARIANTS[label],
+                                                                          "setting": {"task": {"input_dim": k}}}),
+                               measure["random_gammas"], generator).assign(variant=label, k=k, seed=s)
+            for label in DIMS_VARIANTS for k in measure["input_dims"] for s in range(measure["init_seeds"])]
+    return pd.DataFrame(rows), pd.concat(dims, ignore_index=True)
+
+
+SLOPE_QUANTITIES = ("theta_norm", "delta_norm", "theta_var", "logit_std", "grad_norm")
+
+
+def pooled_slopes(init: pd.DataFrame) -> pd.DataFrame:
+    """Log-log slope against γ of every ``SLOPE_QUANTITIES`` column of the ``init`` probe table,
+    per variant (rows, in table order), fitted to all init seeds' points together."""
+    return pd.DataFrame({q: {v: loglog_slope(g["gamma"], g[q]) for v, g in init.groupby("variant", sort=False)}
+                         for q in SLOPE_QUANTITIES})
+
+
+def trained_norms(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """The trained runs' probes at the end of training (rows of :func:`expand_seeds`, finished
+    seeds): one row per (variant, seed, γ) with ``theta_norm``, ``delta_norm`` and ``val_loss``."""
+    return pd.DataFrame([{"variant": r.variant, "seed": r.seed, "gamma": g, "theta_norm": t, "delta_norm": d,
+                          "val_loss": v}
+                         for r in per_seed.itertuples() if r.status == "finished"
+                         for g, t, d, v in zip(r.probes["gammas"], r.probes["theta_norm"], r.probes["delta_norm"],
+                                               r.probes["val_loss_by_gamma"])],
+                        columns=["variant", "seed", "gamma", "theta_norm", "delta_norm", "val_loss"])
+
+
 # --------------------------------------------------------------------------- claim estimates
 
 
-def seed_table(runs: pd.DataFrame, threshold: Mapping[str, float] | float, max_steps: int,
-               regime_of=None) -> pd.DataFrame:
-    """One row per run: regime, variant, seed, ``steps`` to the threshold (NaN = never),
-    ``steps_censored`` (never -> ``max_steps``, so a ratio involving it is a lower bound),
-    ``reached`` and ``final`` (the final validation loss; +inf for a diverged run).
+def seed_table(per_seed: pd.DataFrame, threshold: Mapping[str, float] | float, max_steps: int) -> pd.DataFrame:
+    """One row per run and seed (rows of :func:`expand_seeds`): regime, variant, seed, ``steps`` to
+    the threshold (NaN = never), ``steps_censored`` (never -> ``max_steps``, so a ratio involving it
+    is a lower bound), ``reached`` and ``final`` (the final validation loss; +inf when diverged).
 
-    ``threshold`` is one number or ``{regime: number}``; ``regime_of(run_dir)`` gives a run's
-    regime (default: the task kind of its effective config)."""
-    regime_of = regime_of or (lambda d: run_effective(d)["task"]["kind"])
+    ``threshold`` is one number or ``{regime: number}`` (``regime``: the run's task kind)."""
     rows = []
-    for r in runs.itertuples():
-        regime = regime_of(r.run_dir)
-        thr = threshold[regime] if isinstance(threshold, Mapping) else threshold
+    for r in per_seed.itertuples():
+        thr = threshold[r.regime] if isinstance(threshold, Mapping) else threshold
         ok = r.status == "finished" and math.isfinite(float(r.final_val_loss))
         steps = steps_to_threshold(r.val, thr) if ok else float("nan")
-        rows.append({"regime": regime, "variant": r.variant, "seed": int(r.seed), "steps": steps,
+        rows.append({"regime": r.regime, "variant": r.variant, "seed": int(r.seed), "steps": steps,
                      "steps_censored": max_steps if math.isnan(steps) else steps,
                      "reached": not math.isnan(steps),
                      "final": float(r.final_val_loss) if ok else float("inf")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["regime", "variant", "seed", "steps", "steps_censored", "reached", "final"])
 
 
 def _paired(table: pd.DataFrame, regime: str, a: str, b: str, col: str) -> pd.DataFrame:
@@ -200,12 +294,11 @@ def _paired(table: pd.DataFrame, regime: str, a: str, b: str, col: str) -> pd.Da
 
 def steps_ratio(table: pd.DataFrame, regime: str, variant: str = "mip",
                 baseline: str = "default") -> claims.Estimate:
-    """mean over seeds of the baseline's censored steps-to-threshold ÷ the variant's, with a
-    percentile bootstrap over paired seeds (same seed = same init stream and data)."""
+    """The baseline's censored steps-to-threshold ÷ the variant's on each seed (a seed fixes the
+    init stream and the data of both), their geometric mean over seeds with a t interval on the
+    logs (``claims.ratio_interval``)."""
     d = _paired(table, regime, baseline, variant, "steps_censored")
-    if not len(d):
-        return claims.Estimate(float("nan"), None, 0, "no paired seeds")
-    return claims.ratio_of_means(d[baseline].to_numpy(), d[variant].to_numpy())
+    return claims.ratio_interval(d[baseline].to_numpy(float), d[variant].to_numpy(float), unit="seeds")
 
 
 def final_gain(table: pd.DataFrame, regime: str, variant: str = "mip",
@@ -213,9 +306,7 @@ def final_gain(table: pd.DataFrame, regime: str, variant: str = "mip",
     """Mean over seeds of baseline − variant final validation loss (nats; > 0: variant better),
     with a t interval over the paired seed differences. A diverged run's +inf makes it infinite."""
     d = _paired(table, regime, baseline, variant, "final")
-    if not len(d):
-        return claims.Estimate(float("nan"), None, 0, "no paired seeds")
-    return claims.paired_difference(d[baseline].to_numpy(), d[variant].to_numpy())
+    return claims.paired_difference(d[baseline].to_numpy(float), d[variant].to_numpy(float), unit="seeds")
 
 
 def reached_fraction(table: pd.DataFrame, regime: str, variant: str) -> float:
@@ -289,10 +380,9 @@ def slope_over_seeds(init: pd.DataFrame, variant: str, quantity: str, absolute: 
 
 
 
-def ablation_table(runs: pd.DataFrame, threshold: float, max_steps: int) -> pd.DataFrame:
-    """``seed_table`` of an ablation figure's runs (one row per run and seed) with the cell's
+def ablation_table(per_seed: pd.DataFrame, threshold: float, max_steps: int) -> pd.DataFrame:
+    """``seed_table`` of an ablation figure's runs (rows of :func:`expand_seeds`) with each cell's
     effective settings (``CELL_KEYS``) as columns: the input of ``cell_outcomes``."""
-    per_seed = expand_seeds(runs)
-    table = seed_table(per_seed, threshold, max_steps, regime_of=lambda d: "noise")
-    settings = pd.DataFrame([effective_setting(run_effective(d)) for d in per_seed.run_dir])
+    table = seed_table(per_seed, threshold, max_steps)
+    settings = pd.DataFrame([effective_setting(e) for e in per_seed["effective"]])
     return pd.concat([table.reset_index(drop=True), settings[list(CELL_KEYS)]], axis=1)
