@@ -452,15 +452,15 @@ def test_depth_claims_use_every_seed():
     assert causal_depth_deviation(depth_table(_depth_runs().iloc[-1:])).n == 0
 
 
-def test_round_speedups_pair_timing_rounds():
-    from replicate.papers.mixture_of_recursions.analysis import round_speedups, speedup_estimate
+def test_speedups_pair_timing_rounds():
+    from replicate.papers.mixture_of_recursions.analysis import speedup_estimate
 
-    # model: batch 4 in 1 s and 2 s; baseline: batch 2 in 2 s twice -> (4/1)/(2/2) = 4, (4/2)/(2/2) = 2
-    assert list(round_speedups([1.0, 2.0], [2.0, 2.0], 4, 2)) == [4.0, 2.0]
-    est = speedup_estimate([1.0, 2.0, 4 / 3], [2.0, 2.0, 2.0], 4, 2)  # speed-ups 4, 2, 3: geometric mean 24^(1/3)
+    # model: batch 4 in 1, 2 and 4/3 s; baseline: batch 2 in 2 s each round -> (4/t) / (2/2) = 4, 2, 3
+    est = speedup_estimate([1.0, 2.0, 4 / 3], [2.0, 2.0, 2.0], 4, 2)
+    assert est.units == pytest.approx((4.0, 2.0, 3.0))
     assert est.value == pytest.approx(24 ** (1 / 3)) and est.n == 3 and "timing rounds" in est.method
     with pytest.raises(ValueError, match="not paired"):
-        round_speedups([1.0], [1.0, 2.0], 1, 1)
+        speedup_estimate([1.0], [1.0, 2.0], 1, 1)
 
 
 def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
@@ -669,3 +669,29 @@ def test_throughput_measures_pair_timing_rounds_and_count_cache_bytes():
     assert m["device"] == "test CPU" and m["mean_depth_ec3"] == 1.5
     with pytest.raises(ValueError, match="no vanilla run"):
         measures.throughput(_decoded_runs().iloc[1:], OmegaConf.create({"figure": {"measure": {}}}))
+
+
+def test_rate_table_shows_median_rates_relative_to_vanilla():
+    from replicate.papers.mixture_of_recursions.timing import rate_table
+
+    decoded = _decoded_runs().assign(generated_per_seq=10)
+    table = rate_table(decoded)
+    # MoR-EC N_r=3 at its budget batch 6: median of 1, 1.5, 0.75 s -> 60 tokens / 1 s; vanilla 4 x 10 / 1 s
+    assert table.loc["mor_ec 3 False", "tok/s @ budget batch"] == pytest.approx(60.0)
+    assert table.loc["mor_ec 3 False", "speed-up @ budget"] == pytest.approx(1.5)
+    assert table.loc["vanilla 0 False", "speed-up @ fixed"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("figure", ["isoflop", "depth_map", "throughput"])
+def test_notebooks_take_every_claim_number_from_one_measures_call(figure):
+    """The notebook reports what ``measures.<figure>`` returns and builds no Estimate itself."""
+    import json
+    import re
+
+    notebook = json.loads((C.REPO_ROOT / "notebooks" / "mixture_of_recursions" / f"{figure}.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    assert code.count(f"measurements = measures.{figure}(") == 1 and code.count("ctx.report(measurements)") == 1
+    for estimator in ("claims", "mean_interval", "paired_difference", "ratio_interval", "ratio_of_means",
+                      "bootstrap", "Estimate(", "gap_estimate", "share_of_gain", "speedup_estimate"):
+        assert estimator + "(" not in code and f"import {estimator}" not in code, estimator
+    assert not re.search(r"measurements\[[^]]+\]\s*=[^=]|measurements\.update\(", code)  # nothing added in a cell

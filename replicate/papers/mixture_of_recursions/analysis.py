@@ -244,19 +244,11 @@ def tc_imbalance(depths: pd.DataFrame) -> claims_lib.Estimate:
     return claims_lib.mean_interval(depths[depths.variant == "mor_tc"].imbalance, unit="runs (N_r x seeds)")
 
 
-def round_speedups(seconds_model, seconds_base, batch_model: int, batch_base: int) -> np.ndarray:
-    """Per timing round, the model's tokens/s over the baseline's: (batch_model / t_model) /
-    (batch_base / t_base) (both generate the same number of tokens per sequence)."""
-    t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
-    if len(t_m) != len(t_b):
-        raise ValueError(f"round_speedups: {len(t_m)} and {len(t_b)} rounds are not paired")
-    return (batch_model / t_m) / (batch_base / t_b)
-
-
 def speedup_estimate(seconds_model, seconds_base, batch_model: int, batch_base: int) -> claims_lib.Estimate:
-    """Geometric mean of the per-round speed-ups with a t interval on their logs, over the
-    interleaved timing rounds (one trained model per variant: the interval covers timing noise,
-    not seed-to-seed variation)."""
+    """Per timing round, the model's tokens/s over the baseline's, (batch_model / t_model) /
+    (batch_base / t_base) (both generate the same number of tokens per sequence); their geometric
+    mean with a t interval on the logs over the interleaved rounds (one trained model per variant:
+    the interval covers timing noise, not seed-to-seed variation)."""
     t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
     if len(t_m) != len(t_b):
         raise ValueError(f"speedup_estimate: {len(t_m)} and {len(t_b)} rounds are not paired")

@@ -16,11 +16,10 @@ import math
 import pandas as pd
 
 from replicate import claims
-from replicate.papers.mixture_of_recursions.analysis import (OFF_BUDGET, Side, depth_table, expert_choice_runs,
-                                                             gap_estimate, gate_table, over_n_rec, paired_gaps,
-                                                             causal_depth_deviation, rule_agreement, run_table,
-                                                             share_of_gain, speedup_estimate, tc_imbalance,
-                                                             trained_gates)
+from replicate.papers.mixture_of_recursions.analysis import (OFF_BUDGET, Side, causal_depth_deviation, depth_table,
+                                                             expert_choice_runs, gap_estimate, gate_table, over_n_rec,
+                                                             paired_gaps, rule_agreement, run_table, share_of_gain,
+                                                             speedup_estimate, tc_imbalance, trained_gates)
 
 # ------------------------------------------------------------------------------------ isoflop
 
@@ -34,8 +33,8 @@ def isoflop_units(runs: pd.DataFrame, cfg) -> dict[str, pd.DataFrame]:
     table = run_table(runs, list(cfg.figure.measure.budgets))
     top = len(cfg.figure.measure.budgets) - 1
 
-    def at(variant, n_rec=0, **kw) -> Side:
-        return Side(variant, kw.pop("budget", top), n_rec, **kw)
+    def at(variant: str, n_rec: int = 0, budget: int = top, **config) -> Side:
+        return Side(variant, budget, n_rec, **config)
 
     def one(a: Side, b: Side) -> pd.DataFrame:
         return paired_gaps(table, {"": (a, b)})
