@@ -54,7 +54,7 @@ class FigureContext:
 
     def setup_markdown(self) -> str:
         f, hw = self.figure, self.cfg.hardware
-        sweep = " + ".join(", ".join(f"`{k}` ∈ {v}" for k, v in grid.items()) or "one point"
+        sweep = " + ".join(", ".join(f"`{k}` ∈ {sweep_values(v)}" for k, v in grid.items()) or "one point"
                            for grid in C.grids(f)) if f.sweep else "none"
         lines = [f"**{f.title}**", "", f.regime.strip(), "",
                  f"*Scale* `{self.cfg.scale.name}` ({self.cfg.scale.description}); "
@@ -127,6 +127,18 @@ class FigureContext:
         if self._runs is None or "data" not in self._runs or not len(self._runs):
             return {}
         return self._runs["data"].iloc[0]
+
+
+def sweep_values(values: list) -> str:
+    """A sweep axis as a reader scans it: ``{1e-3, 4e-3, 0.016}``; settings that are dicts by their
+    ``name`` (or as "3 settings"); a long list by its ends."""
+    if values and all(isinstance(v, dict) for v in values):
+        names = [str(v["name"]) for v in values if "name" in v]
+        return "{" + ", ".join(names) + "}" if len(names) == len(values) else f"{len(values)} settings"
+    shown = [format(v, "g") if isinstance(v, float) else str(v) for v in values]
+    if len(shown) > 8:
+        shown = [*shown[:3], "…", *shown[-2:]]
+    return "{" + ", ".join(shown) + "}" + (f" ({len(values)} values)" if len(values) > 8 else "")
 
 
 def rerun_command(figure: str, cfg) -> str:

@@ -55,6 +55,14 @@ from replicate.environment import LOCK, lock_differences, read_lock
 BADGE = {"replicated": "✅ replicated", "partial": "🟡 partial", "undecided": "🔵 undecided",
          "not_replicated": "❌ not replicated", "inconclusive": "⚪ inconclusive"}
 STALE = "⚠️ stale"
+# the same verdicts without an emoji font: a coloured dot (plain text where styles are stripped)
+COLOUR = {"replicated": "#1a7f37", "partial": "#9a6700", "undecided": "#0969da",
+          "not_replicated": "#cf222e", "inconclusive": "#6e7781"}
+
+
+def text_badge(verdict: str) -> str:
+    """``● replicated`` with the dot in the verdict's colour: for the notebooks and their pages."""
+    return f'<span style="color:{COLOUR[verdict]}">●</span> {verdict.replace("_", " ")}'
 
 
 class ScorecardError(C.ConfigError):
@@ -460,12 +468,13 @@ def answer_markdown(record: dict, page_dir: Path | None = None) -> str:
              + f" — at scale `{record.get('scale', '?')}` on `{record.get('hardware', '?')}` "
                f"(commit `{short_commit(record)}`). Verdicts are computed from each interval and "
                "the rules in the figure's config; how: the Claims section at the end.", "",
+             f"![{record.get('title') or record.get('figure', 'figure')}]({record.get('figure', 'figure')}.png)", "",
              "| claim | verdict | ours [interval] (n) | MDE (n to decide) | paper | why |",
              "|---|---|---|---|---|---|"]
     for c, control in ordered_claims(entry):
         what = f"↳ control `{c['id']}`" if control else f"`{c['id']}`"
         source = f" ({c['source']})" if c.get("source") else ""
-        lines.append(f"| {what}: {_cell(c.get('statement', ''))} | {BADGE[c['verdict']]} "
+        lines.append(f"| {what}: {_cell(c.get('statement', ''))} | {text_badge(c['verdict'])} "
                      f"| {_cell(fmt(c.get('measured')))} {_cell(interval_text(c))} "
                      f"| {_cell(power_text(c))} | {_cell(c.get('paper_value', '') + source)} "
                      f"| {_cell(c.get('reason', ''))} |")

@@ -343,3 +343,14 @@ def test_the_answer_links_the_papers_research_notes(tmp_path):
     assert "**4 paper claims**: 1 replicated, 3 inconclusive" in text
     assert "↳ control `fixed_gate`" in text and "not counted): 1 of 1 hold." in text
     assert "docs/papers" not in S.answer_markdown({**record, "paper": "no_such_paper"}, figures)
+    assert "![loss](loss.png)" in text  # the figure right under the totals
+    assert "● replicated" in text and "✅" not in text  # badges need no emoji font
+
+
+def test_sweep_values_read_as_prose():
+    from replicate.notebook import sweep_values
+
+    assert sweep_values([0.001, 0.004, 0.016]) == "{0.001, 0.004, 0.016}"
+    assert sweep_values([{"name": "template", "w1": [1, 2]}, {"name": "generic_jump"}]) == "{template, generic_jump}"
+    assert sweep_values([{"w1": 1}, {"w1": 2}]) == "2 settings"
+    assert sweep_values(list(range(12))) == "{0, 1, 2, …, 10, 11} (12 values)"
