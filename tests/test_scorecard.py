@@ -344,7 +344,7 @@ def test_the_answer_links_the_papers_research_notes(tmp_path):
     assert "↳ control `fixed_gate`" in text and "not counted): 1 of 1 hold." in text
     assert "docs/papers" not in S.answer_markdown({**record, "paper": "no_such_paper"}, figures)
     assert "![loss](loss.png)" in text  # the figure right under the totals
-    assert "● replicated" in text and "✅" not in text  # badges need no emoji font
+    assert "●</span> replicated" in text and "✅" not in text  # badges need no emoji font
 
 
 def test_sweep_values_read_as_prose():
