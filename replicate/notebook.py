@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
+from replicate import integrity
 from replicate import plotting, runs as runs_lib, seeds as seeds_lib
 from replicate.environment import describe
 
@@ -113,14 +114,17 @@ class FigureContext:
             "claims": [c.to_dict() for c in judged],
             **({"seeds": self.seed_decision} if self.seed_decision is not None else {}),
         }
+        payload["digest"] = integrity.digest(payload)
         runs_lib.write_json_atomic(self.figure_dir / f"{self.figure.name}.json", payload)
         return claims_table(judged)
 
     def _run_costs(self) -> list[dict]:
-        """Each training run this figure read: its directory name (the run's hash) and wall time."""
+        """Each training run this figure read: its directory name (the run's hash), wall time and the
+        sha256 of the metrics.json it read (the digest covers them)."""
         if self._runs is None or "wall_seconds" not in self._runs:
             return []
-        return [{"run": Path(row.run_dir).name, "wall_seconds": round(float(row.wall_seconds), 2)}
+        return [{"run": Path(row.run_dir).name, "wall_seconds": round(float(row.wall_seconds), 2),
+                 "metrics_sha256": integrity.metrics_sha256(row.run_dir)}
                 for row in self._runs.itertuples()]
 
     def _data_provenance(self) -> dict:

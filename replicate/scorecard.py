@@ -49,6 +49,7 @@ from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
+from replicate import integrity
 from replicate.claims import VERDICTS
 from replicate.environment import LOCK, lock_differences, read_lock
 
@@ -133,12 +134,17 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
         entry = Entry(record, path)
         specs = _caption_and_config(entry, root, compose)
         if record.get("claim_contract") == claims_lib.CLAIM_CONTRACT:
+            runs_dir = Path(figures_dir).parent / "runs" / entry.paper
+            integrity.check(record, path, runs_dir if runs_dir.is_dir() else None)
             check_measurements(record, path)
             check_verdicts(record, path, specs)
         else:
             entry.stale.append(LEGACY)
         entry.stale += _newer_inputs(entry, root, clock, config_by_time=specs is None and not entry.stale)
         entry.provenance = provenance_warnings(record, lock)
+        if clock.uncommitted(path):
+            entry.provenance.append("its json differs from the committed copy (git HEAD): not yet "
+                                    "committed, or edited by hand")
         entries.append(entry)
     check_paper_numbers_counted_once(entries)
     return entries
@@ -353,6 +359,15 @@ class VersionClock:
                 when = float(line[1:])
             elif line and line not in self.commit_time:
                 self.commit_time[line] = when  # log runs newest first: the first time seen is the last change
+
+    def uncommitted(self, path: Path) -> bool:
+        """Whether ``path`` is in a git checkout and differs from HEAD (modified or untracked)."""
+        if self.top is None:
+            return False
+        try:
+            return Path(path).resolve().relative_to(self.top).as_posix() in self.dirty
+        except ValueError:
+            return False
 
     def time(self, path: Path) -> float:
         path = Path(path).resolve()

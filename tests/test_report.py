@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
+from replicate import integrity
 from replicate import runs
 from replicate import config as C
 from replicate import report, scorecard as S
@@ -67,6 +68,7 @@ def site(tmp_path_factory):
                   "config_sha256": C.config_sha256(cfg) if i < len(FIGURES) - 1 else "f" * 64,
                   "measurements": measurements,
                   "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)]}
+        record["digest"] = integrity.digest(record)
         runs.write_json_atomic(figures / paper / f"{name}.json", record)
         (figures / paper / f"{name}.png").write_bytes(png(640, 300, colours[i % 3]))
         for suffix in (".pdf", ".ipynb", ".html"):

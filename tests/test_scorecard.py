@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
+from replicate import integrity
 from replicate import runs
 from replicate import scorecard as S
 from replicate.cli import main
@@ -47,11 +48,19 @@ def write_figure(figures: Path, paper: str, figure: str, measurements: dict, spe
               "git_commit": "0123456789abcdef", "started": "2026-01-02T03:04:05+00:00",
               "wall_seconds": 12.5, "config_sha256": "", "measurements": measurements,
               "claims": [c.to_dict() for c in claims_lib.evaluate(specs, measurements)], **extra}
+    record["digest"] = integrity.digest(record)
     path = figures / paper / f"{figure}.json"
     runs.write_json_atomic(path, record)
     for suffix in (".png", ".pdf", ".ipynb", ".html"):
         path.with_suffix(suffix).write_bytes(b"x")
     return path
+
+
+def forge_digest(path: Path, record: dict) -> None:
+    """Write an edited record with its digest recomputed, as a careful forger would: the checks
+    behind the digest (numbers against units, verdicts against rules) must still refuse it."""
+    record["digest"] = integrity.digest(record)
+    path.write_text(json.dumps(record))
 
 
 def fake_repo(root: Path, figures: list[tuple[str, str]]) -> None:
@@ -140,7 +149,7 @@ def test_a_hand_edited_verdict_is_refused_with_the_file_and_claim_named(repo, ca
     path = repo / "figures" / "beta" / "three.json"
     record = json.loads(path.read_text())
     record["claims"][0]["verdict"] = "replicated"  # measured 1.0 under ">= 3" is not_replicated
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     with pytest.raises(S.ScorecardError, match=r"three.json: claim 'big_cut' says 'replicated' but .* gives 'not_replicated'"):
         S.collect(repo / "figures", root=repo, compose=False)
     assert main(["scorecard", f"out={repo}"]) == 2
@@ -153,7 +162,7 @@ def test_an_edited_interval_is_refused(repo):
     path = repo / "figures" / "alpha" / "one.json"
     record = json.loads(path.read_text())
     record["claims"][1]["interval"] = [-0.01, 0.05]  # gain 0.02 was judged without an interval
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     with pytest.raises(S.ScorecardError, match=r"one.json: claim 'small_gain': interval \[-0.01, 0.05\] is not its measurement"):
         S.collect(repo / "figures", root=repo, compose=False)
 
@@ -168,7 +177,7 @@ def test_a_forged_number_is_refused_with_the_file_and_field_named(repo, forge, m
     path = repo / "figures" / "beta" / "three.json"
     record = json.loads(path.read_text())
     forge(record)
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     with pytest.raises(S.ScorecardError, match="three.json: " + message):
         S.collect(repo / "figures", root=repo, compose=False)
 
@@ -178,7 +187,7 @@ def test_a_bootstrap_over_few_units_is_refused(repo):
     record = json.loads(path.read_text())
     record["measurements"]["gain"]["estimator"] = {"name": "bootstrap", "statistic": "numpy:mean", "params": {},
                                                    "resamples": 100, "seed": 0, "level": 0.95, "unit": "seeds"}
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     with pytest.raises(S.ScorecardError, match="a percentile bootstrap over 3 units"):
         S.collect(repo / "figures", root=repo, compose=False)
 
@@ -197,7 +206,7 @@ def test_a_figure_made_under_the_earlier_contract_is_stale_not_rejudged(repo):
     record = json.loads(path.read_text())
     del record["claim_contract"]
     record["claims"][0]["verdict"] = "partial"  # the old rules' verdict, shown as made
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     entries = {e.key: e for e in S.collect(repo / "figures", root=repo, compose=False)}
     assert entries["alpha/one"].stale == [S.LEGACY] and not entries["alpha/two"].stale
 
@@ -206,7 +215,7 @@ def test_a_json_without_kinds_or_rules_is_refused(repo):
     path = repo / "figures" / "alpha" / "one.json"
     record = json.loads(path.read_text())
     del record["claims"][1]["kind"]
-    path.write_text(json.dumps(record))
+    forge_digest(path, record)
     with pytest.raises(S.ScorecardError, match="small_gain' has kind None"):
         S.collect(repo / "figures", root=repo, compose=False)
 
@@ -354,3 +363,12 @@ def test_sweep_values_read_as_prose():
     assert sweep_values([{"name": "template", "w1": [1, 2]}, {"name": "generic_jump"}]) == "{template, generic_jump}"
     assert sweep_values([{"w1": 1}, {"w1": 2}]) == "2 settings"
     assert sweep_values(list(range(12))) == "{0, 1, 2, …, 10, 11} (12 values)"
+
+
+def test_an_edit_without_a_new_digest_is_refused_naming_the_field(repo):
+    path = repo / "figures" / "alpha" / "one.json"
+    record = json.loads(path.read_text())
+    record["measurements"]["cut"] = 40.0
+    path.write_text(json.dumps(record))
+    with pytest.raises(integrity.IntegrityError, match="one.json: field 'measurements' differs"):
+        S.collect(repo / "figures", root=repo, compose=False)
