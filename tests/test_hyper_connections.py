@@ -292,3 +292,18 @@ def test_smoke_run_trains_and_records_probes(tmp_path):
     assert probes_["variant"] == "mhc" and len(probes_["layers"]["composite_gain_forward"]) == 2 * cfg.figure.run.module.model.n_layer
     assert probes_["history"] and probes_["sinkhorn"]["iters"][-1] == 20
     assert probes_["layers"]["composite_gain_forward"][-1] == pytest.approx(1.0, abs=1e-3)  # SK rows sum to 1
+
+
+def test_run_table_reads_the_probes_of_each_run():
+    layers = {"composite_gain_forward": [1.0, 3.0], "composite_gain_backward": [1.0, 2.5],
+              "composite_ds_error": [0.0, 0.2], "composite_spectral_norm": [1.0, 2.0],
+              "layer_identity_distance": [0.1, 0.3], "layer_negative_share": [0.0, 0.5]}
+    probes_ = {"variant": "hc", "layers": layers, "parameters": {"residual_mixing": 32}, "history": []}
+    runs_ = pd.DataFrame([{"seed": 3, "status": "finished", "wall_seconds": 9.0, "probes": probes_,
+                           "val": [{"step": 1, "val_loss": 3.0}, {"step": 2, "val_loss": 2.0}, {"step": 3, "val_loss": 1.0}]}])
+    row = measures.run_table(runs_, final_vals=2).iloc[0]
+    assert row.variant == "hc" and row.seed == 3 and row.final_loss == 1.5 and row.gain == 3.0
+    assert row.identity_distance == pytest.approx(0.2) and row.negative_share == 0.25 and row.mixing_params == 32
+    assert row.composite_ds_error == 0.2 and row.sinkhorn is None
+    long = measures.by_layer(measures.run_table(runs_, 2), ["layer_identity_distance"])
+    assert list(long.layer) == [1, 2] and list(long.variant) == ["HC", "HC"]
