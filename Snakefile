@@ -6,7 +6,9 @@
 #
 # Figures come from configs/figure/<paper>/<figure>.yaml. A run's path carries the hash of its
 # resolved config and a figure's job has the hash of its resolved config as a param, so editing
-# one figure's config reruns that figure's jobs only (`snakemake -n all` shows it).
+# one figure's config reruns that figure's jobs only (`snakemake -n all` shows it). The plan is
+# cached under <out>/.replicate/plan, keyed by the contents of the config files each figure is
+# composed from; the input functions below are lookups in dicts the plan computed once.
 
 from replicate.pipeline import Plan
 

@@ -57,7 +57,7 @@ def cmd_list(args, options, overrides):
 def _requested_run(args, options, overrides):
     """The run asked for: a figure's sweep point, or (as the Snakefile asks) a paper's run hash."""
     if options["hash"] is not None:
-        return C.find_run(args.figure, options["hash"], options["hardware"], options["scale"])
+        return C.find_run(args.figure, options["hash"], options["hardware"], options["scale"], options["out"])
     if options["point"] is None:
         raise C.ConfigError("run needs point=<k> (see `python -m replicate list`)")
     try:

@@ -16,6 +16,8 @@ names the key and the file it came from.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -135,10 +137,36 @@ def resolve_hardware_name(name: str) -> str:
     if name not in _choices("hardware"):
         raise ConfigError(f"unknown hardware '{name}': choose from {', '.join(_choices('hardware'))}")
     if name == "auto":
+        if not _torch_built_for_gpu():  # a CPU-only torch has no CUDA device: no need to import it
+            return "cpu"
         import torch
 
         return "gpu" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def _torch_built_for_gpu() -> bool:
+    """Whether the installed torch was built for CUDA or ROCm, read from ``torch/version.py``
+    without importing torch (an import costs a second; a CPU build never sees a GPU). When the
+    file cannot be read this way the answer is True, so that torch itself is asked."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    try:
+        tree = ast.parse((Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text())
+    except (OSError, SyntaxError):
+        return True
+    builds = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in ("cuda", "hip"):
+                builds[target.id] = node.value
+    return set(builds) != {"cuda", "hip"} or not all(
+        isinstance(v, ast.Constant) and v.value is None for v in builds.values())
 
 
 def check_scale(name: str) -> str:
@@ -163,6 +191,17 @@ def compose(figure: str, hardware: str = "auto", scale: str = "default",
 
     import yaml
 
+    return _compose(figure, hardware, scale, overrides)[0]
+
+
+def _compose(figure: str, hardware: str, scale: str, overrides, with_sources: bool = False
+             ) -> tuple[DictConfig, list[str]]:
+    """:func:`compose`, and (``with_sources``) the files under configs/ it was composed from."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    import yaml
+
     path = figure_file(figure)
     hardware = resolve_hardware_name(hardware)
     check_scale(scale)
@@ -170,11 +209,24 @@ def compose(figure: str, hardware: str = "auto", scale: str = "default",
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             raw = hydra_compose("config", overrides=args)
+            sources = _config_sources(args) if with_sources else []
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_error(err, path)) from None
     except HydraException as err:
         raise ConfigError(f"{figure}: {_first_line(err)} (overrides: {' '.join(overrides) or 'none'})") from None
-    return _validate(raw, figure, scale, path, overrides)
+    return _validate(raw, figure, scale, path, overrides), sources
+
+
+def _config_sources(args: list[str]) -> list[str]:
+    """The files under configs/ that Hydra composes for ``args``: its defaults list, nested
+    defaults included (the primary config, hardware, scale, figure, training configs, parts)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    loader = GlobalHydra.instance().config_loader()
+    defaults = loader.compute_defaults_list("config", args, RunMode.RUN).defaults
+    return sorted({f"{d.config_path}.yaml" for d in defaults
+                   if d.config_path and (CONFIG_DIR / f"{d.config_path}.yaml").is_file()})
 
 
 def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -> DictConfig:
@@ -274,9 +326,9 @@ def _check_source(fig: DictConfig, path: Path) -> None:
         raise ConfigError(f"{path}: source.arxiv '{bad[0]}' is not an arXiv id like 2505.06708")
 
 
-def arxiv_links(fig: DictConfig) -> list[str]:
+def arxiv_links(fig: DictConfig | dict) -> list[str]:
     """``https://arxiv.org/abs/<id>`` for every id in the figure's ``source.arxiv``."""
-    return [f"https://arxiv.org/abs/{part.strip()}" for part in fig.source.arxiv.split(",") if part.strip()]
+    return [f"https://arxiv.org/abs/{part.strip()}" for part in fig["source"]["arxiv"].split(",") if part.strip()]
 
 
 def _yaml_error(err: Exception, path: Path) -> str:
@@ -312,46 +364,166 @@ def run_config(cfg: DictConfig, point: int) -> DictConfig:
     if not 0 <= point < len(all_points):
         raise ConfigError(f"{cfg.figure.paper}/{cfg.figure.name}: point={point} out of range "
                           f"(this figure has {len(all_points)} points)")
-    # only what a run may interpolate from: ${figure.run.*} and ${hardware.*}
-    full = OmegaConf.create({"figure": {"run": OmegaConf.to_container(cfg.figure.run)},
-                             "hardware": OmegaConf.to_container(cfg.hardware)})
-    for key, value in all_points[point].items():
-        OmegaConf.update(full, f"figure.run.{key}", value, merge=False)
-    resolved = OmegaConf.to_container(full, resolve=True)  # after the point's values
-    return OmegaConf.create({"paper": cfg.figure.paper, "run": resolved["figure"]["run"],
-                             "hardware": resolved["hardware"]})
+    return OmegaConf.create(_resolved_run(cfg, OmegaConf.create(_run_scope(cfg)), all_points[point]))
 
 
 def run_configs(cfg: DictConfig) -> list[DictConfig]:
     """``run_config`` of every sweep point, in point order."""
-    return [run_config(cfg, k) for k in range(len(points(cfg)))]
+    return [OmegaConf.create(run) for run in _resolved_runs(cfg)]
 
 
-def find_run(paper: str, wanted: str, hardware: str = "auto", scale: str = "default") -> DictConfig:
-    """The run config whose hash is ``wanted`` among the sweep points of ``paper``'s figures."""
+def _run_scope(cfg: DictConfig) -> dict:
+    """Only what a run may interpolate from, as plain data: ``${figure.run.*}`` and ``${hardware.*}``."""
+    return {"figure": {"run": OmegaConf.to_container(cfg.figure.run)},
+            "hardware": OmegaConf.to_container(cfg.hardware)}
+
+
+def _resolved_run(cfg: DictConfig, scope: DictConfig, values: dict[str, Any]) -> dict:
+    """One sweep point's run config as plain data: ``values`` set in a copy of ``scope``, then resolved."""
+    full = copy.deepcopy(scope)
+    for key, value in values.items():
+        OmegaConf.update(full, f"figure.run.{key}", value, merge=False)
+    resolved = OmegaConf.to_container(full, resolve=True)  # after the point's values
+    return {"paper": cfg.figure.paper, "run": resolved["figure"]["run"], "hardware": resolved["hardware"]}
+
+
+def _resolved_runs(cfg: DictConfig) -> list[dict]:
+    scope = OmegaConf.create(_run_scope(cfg))
+    return [_resolved_run(cfg, scope, values) for values in points(cfg)]
+
+
+def find_run(paper: str, wanted: str, hardware: str = "auto", scale: str = "default",
+             out: str | Path | None = None) -> DictConfig:
+    """The run config whose hash is ``wanted`` among the sweep points of ``paper``'s figures
+    (read from the plan cache under ``out`` when one is given; see :func:`composed`)."""
+    hardware = resolve_hardware_name(hardware)
     for figure in (f for f in list_figures() if f.split("/")[0] == paper):
-        for run_cfg in run_configs(compose(figure, hardware, scale)):
-            if run_hash(run_cfg) == wanted:
-                return run_cfg
+        if out is None:
+            runs = _resolved_runs(compose(figure, hardware, scale))
+            hashes = [run_hash(run) for run in runs]
+        else:
+            cached = composed(figure, hardware, scale, out)
+            runs, hashes = cached.runs, cached.run_hashes
+        if wanted in hashes:
+            return OmegaConf.create(runs[hashes.index(wanted)])
     raise ConfigError(f"no sweep point of paper '{paper}' has run hash {wanted} "
                       f"(hardware={hardware}, scale={scale})")
 
 
-def run_hash(run_cfg: DictConfig) -> str:
+def run_hash(run_cfg: DictConfig | dict) -> str:
     """Identity of a training run: everything that can change its numbers.
 
     Hardware fields that only change speed (num_workers) are left out so that a run is reused
-    across them; thread count is kept because it changes CPU float reductions.
+    across them; thread count is kept because it changes CPU float reductions. ``run_cfg`` is a
+    run config or the same as plain data (:func:`run_config`'s container).
     """
-    hw = {k: v for k, v in run_cfg.hardware.items() if k not in ("num_workers", "name")}
-    payload = {"paper": run_cfg.paper, "run": _without_keep_checkpoints(OmegaConf.to_container(run_cfg.run)),
-               "hardware": hw}
+    run = run_cfg if isinstance(run_cfg, dict) else OmegaConf.to_container(run_cfg)
+    hw = {k: v for k, v in run["hardware"].items() if k not in ("num_workers", "name")}
+    payload = {"paper": run["paper"], "run": _without_keep_checkpoints(run["run"]), "hardware": hw}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_sha256(cfg: DictConfig) -> str:
-    figure = OmegaConf.to_container(cfg.figure, resolve=True)
+    return _figure_sha256(OmegaConf.to_container(cfg.figure, resolve=True))
+
+
+def _figure_sha256(figure: dict) -> str:
+    """sha256 of a figure block resolved to plain data, ``run.trainer.keep_checkpoints`` left out."""
     if figure.get("run"):
-        figure["run"] = _without_keep_checkpoints(figure["run"])
-    text = json.dumps(figure, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+        figure = {**figure, "run": _without_keep_checkpoints(figure["run"])}
+    return hashlib.sha256(json.dumps(figure, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- the plan cache
+PLAN_CACHE = Path(".replicate") / "plan"  # under the out dir: <hardware>-<scale>/<paper>/<figure>.json
+PLAN_CACHE_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class ComposedFigure:
+    """What a plan needs of one composed figure, as plain data (one file of the plan cache):
+    the figure block resolved, its :func:`config_sha256`, and every sweep point's resolved run
+    config (:func:`run_config`) with its :func:`run_hash`, in point order."""
+
+    figure: dict
+    config_sha256: str
+    runs: list
+    run_hashes: list
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "ComposedFigure":
+        figure = OmegaConf.to_container(cfg.figure, resolve=True)
+        runs = _resolved_runs(cfg)
+        return cls(figure, _figure_sha256(figure), runs, [run_hash(run) for run in runs])
+
+
+def composed(figure: str, hardware: str, scale: str, out: str | Path) -> ComposedFigure:
+    """One figure at ``hardware`` (``cpu`` or ``gpu``: resolved) and ``scale``, from the plan cache
+    under ``out`` while its key still matches, else composed and written there.
+
+    The key (:func:`_cache_key`) is of the contents of every config file the figure was composed
+    from (its defaults list: configs/config.yaml, the hardware and scale files, the figure, its
+    training configs and parts), the scale names, and the code that composes and validates, so
+    an edit to any of them recomposes exactly the figures that read it.
+    """
+    path = Path(out) / PLAN_CACHE / f"{hardware}-{scale}" / f"{figure}.json"
+    entry = _read_entry(path)
+    if entry is not None and entry.get("key") == _cache_key(entry.get("sources", []), hardware, scale):
+        return ComposedFigure(**{k: entry[k] for k in ("figure", "config_sha256", "runs", "run_hashes")})
+    cfg, sources = _compose(figure, hardware, scale, (), with_sources=True)
+    result = ComposedFigure.of(cfg)
+    entry = {"key": _cache_key(sources, hardware, scale), "sources": sources, **vars(result)}
+    if json.loads(json.dumps(entry)) == entry:  # plain JSON round-trips exactly (e.g. no int keys)
+        _write_entry(path, entry)
+    return result
+
+
+def _cache_key(sources: list[str], hardware: str, scale: str) -> str:
+    digest = hashlib.sha256()
+    for part in (PLAN_CACHE_FORMAT, _code_version(), hardware, scale, " ".join(_choices("scale"))):
+        digest.update(part.encode() + b"\0")
+    for source in sources:
+        path = CONFIG_DIR / source
+        digest.update(source.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>") + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _code_version() -> str:
+    """What composes and validates a figure: the source of this module and of the claim rules,
+    and the OmegaConf and Hydra versions. A change to any of them rebuilds the plan cache."""
+    import importlib.util
+
+    import omegaconf
+
+    hydra_init = Path(importlib.util.find_spec("hydra").origin).read_text()
+    hydra_version = re.search(r"__version__\s*=\s*[\"']([^\"']+)", hydra_init)
+    here = Path(__file__).resolve().parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("config.py", "claims.py")))
+    return (f"omegaconf={omegaconf.__version__} "
+            f"hydra={hydra_version.group(1) if hydra_version else '?'} {code.hexdigest()}")
+
+
+def _read_entry(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # no cache yet, or a damaged one: compose
+
+
+def _write_entry(path: Path, entry: dict) -> None:
+    """Written through a temporary file and a rename (jobs may write side by side); an out dir
+    that cannot be written only costs the cache."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(entry, fh)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)

@@ -26,7 +26,12 @@ PAGE_SUFFIX = ".html"  # the code-free page present() adds
 
 @dataclass
 class Plan:
-    """Every configured figure composed at one hardware and scale, and the runs they need."""
+    """Every configured figure at one hardware and scale, and the runs they need.
+
+    Each figure comes from the plan cache under ``out`` (:func:`replicate.config.composed`),
+    composed again only when a file it is composed from changed; what the Snakefile's input
+    functions ask (run paths, config hashes, captions, code inputs) is computed here once.
+    """
 
     hardware: str = "auto"
     scale: str = "default"
@@ -40,21 +45,18 @@ class Plan:
         self.figures, self.broken = {}, {}  # a broken figure config is reported, not fatal to the rest
         for name in C.list_figures():
             try:
-                self.figures[name] = C.compose(name, self.hardware, self.scale)
+                self.figures[name] = C.composed(name, self.hardware, self.scale, self.out)
             except C.ConfigError as err:
                 self.broken[name] = str(err)
-        self._run_cfgs = {name: C.run_configs(cfg) for name, cfg in self.figures.items()}
-        self._needs = {name: [self.run_path(run_cfg) for run_cfg in run_cfgs]
-                       for name, run_cfgs in self._run_cfgs.items()}
+        self._needs = {name: [self.path("runs", fig.figure["paper"], h, "metrics.json") for h in fig.run_hashes]
+                       for name, fig in self.figures.items()}
+        self._captions = {name: _caption(name, fig.figure) for name, fig in self.figures.items()}
+        self._paper_code = {paper: _paper_files(paper) for paper in {name.split("/")[0] for name in self.all_figures}}
         self._training_code: dict[str, list[str]] = {}
 
     def path(self, *parts: str) -> str:
         """A path under ``out`` spelled the way a user types it (no leading ``./``)."""
         return os.path.normpath(os.path.join(self.out, *parts))
-
-    def run_path(self, run_cfg) -> str:
-        """The metrics.json that marks the run finished (replicate.runs.run_dir)."""
-        return self.path("runs", run_cfg.paper, C.run_hash(run_cfg), "metrics.json")
 
     @classmethod
     def for_snakemake(cls, config: dict) -> "Plan":
@@ -83,6 +85,7 @@ class Plan:
         return figure
 
     def run_metrics(self, figure: str) -> list[str]:
+        """The metrics.json of every run the figure needs (replicate.runs.run_dir)."""
         return self._needs[self.require(figure)]
 
     def figure_outputs(self, figure: str) -> list[str]:
@@ -90,20 +93,15 @@ class Plan:
 
     def figure_sha256(self, figure: str) -> str:
         """Hash of the figure's resolved config: a Snakemake param, so an edit reruns the figure."""
-        return C.config_sha256(self.figures[self.require(figure)])
+        return self.figures[self.require(figure)].config_sha256
 
     def caption(self, figure: str) -> str:
         """The figure's report caption: its title, the paper's source and its regime."""
-        fig = self.figures[self.require(figure)].figure
-        links = ", ".join(f"`arXiv {url.rsplit('/', 1)[-1]} <{url}>`_" for url in C.arxiv_links(fig))
-        return (f"**{_rst_text(fig.title)}** (paper: {links}, {_rst_text(fig.source.where)}). "
-                f"{_rst_text(' '.join(fig.regime.split()))} "
-                f"Verdicts: figures/{figure}.html and figures/SCORECARD.md.")
+        return self._captions[self.require(figure)]
 
     def paper_code(self, paper: str) -> list[str]:
         """The paper package's source files: inputs of its figures, so editing them reruns those."""
-        root = C.REPO_ROOT / "replicate" / "papers" / paper
-        return sorted(str(p.relative_to(C.REPO_ROOT)) for p in root.rglob("*.py"))
+        return self._paper_code[paper] if paper in self._paper_code else _paper_files(paper)
 
     def training_code(self, paper: str) -> list[str]:
         """The paper's files its training runs import: inputs of its train jobs.
@@ -114,10 +112,23 @@ class Plan:
         """
         if paper not in self._training_code:
             package = f"replicate.papers.{paper}"
-            targets = {t.rsplit(".", 1)[0] for name, run_cfgs in self._run_cfgs.items()
-                       if name.startswith(paper + "/") for run_cfg in run_cfgs for t in _targets(run_cfg.run)}
+            targets = {t.rsplit(".", 1)[0] for name, fig in self.figures.items()
+                       if name.startswith(paper + "/") for run in fig.runs for t in _targets(run["run"])}
             self._training_code[paper] = _import_closure([package, *targets], package)
         return self._training_code[paper]
+
+
+def _caption(figure: str, fig: dict) -> str:
+    """A figure's report caption from its resolved figure block."""
+    links = ", ".join(f"`arXiv {url.rsplit('/', 1)[-1]} <{url}>`_" for url in C.arxiv_links(fig))
+    return (f"**{_rst_text(fig['title'])}** (paper: {links}, {_rst_text(fig['source']['where'])}). "
+            f"{_rst_text(' '.join(fig['regime'].split()))} "
+            f"Verdicts: figures/{figure}.html and figures/SCORECARD.md.")
+
+
+def _paper_files(paper: str) -> list[str]:
+    root = C.REPO_ROOT / "replicate" / "papers" / paper
+    return sorted(str(p.relative_to(C.REPO_ROOT)) for p in root.rglob("*.py"))
 
 
 def _rst_text(text: str) -> str:
@@ -189,13 +200,11 @@ def _import_closure(modules: list[str], package: str) -> list[str]:
 
 
 def _targets(node) -> list[str]:
-    """Every ``_target_`` string in a (resolved) config tree."""
-    from omegaconf import DictConfig, ListConfig
-
-    if isinstance(node, DictConfig):
+    """Every ``_target_`` string in a resolved config tree (plain data)."""
+    if isinstance(node, dict):
         found = [node["_target_"]] if "_target_" in node else []
         return found + [t for value in node.values() for t in _targets(value)]
-    if isinstance(node, ListConfig):
+    if isinstance(node, list):
         return [t for value in node for t in _targets(value)]
     return []
 

@@ -1,5 +1,7 @@
 """Config composition: scale blocks, sweeps, run hashes and one-line errors naming key and file."""
 
+import shutil
+
 import pytest
 
 from replicate import config as C
@@ -67,27 +69,28 @@ def test_point_out_of_range():
         C.run_config(cfg, 999)
 
 
-def test_a_run_is_found_again_by_its_hash():
+def test_a_run_is_found_again_by_its_hash(tmp_path):
     cfg = C.compose(FIG, "cpu", "smoke")
     wanted = C.run_config(cfg, 3)
     assert C.find_run("gated_attention", C.run_hash(wanted), "cpu", "smoke") == wanted
+    assert C.find_run("gated_attention", C.run_hash(wanted), "cpu", "smoke", out=tmp_path) == wanted  # plan cache
 
 
 def test_a_sweep_may_be_a_list_of_grids_concatenated_in_order(tmp_path, monkeypatch):
+    shutil.copytree(C.CONFIG_DIR, tmp_path / "configs")  # a copy: other tests list the real figures
+    monkeypatch.setattr(C, "CONFIG_DIR", tmp_path / "configs")
+    monkeypatch.setattr(C, "FIGURE_DIR", tmp_path / "configs" / "figure")
     paper_dir = C.FIGURE_DIR / "hypernet_mip"
-    path = paper_dir / "_list_sweep_test.yaml"
-    path.write_text((paper_dir / "proportionality.yaml").read_text().split("\nsweep:")[0]
-                    + "\nsweep:\n  - {module.variant: [default, mip], seed: [0, 1]}\n  - {module.variant: [encoding]}\n"
-                    + "claims: []\nscales:\n  smoke:\n    sweep:\n      - {seed: [7]}\n")
-    try:
-        cfg = C.compose("hypernet_mip/_list_sweep_test", "cpu", "default")
-        assert C.points(cfg) == [{"module.variant": v, "seed": s} for v in ("default", "mip") for s in (0, 1)] \
-            + [{"module.variant": "encoding"}]
-        assert [r.run.module.variant for r in C.run_configs(cfg)][-1] == "encoding"
-        smoke = C.compose("hypernet_mip/_list_sweep_test", "cpu", "smoke")
-        assert C.points(smoke) == [{"seed": 7}]  # a list in a scale block replaces the sweep
-    finally:
-        path.unlink()
+    (paper_dir / "list_sweep.yaml").write_text(
+        (paper_dir / "proportionality.yaml").read_text().split("\nsweep:")[0]
+        + "\nsweep:\n  - {module.variant: [default, mip], seed: [0, 1]}\n  - {module.variant: [encoding]}\n"
+        + "claims: []\nscales:\n  smoke:\n    sweep:\n      - {seed: [7]}\n")
+    cfg = C.compose("hypernet_mip/list_sweep", "cpu", "default")
+    assert C.points(cfg) == [{"module.variant": v, "seed": s} for v in ("default", "mip") for s in (0, 1)] \
+        + [{"module.variant": "encoding"}]
+    assert [r.run.module.variant for r in C.run_configs(cfg)][-1] == "encoding"
+    smoke = C.compose("hypernet_mip/list_sweep", "cpu", "smoke")
+    assert C.points(smoke) == [{"seed": 7}]  # a list in a scale block replaces the sweep
 
 
 def test_every_figure_names_its_paper_source():

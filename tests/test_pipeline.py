@@ -174,10 +174,10 @@ def test_failed_notebook_leaves_no_figure_and_keeps_the_traceback(built):
         notebook.write_text(original)
 
 
-def test_train_jobs_depend_on_what_training_imports_not_on_notebook_helpers():
+def test_train_jobs_depend_on_what_training_imports_not_on_notebook_helpers(tmp_path):
     from replicate.pipeline import Plan
 
-    plan = Plan(hardware="cpu", scale="smoke")
+    plan = Plan(hardware="cpu", scale="smoke", out=str(tmp_path))
     code = plan.training_code("hypernet_mip")
     assert "replicate/papers/hypernet_mip/module.py" in code  # the run's _target_
     assert "replicate/papers/hypernet_mip/model.py" in code  # imported by module.py
