@@ -605,6 +605,11 @@ def test_convergence_measures_pair_seeds_by_config_values():
     assert shuffled["steps_ratio_default_over_mip_noise"].units == m["steps_ratio_default_over_mip_noise"].units
     verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
     assert verdicts["mip_faster_l2"] == "inconclusive"  # a MIP seed never reached the threshold
+    # a smaller sweep (no residual run): every key still comes back, NaN where a variant did not run
+    smaller = measures.convergence(_mip_runs([r for r in CONVERGENCE if r[0] != "residual"],
+                                             {"noise": 1.0, "l2": 0.35}), cfg)
+    assert keys <= set(smaller) and math.isnan(smaller["steps_ratio_default_over_residual_noise"].value)
+    assert math.isnan(smaller["residual_reached_frac_noise"])
 
 
 ABLATIONS = [  # one cell per setting: per seed (steps to loss 1.0 or None, final loss)

@@ -32,22 +32,24 @@ RATIOS = (("default", "mip"), ("default", "encoding"), ("default", "residual"), 
 
 
 def convergence(runs: pd.DataFrame, cfg) -> dict:
-    """Per regime (task kind; ``measure.threshold`` per regime): every steps ratio of ``RATIOS``
-    whose two variants ran, MIP's final-loss gain over the default, and per variant the share of
-    seeds reaching the threshold (the ratios' preconditions), mean steps and mean final loss."""
+    """Per regime (task kind; the keys of ``measure.threshold``): every steps ratio of ``RATIOS``,
+    MIP's final-loss gain over the default, and per variant the share of seeds reaching the
+    threshold (the ratios' preconditions), mean steps and mean final loss. Every key is returned
+    for every regime and variant; one whose runs are not in ``runs`` (a smaller scale's sweep) is
+    NaN, so its claim is inconclusive."""
     table = convergence_table(runs, cfg)
+    variants = sorted({v for pair in RATIOS for v in pair} | set(table["variant"]))
     out: dict = {"final_tolerance": float(cfg.figure.measure.final_tolerance)}
-    for regime in sorted(set(table["regime"])):
+    for regime in cfg.figure.measure.threshold:
         rows = table[table["regime"] == regime]
-        present = set(rows["variant"])
         for baseline, variant in RATIOS:
-            if {baseline, variant} <= present:
-                out[f"steps_ratio_{baseline}_over_{variant}_{regime}"] = A.steps_ratio(table, regime, variant, baseline)
+            out[f"steps_ratio_{baseline}_over_{variant}_{regime}"] = A.steps_ratio(table, regime, variant, baseline)
         out[f"final_gain_{regime}"] = A.final_gain(table, regime, "mip")
-        for variant, one in rows.groupby("variant"):
-            out[f"{variant}_reached_frac_{regime}"] = float(one["reached"].mean())
-            out[f"steps_{variant}_{regime}"] = float(one["steps_censored"].mean())
-            out[f"final_loss_{variant}_{regime}"] = float(one["final"].mean())
+        for variant in variants:
+            one = rows[rows["variant"] == variant]
+            out[f"{variant}_reached_frac_{regime}"] = float(one["reached"].mean()) if len(one) else float("nan")
+            out[f"steps_{variant}_{regime}"] = float(one["steps_censored"].mean()) if len(one) else float("nan")
+            out[f"final_loss_{variant}_{regime}"] = float(one["final"].mean()) if len(one) else float("nan")
         out[f"runs_never_reaching_{regime}"] = int((~rows["reached"]).sum())
         out[f"final_sd_default_{regime}"] = float(rows.loc[rows["variant"] == "default", "final"].std())
     return out
