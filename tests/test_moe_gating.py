@@ -321,16 +321,15 @@ def test_slope_estimate_is_the_mean_per_replicate_slope_with_a_t_interval_over_r
         A.slope_estimate(frame, "err", [100, 1000])
 
 
-def test_slope_difference_pairs_replicates_and_excludes_zero_flags_disagreement():
+def test_slope_difference_pairs_replicates():
     from replicate.papers.moe_gating import analysis as A
 
     a = _frame({100: [1.0, 2.0, 3.0], 10000: [0.1, 0.2, 0.3]})      # slope -0.5 in every replicate
     b = _frame({100: [1.0, 2.0, 3.0], 10000: [1.0, 2.0, 3.0]})      # slope 0
     diff = A.slope_difference(a, b, "err", [100, 10000])
     assert diff.value == pytest.approx(-0.5) and diff.interval == pytest.approx((-0.5, -0.5))
-    assert A.excludes_zero(diff) == 1
     same = A.slope_difference(a, a, "err", [100, 10000])
-    assert same.value == pytest.approx(0.0) and A.excludes_zero(same) == 0
+    assert same.value == pytest.approx(0.0) and same.interval == pytest.approx((0.0, 0.0))
     with pytest.raises(ValueError, match="same replicates"):
         A.slope_difference(a, _frame({100: [1.0], 10000: [1.0]}), "err", [100, 10000])
 

@@ -165,27 +165,6 @@ def seconds_per_call(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def runtime_table(net: MISTNet, spec: dict, infonce_spec: dict, ksg_k: int = 5) -> pd.DataFrame:
-    """Seconds per estimate for MIST (batched, single), KSG and InfoNCE at each n of ``spec``,
-    on Gaussian data with d = ``spec["d"]`` (timing does not depend on the distribution)."""
-    rows = []
-    for n in spec["n_grid"]:
-        rng = np.random.default_rng(int(n))
-        x = rng.standard_normal((spec["batch"], n, spec["d"])).astype(np.float32)
-        y = (0.7 * x + rng.standard_normal(x.shape)).astype(np.float32)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        with torch.no_grad():
-            batched = seconds_per_call(lambda: net(xt, yt), spec["repeats"]) / spec["batch"]
-            single = seconds_per_call(lambda: net(xt[:1], yt[:1]), spec["repeats"])
-        timings = {"MIST (batched)": batched, "MIST (one at a time)": single,
-                   "KSG (k=5)": seconds_per_call(lambda: baselines.ksg(x[0], y[0], ksg_k), spec["repeats"]),
-                   f"InfoNCE ({infonce_spec['steps']} steps)": seconds_per_call(
-                       lambda: baselines.infonce(x[0], y[0], infonce_spec["steps"], infonce_spec["lr"],
-                                                 infonce_spec["hidden"], infonce_spec["embed"]), spec["repeats"])}
-        rows.extend({"n": int(n), "method": k, "seconds": v} for k, v in timings.items())
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------- notebooks
 def trained_nets(runs: pd.DataFrame) -> dict[str, MISTNet]:
     """{objective: trained network} from a figure's runs table (one run per objective)."""

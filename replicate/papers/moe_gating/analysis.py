@@ -105,14 +105,6 @@ def slope_difference(frame_a: pd.DataFrame, frame_b: pd.DataFrame, metric: str, 
                         "difference of the two settings' per-replicate slopes")
 
 
-def excludes_zero(est: claims.Estimate) -> int:
-    """1 when ``est``'s interval excludes 0, else 0; NaN without a finite interval."""
-    if est.interval is None or not all(math.isfinite(x) for x in est.interval):
-        return math.nan
-    lo, hi = est.interval
-    return int(lo > 0 or hi < 0)
-
-
 def disagree(a: claims.Estimate, b: claims.Estimate) -> int:
     """1 when either estimate's value lies outside the other's interval (two settings, e.g. two
     initialisation schedules, give different rates), else 0; NaN without finite intervals.
