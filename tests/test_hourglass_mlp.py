@@ -532,7 +532,8 @@ def pareto_search(offsets=(0.0, -2.0, 0.5)):
 def test_pareto_measures_are_per_seed_statistics_with_t_intervals(figure):
     cfg, keys = claim_keys(figure)
     task = "denoise" if figure == "pareto_denoise" else "superres"
-    m = getattr(measures, figure)(search_runs(pareto_search(), task), cfg)
+    runs = search_runs(pareto_search(), task)
+    m = measures.pareto_denoise(runs, cfg) if figure == "pareto_denoise" else measures.pareto_superres(runs, cfg)
     assert keys <= set(m)
     # per seed (d = 0, -2, +0.5): mean gap over plain 5/3, -1/3, 13/6; win share 1, 1/3, 1
     gap = m["mean_gap_db_vs_plain"]
