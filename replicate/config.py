@@ -103,6 +103,16 @@ class PaperSourceSchema:
 
 
 @dataclass
+class SeedsSchema:
+    """A two-stage seed design (replicate/seeds.py): the first ``pilot`` seeds of the sweep's
+    ``seed`` list decide how many of the list to train, aiming at an interval half-width of
+    ``half_width`` times each paper claim's margin."""
+
+    pilot: int = 3
+    half_width: float = 0.5
+
+
+@dataclass
 class FigureSchema:
     paper: str = ""
     name: str = ""
@@ -114,6 +124,7 @@ class FigureSchema:
     # a grid {dotted key in run: values}, or a list of such grids whose points are concatenated
     sweep: Any = field(default_factory=dict)
     measure: dict[str, Any] = field(default_factory=dict)  # cheap notebook-side parameters
+    seeds: Optional[SeedsSchema] = None  # two-stage seed design; None: train every listed seed
 
 
 # --------------------------------------------------------------------------- discovery
