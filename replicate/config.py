@@ -219,25 +219,32 @@ def _compose(figure: str, hardware: str, scale: str, overrides, with_sources: bo
     args = [f"figure={figure}", f"hardware={hardware}", f"scale={scale}", *overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            loaded = _record_loaded_configs() if with_sources else []
             raw = hydra_compose("config", overrides=args)
-            sources = _config_sources(args) if with_sources else []
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_error(err, path)) from None
     except HydraException as err:
         raise ConfigError(f"{figure}: {_first_line(err)} (overrides: {' '.join(overrides) or 'none'})") from None
+    sources = sorted({f"{name}.yaml" for name in loaded if (CONFIG_DIR / f"{name}.yaml").is_file()})
     return _validate(raw, figure, scale, path, overrides), sources
 
 
-def _config_sources(args: list[str]) -> list[str]:
-    """The files under configs/ that Hydra composes for ``args``: its defaults list, nested
-    defaults included (the primary config, hardware, scale, figure, training configs, parts)."""
+def _record_loaded_configs() -> list[str]:
+    """The config paths Hydra loads from now on in this ``initialize_config_dir`` context, listed
+    as they are read: the defaults list of a compose, nested defaults included (the primary
+    config, hardware, scale, figure, training configs, parts), and Hydra's own configs. Its
+    repository reads each file once per compose, so recording the reads costs nothing extra."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
 
-    loader = GlobalHydra.instance().config_loader()
-    defaults = loader.compute_defaults_list("config", args, RunMode.RUN).defaults
-    return sorted({f"{d.config_path}.yaml" for d in defaults
-                   if d.config_path and (CONFIG_DIR / f"{d.config_path}.yaml").is_file()})
+    repository = GlobalHydra.instance().config_loader().repository
+    loaded, load = [], repository.load_config
+
+    def recording_load(config_path: str):
+        loaded.append(config_path)
+        return load(config_path=config_path)
+
+    repository.load_config = recording_load
+    return loaded
 
 
 def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -> DictConfig:

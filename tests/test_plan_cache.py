@@ -172,10 +172,22 @@ def test_each_scale_and_hardware_has_its_own_cache(configs, tmp_path, composed_c
     assert composed_cold() == []
 
 
-def test_the_sources_of_a_figure_are_its_whole_defaults_list():
-    _, sources = C._compose("mist/runtime", "cpu", "smoke", (), with_sources=True)
-    assert sources == ["config.yaml", "figure/mist/runtime.yaml", "hardware/cpu.yaml",
-                       "parts/mist/runs.yaml", "scale/smoke.yaml", "training/mist/meta.yaml"]
+@pytest.mark.parametrize("figure", ["mist/runtime", "hypernet_mip/convergence"])
+def test_the_sources_of_a_figure_are_its_whole_defaults_list(figure):
+    """The files recorded while composing are those of Hydra's own defaults list."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    _, sources = C._compose(figure, "cpu", "smoke", (), with_sources=True)
+    with initialize_config_dir(config_dir=str(C.CONFIG_DIR), version_base="1.3"):
+        defaults = GlobalHydra.instance().config_loader().compute_defaults_list(
+            "config", [f"figure={figure}", "hardware=cpu", "scale=smoke"], RunMode.RUN).defaults
+    assert sources == sorted(f"{d.config_path}.yaml" for d in defaults
+                             if (C.CONFIG_DIR / f"{d.config_path}.yaml").is_file())
+    paper, name = figure.split("/")
+    assert {"config.yaml", "hardware/cpu.yaml", "scale/smoke.yaml", f"figure/{figure}.yaml"} < set(sources)
+    assert any(s.startswith(f"parts/{paper}/") for s in sources) and any(s.startswith("training/") for s in sources)
 
 
 def test_every_shipped_figure_cached_equals_composed(tmp_path):
