@@ -218,6 +218,7 @@ def hand_table():
                 "identity_distance": {"shc": 0.4 + 0.2 * seed, "mhc": 0.1 + 0.1 * seed}.get(variant, 0.05),
                 "negative_share": {"shc": 0.25 + 0.25 * seed, "hc": 0.1}.get(variant, 0.0),
                 "mixing_params": {"mhc_lite": 240, "kromhc": 40}.get(variant, 160),
+                "val": [{"step": 10, "val_loss": final + 1.0}, {"step": 20, "val_loss": final}],
                 "history": [{"gain_forward": 1.0, "gain_backward": 1.0},
                             {"gain_forward": 2.0 + seed, "gain_backward": 1.5}],
                 "sinkhorn": {"iters": [1, 20], "layer": [[0.5, 0.4], [0.001, 0.002 * (seed + 1)]],
@@ -238,8 +239,8 @@ def test_stability_measures_on_a_hand_built_run_table():
 
 
 def test_loss_measures_on_a_hand_built_run_table():
-    times = pd.DataFrame({"mhc": [2.0, 2.0, 2.0], "mhc_lite": [1.0, 1.0, 1.0], "kromhc": [0.5, 0.5, 0.5],
-                          "shc": [2.0, 4.0, 2.0]})
+    times = pd.DataFrame({"residual": [1.0, 1.0, 1.0], "hc": [1.0, 1.0, 1.0], "mhc": [2.0, 2.0, 2.0],
+                          "mhc_lite": [1.0, 1.0, 1.0], "kromhc": [0.5, 0.5, 0.5], "shc": [2.0, 4.0, 2.0]})
     got = measures.loss(hand_table(), times)
     assert got["loss_gain_hc"].value == pytest.approx(0.15)  # (0.1 + 0.2) / 2
     assert got["loss_gain_shc"].value == pytest.approx(0.4) and got["loss_gain_shc"].n == 2
@@ -248,6 +249,16 @@ def test_loss_measures_on_a_hand_built_run_table():
     assert got["speedup_mhc_lite_vs_mhc"].value == pytest.approx(2.0)
     assert got["speedup_shc_vs_mhc"].value == pytest.approx(0.75)
     assert got["mixing_params_kromhc_over_mhc_lite"].value == pytest.approx(40 / 240)
+    # equal time: HC as fast as the baseline -> its final loss; mHC half as fast -> step 10 of 20,
+    # loss final + 1; KromHC twice as fast -> past its last validation, its final loss
+    assert got["loss_gain_equal_time_hc"].value == pytest.approx(0.15)
+    assert got["loss_gain_equal_time_mhc"].value == pytest.approx(0.2 - 1.0)
+    assert got["loss_gain_equal_time_kromhc"].value == pytest.approx(0.15)
+
+
+def test_loss_at_step_interpolates_between_validations():
+    val = [{"step": 10, "val_loss": 3.0}, {"step": 20, "val_loss": 2.0}]
+    assert measures.loss_at_step(val, 15) == 2.5 and measures.loss_at_step(val, 5) == 3.0
 
 
 def test_exactness_measures_on_a_hand_built_run_table():

@@ -37,8 +37,8 @@ def run_table(runs: pd.DataFrame, final_vals: int) -> pd.DataFrame:
     composite mapping's Amax gain through all layers, the larger of forward and backward),
     ``composite_ds_error``, ``composite_spectral_norm``, ``identity_distance`` and
     ``negative_share`` (means over the layers' own matrices), ``mixing_params``; ``history``
-    (the gains over training), ``sinkhorn`` (mHC's sweep, else None) and ``layers`` (probes.py's
-    per-layer table, for the plots).
+    (the gains over training), ``sinkhorn`` (mHC's sweep, else None), ``layers`` (probes.py's
+    per-layer table, for the plots) and ``val`` (the validation curve: step, val_loss).
     """
     rows = []
     for row in runs.itertuples():
@@ -54,7 +54,7 @@ def run_table(runs: pd.DataFrame, final_vals: int) -> pd.DataFrame:
             "identity_distance": float(np.mean(layers["layer_identity_distance"])),
             "negative_share": float(np.mean(layers["layer_negative_share"])),
             "mixing_params": p["parameters"]["residual_mixing"],
-            "history": p["history"], "sinkhorn": p.get("sinkhorn"), "layers": layers,
+            "history": p["history"], "sinkhorn": p.get("sinkhorn"), "layers": layers, "val": row.val,
         })
     return pd.DataFrame(rows)
 
@@ -110,6 +110,25 @@ def stability(table: pd.DataFrame) -> dict:
     return out
 
 
+def loss_at_step(val: list[dict], step: float) -> float:
+    """The validation loss at ``step``, linearly interpolated between validations (the first or
+    last validation's loss outside their range)."""
+    return float(np.interp(step, [v["step"] for v in val], [v["val_loss"] for v in val]))
+
+
+def equal_time_gains(table: pd.DataFrame, step_seconds: pd.DataFrame, variant: str) -> pd.Series:
+    """Per seed: the residual baseline's final validation loss minus ``variant``'s loss at the step
+    it reaches in the baseline's training time (final step x baseline step time / its step time,
+    mean step times of ``step_seconds``)."""
+    speed = step_seconds["residual"].mean() / step_seconds[variant].mean()
+    base = table[table["variant"] == "residual"].set_index("seed")
+    other = table[table["variant"] == variant].set_index("seed")
+    seeds = base.index.intersection(other.index)
+    final_step = {s: base.loc[s, "val"][-1]["step"] for s in seeds}
+    return pd.Series({s: base.loc[s, "final_loss"] - loss_at_step(other.loc[s, "val"], final_step[s] * speed)
+                      for s in seeds}, dtype=float).sort_index()
+
+
 def loss(table: pd.DataFrame, step_seconds: pd.DataFrame) -> dict:
     """Figure ``loss``: validation loss at equal steps, step time, parameter counts.
 
@@ -117,12 +136,15 @@ def loss(table: pd.DataFrame, step_seconds: pd.DataFrame) -> dict:
     the variant is better), paired over seeds; ``loss_gap_<variant>_vs_mhc``: mHC's final loss
     minus the variant's (positive: better than mHC); ``speedup_<variant>_vs_mhc``: mHC's mean
     step time over the variant's (``step_seconds``: one row per timing round, one column per
-    variant, from :func:`step_times`), a bootstrap over paired rounds;
+    variant, from :func:`step_times`), an interval over paired rounds (``claims.ratio_of_means``);
     ``mixing_params_kromhc_over_mhc_lite``: KromHC's count of residual-mixing parameters over
-    mHC-lite's (exact).
+    mHC-lite's (exact); ``loss_gain_equal_time_<variant>``: the gain at equal training time
+    (:func:`equal_time_gains`), a t interval over seeds (the step-time ratio taken as fixed).
     """
     done = _finished(table)
     out = {f"loss_gain_{v}": _paired(done, "residual", v, "final_loss") for v in HYPER}
+    for v in HYPER:
+        out[f"loss_gain_equal_time_{v}"] = claims.mean_interval(equal_time_gains(done, step_seconds, v))
     for v in ("mhc_lite", "kromhc", "shc"):
         out[f"loss_gap_{v}_vs_mhc"] = _paired(done, "mhc", v, "final_loss")
         out[f"speedup_{v}_vs_mhc"] = claims.ratio_of_means(step_seconds["mhc"], step_seconds[v], unit="timing rounds")
