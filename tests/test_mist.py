@@ -715,6 +715,7 @@ def test_error_vs_n_measures_by_hand():
     assert m["mse_ratio_ksg_over_mist_in_mi_low"].value == pytest.approx(4.0)
     assert (m["datasets_in_mi_low"], m["datasets_in_mi_mid"], m["datasets_out_mi_high"]) == (2, 1, 1)
     assert m["frac_n_bins_mist_beats_ksg_in"].value == 1.0 and m["win_rate_mist_over_ksg_out"].value == 1.0
+    assert m["datasets_n10_in"] == 2 and m["mse_ratio_ksg_over_mist_n20_out"].value == pytest.approx(9.0)
     assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)   # MIST-QR's median is 2 MI
     assert m["mse_ratio_ksg_over_mistqr_in"].value == pytest.approx(0.04 / np.mean(np.square(mi)))
     # independent pairs: only n = 200 with d_x = d_y <= 4 count (the d = 8 and n = 50 rows do not)
@@ -745,6 +746,7 @@ def test_error_vs_dim_measures_by_hand():
     assert (m["datasets_unequal_in"], m["datasets_top2_d_in_mi_low"]) == (4, 4)   # MI <= 0.3 at d in {1, 2}
     assert m["mse_ratio_ksg_over_mist_top2_d_in_mi_low"].value == pytest.approx((0.04 + 0.16) / 2 / 0.01)
     assert m["mse_mist_d1_in"] == pytest.approx(0.01) and m["mse_ksg_d2_in"] == pytest.approx(0.16)
+    assert m["datasets_d1_in"] == 4 and m["mse_ratio_ksg_over_mist_d2_in"].value == pytest.approx(16.0)   # d = dy only
     assert judged["mist_beats_ksg_top_d_in"].verdict == "replicated"
 
 

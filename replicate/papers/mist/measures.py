@@ -366,6 +366,16 @@ def _independent_core(table: pd.DataFrame) -> pd.DataFrame:
     return indep[(indep.n == 200) & (indep.d == indep.dy) & (indep.d <= 4)]
 
 
+def _per_bin(table: pd.DataFrame, by: str, split: str) -> dict:
+    """Per ``by`` bin (a sample size, a dimension): datasets and the MSE ratio KSG / MIST, keyed
+    ``datasets_<by><value>_<split>`` and ``mse_ratio_ksg_over_mist_<by><value>_<split>``."""
+    out = {}
+    for value, group in table.groupby(by, sort=True):
+        out[f"datasets_{by}{value}_{split}"] = len(group)
+        out[f"mse_ratio_ksg_over_mist_{by}{value}_{split}"] = mse_ratio(group, "ksg", "mist")
+    return out
+
+
 ERROR_METHODS = ("mist", "mist_qr", "ksg", "cca", "infonce")
 POINT_METHODS = ("mist", "mist_qr", "ksg", "cca")
 STRATIFIED_SPLITS = ("in", "out", "copula")
@@ -375,8 +385,8 @@ def error_vs_n(runs: pd.DataFrame, cfg, table: pd.DataFrame | None = None) -> di
     """Error vs sample size (Gritsai et al. 2025, Sec. 5, error-vs-n figure). Per split (in, out,
     copula): MSE ratios KSG / MIST and KSG / MIST-QR (delta-method t interval over datasets), MIST's
     win rate (Wilson), the share of n bins MIST wins and CCA wins (bootstrap over datasets), every
-    method's MSE; the same per true-MI stratum (``<split>_mi_<low|mid|high>``); the normal-score KSG
-    control on the copulas; MIST-QR's rank correlation with the truth; mean estimates and MIST-QR's
+    method's MSE and the ratio per n bin; the same per true-MI stratum
+    (``<split>_mi_<low|mid|high>``); the normal-score KSG control on the copulas; MIST-QR's rank correlation with the truth; mean estimates and MIST-QR's
     false-dependence rate on independent pairs. ``table``: :func:`estimates` when already at hand."""
     table = estimates(runs, cfg) if table is None else table
     edges = tuple(_measure(cfg)["mi_strata"])
@@ -391,6 +401,7 @@ def error_vs_n(runs: pd.DataFrame, cfg, table: pd.DataFrame | None = None) -> di
                     f"frac_n_bins_mist_beats_ksg_{split}": frac_bins_won(t, "n", "mist", "ksg"),
                     f"frac_n_bins_cca_beats_mist_{split}": frac_bins_won(t, "n", "cca", "mist"),
                     **{f"mse_{m}_{split}": mse(t, m) for m in ERROR_METHODS}})
+        out.update(_per_bin(t, "n", split))
     for r in stratified_comparison(table[table.split.isin(STRATIFIED_SPLITS)], edges).itertuples():
         key = f"{r.split}_mi_{r.stratum}"
         out.update({f"mse_ratio_ksg_over_mist_{key}": r.ratio, f"win_rate_mist_over_ksg_{key}": r.win_rate,
@@ -415,7 +426,7 @@ def error_vs_dim(runs: pd.DataFrame, cfg, table: pd.DataFrame | None = None) -> 
     out splits' d_x = d_y cells: the share of d bins MIST wins and the slope of log(KSG MSE / MIST
     MSE) on d (bootstrap over datasets); MSE ratios KSG / MIST at the largest d, at the two largest
     d with true MI in the low stratum, and on the d_x != d_y cells (delta-method t interval over
-    datasets); every method's MSE per d. ``table``: :func:`estimates` when already at hand."""
+    datasets); every method's MSE and the ratio per d. ``table``: :func:`estimates` when already at hand."""
     table = estimates(runs, cfg) if table is None else table
     table = table[table.split.isin(["in", "out"])]
     measure = _measure(cfg)
@@ -436,6 +447,7 @@ def error_vs_dim(runs: pd.DataFrame, cfg, table: pd.DataFrame | None = None) -> 
             f"datasets_unequal_{split}": len(u),
             **{f"mse_{m}_d{d}_{split}": mse(t[t.d == d], m) for m in ERROR_METHODS for d in sorted(t.d.unique())},
         })
+        out.update(_per_bin(t, "d", split))
     return out
 
 
