@@ -48,7 +48,8 @@ rule train:
 rule figure:
     """Execute the figure's notebook over its finished runs: png, pdf, executed notebook, claims."""
     input:
-        runs=lambda w: plan.run_metrics(f"{w.paper}/{w.figure}"),
+        # a two-stage seed design waits for its seeds checkpoint (replicate/seeds.py)
+        runs=lambda w: plan.run_metrics(f"{w.paper}/{w.figure}", plan.seeds_decision(checkpoints.seeds, w)),
         notebook="notebooks/{paper}/{figure}.ipynb",
         code=lambda w: plan.paper_code(w.paper),
     output:
@@ -63,6 +64,19 @@ rule figure:
         plan.path("logs", "figures", "{paper}", "{figure}.log"),
     shell:
         "python -m replicate notebook {wildcards.paper}/{wildcards.figure} {SETTINGS} > {log} 2>&1"
+
+
+checkpoint seeds:
+    """A two-stage seed design: the pilot's runs decide how many of the listed seeds to train."""
+    input:
+        runs=lambda w: plan.run_metrics(f"{w.paper}/{w.figure}"),  # the pilot's
+        code=lambda w: plan.paper_code(w.paper),
+    output:
+        plan.path(".replicate", "seeds", "{paper}", "{figure}.json"),
+    log:
+        plan.path("logs", "seeds", "{paper}", "{figure}.log"),
+    shell:
+        "python -m replicate seeds {wildcards.paper}/{wildcards.figure} {SETTINGS} > {log} 2>&1"
 
 
 rule scorecard:

@@ -4,6 +4,7 @@
     run <paper>/<figure> point=K           train one sweep point (reused when already finished)
     run <paper> hash=H                     the same, naming the run by its hash (the Snakefile's form)
     notebook <paper>/<figure>              execute the figure's notebook (needs its runs)
+    seeds <paper>/<figure>                 a two-stage figure: decide its seeds from the pilot runs
     scorecard                              rebuild <out>/figures/SCORECARD.md
     report                                 rebuild <out>/figures/index.html (every figure, one page)
     plan                                   cost of every figure's runs at a scale (FLOPs, hours, memory, disk)
@@ -91,6 +92,18 @@ def cmd_notebook(args, options, overrides):
     print(f"figure written: {execute_notebook(args.figure, options['hardware'], options['scale'], options['out'])}")
 
 
+def cmd_seeds(args, options, overrides):
+    """Decide a two-stage figure's seeds from its finished pilot runs (the Snakefile's checkpoint)."""
+    from replicate import seeds
+
+    cfg = C.compose(args.figure, options["hardware"], options["scale"], overrides)
+    try:
+        path = seeds.write_decision(cfg, options["out"])
+    except (ValueError, FileNotFoundError) as err:
+        raise C.ConfigError(str(err)) from None
+    print(f"seeds decided: {path}")
+
+
 def cmd_scorecard(args, options, overrides):
     from pathlib import Path
 
@@ -135,8 +148,8 @@ def cmd_plan(args, options, overrides):
     print(plan.main(options["scale"], options["hardware"], overrides))
 
 
-COMMANDS = {"list": cmd_list, "plan": cmd_plan, "run": cmd_run, "notebook": cmd_notebook, "scorecard": cmd_scorecard,
-            "report": cmd_report, "new-paper": cmd_new_paper}
+COMMANDS = {"list": cmd_list, "plan": cmd_plan, "run": cmd_run, "notebook": cmd_notebook, "seeds": cmd_seeds,
+            "scorecard": cmd_scorecard, "report": cmd_report, "new-paper": cmd_new_paper}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         args.settings.insert(0, args.figure)
         args.figure = None
     try:
-        if args.command in ("run", "notebook") and not args.figure:
+        if args.command in ("run", "notebook", "seeds") and not args.figure:
             raise C.ConfigError(f"{args.command} needs a figure: one of {', '.join(C.list_figures())}")
-        if args.command not in ("run", "notebook", "new-paper") and args.figure:
+        if args.command not in ("run", "notebook", "seeds", "new-paper") and args.figure:
             raise C.ConfigError(f"{args.command} takes no figure; expected key=value, got '{args.figure}'")
         options, overrides = _split(args.settings)
         COMMANDS[args.command](args, options, overrides)

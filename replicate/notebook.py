@@ -73,17 +73,12 @@ class FigureContext:
         """One row per training run the figure reads. Under a two-stage seed design (``seeds:`` in
         the config, replicate/seeds.py) the pilot seeds first, then as many seeds as they ask for."""
         if self._runs is None:
-            rules = seeds_lib.policy(self.figure)
-            cfg = self.cfg if rules is None else seeds_lib.with_seeds(self.cfg, self._decide(rules))
+            cfg = self.cfg
+            if seeds_lib.policy(self.figure) is not None:
+                self.seed_decision = seeds_lib.decide_from_pilot(self.cfg, self.out, self.train_missing)
+                cfg = seeds_lib.with_seeds(self.cfg, self.seed_decision["seeds"])
             self._runs = runs_lib.figure_runs(cfg, self.out, train_missing=self.train_missing)
         return self._runs
-
-    def _decide(self, rules: dict) -> list:
-        pilot_cfg = seeds_lib.with_seeds(self.cfg, rules["seeds"][:rules["pilot"]])
-        pilot = runs_lib.figure_runs(pilot_cfg, self.out, train_missing=self.train_missing)
-        measure = seeds_lib.measures_function(self.figure.paper, self.figure.name)
-        self.seed_decision = seeds_lib.decide(self.cfg, measure(pilot, pilot_cfg))
-        return self.seed_decision["seeds"]
 
     def save(self, fig) -> list[Path]:
         return plotting.save(fig, self.figure_dir / f"{self.figure.name}.png")

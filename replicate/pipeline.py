@@ -51,6 +51,7 @@ class Plan:
         self._needs = {name: [self.path("runs", fig.figure["paper"], h, "metrics.json") for h in fig.run_hashes]
                        for name, fig in self.figures.items()}
         self._captions = {name: _caption(name, fig.figure) for name, fig in self.figures.items()}
+        self._two_stage = {name: _two_stage(fig.figure) for name, fig in self.figures.items()}
         self._paper_code = {paper: _paper_files(paper) for paper in {name.split("/")[0] for name in self.all_figures}}
         self._training_code: dict[str, list[str]] = {}
 
@@ -84,9 +85,23 @@ class Plan:
                  + ", ".join(self.all_figures))
         return figure
 
-    def run_metrics(self, figure: str) -> list[str]:
-        """The metrics.json of every run the figure needs (replicate.runs.run_dir)."""
-        return self._needs[self.require(figure)]
+    def run_metrics(self, figure: str, decided: str | None = None) -> list[str]:
+        """The metrics.json of every run the figure needs (replicate.runs.run_dir). Under a
+        two-stage seed design: the pilot's runs, or, given the seeds checkpoint's ``decided``
+        file, the runs of the seeds it chose."""
+        rules = self._two_stage.get(self.require(figure))
+        if rules is None:
+            return self._needs[figure]
+        chosen = rules["seeds"][:rules["pilot"]] if decided is None else json.loads(Path(decided).read_text())["seeds"]
+        runs, needs = self.figures[figure].runs, self._needs[figure]
+        return [path for run, path in zip(runs, needs) if _seed_of(run, rules["key"]) in chosen]
+
+    def seeds_decision(self, checkpoint, wildcards) -> str | None:
+        """The seeds checkpoint's output for a two-stage figure (Snakemake waits for it); None for
+        a figure that trains every listed seed."""
+        if self._two_stage.get(self.require(f"{wildcards.paper}/{wildcards.figure}")) is None:
+            return None
+        return checkpoint.get(paper=wildcards.paper, figure=wildcards.figure).output[0]
 
     def figure_outputs(self, figure: str) -> list[str]:
         return [self.path("figures", f"{figure}{s}") for s in (*FIGURE_SUFFIXES, PAGE_SUFFIX)]
@@ -116,6 +131,21 @@ class Plan:
                        if name.startswith(paper + "/") for run in fig.runs for t in _targets(run["run"])}
             self._training_code[paper] = _import_closure([package, *targets], package)
         return self._training_code[paper]
+
+
+def _two_stage(fig: dict) -> dict | None:
+    """The figure's two-stage seed design (replicate/seeds.py), or None (imported only when used)."""
+    if fig.get("seeds") is None:
+        return None
+    from replicate import seeds
+
+    return seeds.policy(fig)
+
+
+def _seed_of(run: dict, key: str):
+    from replicate import seeds
+
+    return seeds.seed_of(run, key)
 
 
 def _caption(figure: str, fig: dict) -> str:

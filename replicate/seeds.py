@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from replicate import claims as claims_lib
 from replicate.claims import Estimate
@@ -37,14 +38,17 @@ from replicate.claims import Estimate
 T_FAMILY = {"t_mean": False, "t_log_mean": True}
 
 
-def policy(fig: DictConfig) -> dict | None:
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def policy(fig: DictConfig | Mapping) -> dict | None:
     """The figure's two-stage settings (``seeds:``), validated, with ``max`` and the seed key added;
-    None when it trains a fixed list of seeds."""
-    raw = fig.get("seeds") if hasattr(fig, "get") else None
-    if raw is None:
+    None when it trains a fixed list of seeds. ``fig`` is the figure block (config or plain data)."""
+    settings = _plain(fig.get("seeds"))
+    if settings is None:
         return None
-    settings = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) else dict(raw)
-    where = f"{fig.paper}/{fig.name}: seeds"
+    where = f"{fig['paper']}/{fig['name']}: seeds"
     unknown = set(settings) - {"pilot", "half_width"}
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (expected pilot, half_width)")
@@ -58,16 +62,24 @@ def policy(fig: DictConfig) -> dict | None:
     return {"pilot": pilot, "half_width": float(half), "max": len(listed), "key": key, "seeds": listed}
 
 
-def seed_axis(fig: DictConfig) -> tuple[str, list]:
+def seed_axis(fig: DictConfig | Mapping) -> tuple[str, list]:
     """The sweep key whose last component is ``seed`` and its values (one grid only)."""
-    sweep = OmegaConf.to_container(fig.sweep) if fig.sweep is not None else {}
+    sweep, where = _plain(fig.get("sweep")) or {}, f"{fig['paper']}/{fig['name']}"
     if not isinstance(sweep, dict):
-        raise ValueError(f"{fig.paper}/{fig.name}: a two-stage seed design needs a single sweep grid")
+        raise ValueError(f"{where}: a two-stage seed design needs a single sweep grid")
     keys = [k for k in sweep if k.rsplit(".", 1)[-1] == "seed"]
     if len(keys) != 1:
-        raise ValueError(f"{fig.paper}/{fig.name}: a two-stage seed design needs one `seed` axis in the "
-                         f"sweep (found {keys or 'none'})")
+        raise ValueError(f"{where}: a two-stage seed design needs one `seed` axis in the sweep "
+                         f"(found {keys or 'none'})")
     return keys[0], list(sweep[keys[0]])
+
+
+def seed_of(run: Mapping, key: str) -> Any:
+    """The seed of a resolved run config (plain data, :func:`replicate.config.run_config`)."""
+    node = run["run"]
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def margin(spec: Mapping[str, Any], log: bool) -> float | None:
@@ -140,6 +152,36 @@ def with_seeds(cfg: DictConfig, seeds: list) -> DictConfig:
     OmegaConf.update(out, f"figure.sweep.{key}", list(seeds), merge=False)
     OmegaConf.set_readonly(out, readonly)
     return out
+
+
+DECISIONS = Path(".replicate") / "seeds"  # under the out dir: <paper>/<figure>.json
+
+
+def decision_path(out: str | Path, figure: str) -> Path:
+    """Where the pipeline's seeds checkpoint writes a figure's decision."""
+    return Path(out) / DECISIONS / f"{figure}.json"
+
+
+def decide_from_pilot(cfg: DictConfig, out: str | Path, train_missing: bool = False) -> dict:
+    """The figure's decision from its pilot runs in the run store under ``out`` (trained first when
+    ``train_missing``): the figure's own measures on the pilot, then :func:`decide`."""
+    from replicate import runs as runs_lib
+
+    rules = policy(cfg.figure)
+    if rules is None:
+        raise ValueError(f"{cfg.figure.paper}/{cfg.figure.name} has no `seeds:` two-stage settings")
+    pilot_cfg = with_seeds(cfg, rules["seeds"][:rules["pilot"]])
+    pilot = runs_lib.figure_runs(pilot_cfg, out, train_missing=train_missing)
+    return decide(cfg, measures_function(cfg.figure.paper, cfg.figure.name)(pilot, pilot_cfg))
+
+
+def write_decision(cfg: DictConfig, out: str | Path) -> Path:
+    """Decide from the finished pilot runs and write the decision (the seeds checkpoint's output)."""
+    from replicate import runs as runs_lib
+
+    path = decision_path(out, f"{cfg.figure.paper}/{cfg.figure.name}")
+    runs_lib.write_json_atomic(path, decide_from_pilot(cfg, out))
+    return path
 
 
 def measures_function(paper: str, figure: str):

@@ -77,3 +77,31 @@ def test_with_seeds_keeps_every_run_config():
     kept = {C.run_hash(r) for r in C.run_configs(fewer)}
     assert kept and kept <= {C.run_hash(r) for r in C.run_configs(cfg)}
     assert len(C.points(fewer)) == len(C.points(cfg)) * 2 // len(listed)
+
+
+def test_the_plan_asks_for_the_pilot_then_the_decided_seeds(tmp_path):
+    from types import SimpleNamespace
+
+    from replicate.pipeline import Plan
+
+    plan = Plan(hardware="cpu", scale="smoke", out=str(tmp_path))
+    name = "gated_attention/attention_sink"
+    fig = plan.figures[name]
+    key, listed = "seed", sorted({run["run"]["seed"] for run in fig.runs})
+    assert len(listed) >= 1
+    rules = {"pilot": 1, "half_width": 0.5, "max": len(listed), "key": key, "seeds": listed}
+    plan._two_stage[name] = rules
+    pilot = plan.run_metrics(name)
+    assert pilot and len(pilot) == len(plan._needs[name]) // len(listed)
+    decided = tmp_path / "decided.json"
+    decided.write_text('{"seeds": %s}' % listed)
+    assert plan.run_metrics(name, str(decided)) == plan._needs[name]
+
+    class Checkpoint:
+        def get(self, **wildcards):
+            return SimpleNamespace(output=[f"decision of {wildcards['paper']}/{wildcards['figure']}"])
+
+    w = SimpleNamespace(paper="gated_attention", figure="attention_sink")
+    assert plan.seeds_decision(Checkpoint(), w) == f"decision of {name}"
+    plan._two_stage[name] = None
+    assert plan.seeds_decision(Checkpoint(), w) is None and plan.run_metrics(name) == plan._needs[name]
