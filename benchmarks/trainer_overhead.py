@@ -2,8 +2,8 @@
 
 Same model (the `loss` figure's text LM at the chosen scale), same batches, same optimiser,
 scheduler and gradient clipping; the Trainer run uses replicate.train.build_trainer with all its
-callbacks (recorder, checkpoint, progress bar) but no validation. Reports the median step time of
-each and their ratio (goal <= 1.05).
+callbacks (recorder, code hash and random states, checkpoint, signals, progress bar) but no
+validation. Reports the median step time of each and their ratio (goal <= 1.05).
 
     python benchmarks/trainer_overhead.py [--steps 200] [--scale default] [--repeats 3]
 """
@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from replicate import config as C
 from replicate import hardware
-from replicate.train import CheckpointAfterValidation, RunRecorder, build_trainer
+from replicate.train import build_trainer, run_callbacks
 
 
 def setup(scale: str, steps: int):
@@ -41,9 +41,8 @@ def trainer_steps(run_cfg) -> tuple[list[float], float]:
     module = instantiate(run_cfg.run.module, _convert_="all")
     data = instantiate(run_cfg.run.data, _convert_="all")
     with tempfile.TemporaryDirectory() as tmp:
-        recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
-        checkpoint = CheckpointAfterValidation(Path(tmp) / "last.ckpt")
-        trainer = build_trainer(run_cfg, Path(tmp), recorder, checkpoint)
+        recorder, _, callbacks = run_callbacks(run_cfg, Path(tmp), code_sha256="benchmark")
+        trainer = build_trainer(run_cfg, Path(tmp), callbacks)
         t = time.perf_counter()
         trainer.fit(module, datamodule=data)
         total = time.perf_counter() - t

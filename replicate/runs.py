@@ -263,7 +263,7 @@ class RunLock:
     def _wait(self) -> None:
         import fcntl
 
-        started = last_line = time.monotonic()
+        started, last_line = time.monotonic(), None
         while True:
             try:
                 fcntl.flock(self.fh, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -275,7 +275,7 @@ class RunLock:
                 raise C.ConfigError(f"run {self.path.parent} is still being trained by {self.holder()} "
                                     f"after {waited:.0f} s of waiting ({LOCK_TIMEOUT_ENV}); wait for it to "
                                     "finish (or stop that process)")
-            if waited == 0 or time.monotonic() - last_line >= LOCK_PROGRESS_EVERY:
+            if last_line is None or time.monotonic() - last_line >= LOCK_PROGRESS_EVERY:
                 print(f"run {self.path.parent} is being trained by {self.holder()}; waiting for it "
                       f"({waited / 60:.0f} of at most {self.timeout / 60:.0f} min)", file=sys.stderr, flush=True)
                 last_line = time.monotonic()

@@ -33,6 +33,7 @@ import random
 import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -202,6 +203,8 @@ class StopOnSignal(Callback):
         self._leader_checked = time.monotonic()
 
     def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may handle signals
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._record)
 
@@ -313,6 +316,16 @@ def build_trainer(run_cfg: DictConfig, run_dir: Path, callbacks: list[Callback])
     )
 
 
+def run_callbacks(run_cfg: DictConfig, run_dir: Path, code_sha256: str
+                  ) -> tuple[RunRecorder, CheckpointAfterValidation, list[Callback]]:
+    """The callbacks of a training run, in hook order: loss history, code hash and random states,
+    the checkpoint after each validation, and the signal handling that saves one at a stop."""
+    recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
+    checkpoint = CheckpointAfterValidation(run_dir / "checkpoints" / "last.ckpt")
+    stop = StopOnSignal(checkpoint, run_cfg.run.trainer.max_steps)
+    return recorder, checkpoint, [recorder, RunIdentity(code_sha256), checkpoint, stop]
+
+
 @dataclass
 class Prepared:
     """A run's module and data, built and checked before its folder exists."""
@@ -348,11 +361,9 @@ def fit(run_cfg: DictConfig, run_dir: Path, prepared: Prepared | None = None,
     code_sha256 = code_sha256 or runs.run_code_sha256(run_cfg)
     hw, max_steps = run_cfg.hardware, run_cfg.run.trainer.max_steps
     module, datamodule = prepared.module, prepared.datamodule
-    recorder = RunRecorder(run_cfg.run.trainer.log_every_n_steps)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    recorder, checkpoint, callbacks = run_callbacks(run_cfg, run_dir, code_sha256)
+    last = checkpoint.path
     last.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = CheckpointAfterValidation(last)
-    callbacks = [recorder, RunIdentity(code_sha256), checkpoint, StopOnSignal(checkpoint, max_steps)]
     trainer = build_trainer(run_cfg, run_dir, callbacks)
     resume_from = last if resumable(last, code_sha256, max_steps) else None
     print(f"training {max_steps} steps on {hw.accelerator} ({hw.precision})"

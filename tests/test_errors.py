@@ -8,6 +8,8 @@ that nothing is left half-written, and that a rerun after the fix (or the crash)
 """
 
 import fcntl
+import json
+import math
 import os
 import shutil
 import signal
@@ -41,12 +43,12 @@ def repo(tmp_path_factory):
     return root
 
 
-def env(root: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(root), "REPLICATE_ROOT": str(root)}
+def env(root: Path, **extra: str) -> dict:
+    return {**os.environ, "PYTHONPATH": str(root), "REPLICATE_ROOT": str(root), **extra}
 
 
-def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "replicate", *args], cwd=root, env=env(root),
+def cli(root: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "replicate", *args], cwd=root, env=env(root, **extra_env),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -99,8 +101,9 @@ def test_a_claim_rule_that_does_not_parse_is_caught_before_any_work(repo, figure
 
 
 def test_a_wrong_typed_module_value_is_one_line_and_leaves_no_run_directory(repo):
+    # data.dim interpolates module.dim, and the data is built (and checked) before the model
     one_line(cli(repo, "run", "toy/main", "point=0", *SMOKE, "figure.run.module.dim=big"),
-             "run.module", "ToyModule")
+             "run.data", "SyntheticRegression", "cannot be built from its config")
     assert not list(repo.glob("runs/toy/*"))
 
 
@@ -135,7 +138,7 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(repo):
     one_line(cli(repo, "run", "toy/main", "point=0", *SMOKE, f"out={blocker}"), str(blocker))
 
 
-def test_a_run_being_trained_elsewhere_is_refused_naming_the_holder(repo):
+def test_a_run_being_trained_elsewhere_is_waited_for_then_refused_naming_the_holder(repo):
     out = repo / "shared_out"
     assert cli(repo, "run", "toy/main", "point=1", *SMOKE, f"out={out}").returncode == 0
     (run_dir,) = (out / "runs" / "toy").iterdir()
@@ -144,9 +147,159 @@ def test_a_run_being_trained_elsewhere_is_refused_naming_the_holder(repo):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write(f"pid {os.getpid()} on the-other-checkout")
         held.flush()
-        one_line(cli(repo, "run", "toy/main", "point=1", *SMOKE, f"out={out}"), "being trained by",
-                 "the-other-checkout")
+        done = cli(repo, "run", "toy/main", "point=1", *SMOKE, f"out={out}", REPLICATE_RUN_LOCK_TIMEOUT="3")
+        assert done.returncode == 2, done.stderr[-2000:]
+        first = next(line for line in done.stderr.splitlines() if "waiting for it" in line)
+        last = done.stderr.strip().splitlines()[-1]
+        assert "being trained by pid" in first and "the-other-checkout; waiting" in first
+        assert "still being trained by" in last and "the-other-checkout" in last and "after 3 s" in last
     assert cli(repo, "run", "toy/main", "point=1", *SMOKE, f"out={out}").returncode == 0  # released
+
+
+def test_a_run_finished_by_the_lock_holder_is_reused_by_the_waiter(repo):
+    """The waiter ends with the holder's result (exit 0, no training of its own), so Snakemake
+    never fails the job and never deletes the holder's metrics.json as 'output of a failed job'."""
+    out = repo / "waited_out"
+    assert cli(repo, "run", "toy/main", "point=0", *SMOKE, f"out={out}").returncode == 0
+    (run_dir,) = (out / "runs" / "toy").iterdir()
+    finished = (run_dir / "metrics.json").read_bytes()
+    (run_dir / "metrics.json").unlink()
+    with open(run_dir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"pid {os.getpid()} on the-other-checkout")
+        held.flush()
+        waiter = subprocess.Popen([sys.executable, "-m", "replicate", "run", "toy/main", "point=0", *SMOKE,
+                                   f"out={out}"], cwd=repo, env=env(repo), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        waiting = ""
+        while "waiting for it" not in waiting and waiter.poll() is None:
+            waiting = waiter.stderr.readline()
+        assert "being trained by pid" in waiting and "the-other-checkout" in waiting, waiting
+        (run_dir / "metrics.json").write_bytes(finished)  # the holder finishes
+    stdout, stderr = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, stderr[-2000:]
+    assert "training" not in stderr and "finished after 40 steps" in stdout
+    assert (run_dir / "metrics.json").read_bytes() == finished
+
+
+def test_an_optimiser_value_of_the_wrong_type_is_one_line_and_leaves_no_run_directory(repo, figure_file):
+    figure_file.write_text(figure_file.read_text().replace("module.lr: [0.01, 0.1]", "module.lr: [fast, 0.1]"))
+    out = repo / "optimiser_out"
+    one_line(cli(repo, "run", "toy/main", "point=0", *SMOKE, f"out={out}"), "optimiser", "ToyModule", "TypeError")
+    assert not out.exists()
+
+
+def test_zero_max_steps_is_one_line_and_leaves_no_run_directory(repo):
+    out = repo / "max_steps_out"
+    one_line(cli(repo, "run", "toy/main", "point=0", *SMOKE, f"out={out}", "figure.run.trainer.max_steps=0"),
+             "max_steps", "got 0")
+    assert not out.exists()
+
+
+def figure_metrics(out: Path) -> dict[str, dict]:
+    return {d.name: json.loads((d / "metrics.json").read_text()) for d in (out / "runs" / "toy").iterdir()}
+
+
+@pytest.fixture
+def module_file(repo):
+    """The toy's training code, restored after the test."""
+    path = repo / "replicate" / "papers" / "toy" / "module.py"
+    text = path.read_text()
+    yield path
+    path.write_text(text)
+
+
+def test_a_forced_rerun_and_a_code_edit_retrain_through_snakemake(repo, module_file):
+    out = repo / "code_edit"
+    config = [*SMOKE, f"out={out}"]
+    for point in ("0", "1"):
+        assert cli(repo, "run", "toy/main", f"point={point}", *config).returncode == 0
+    first = figure_metrics(out)
+    assert len(first) == 2 and all(m["code_sha256"] for m in first.values())
+    targets = [str(out / "runs" / "toy" / name / "metrics.json") for name in first]
+
+    forced = snakemake(repo, *targets, "--forcerun", "train", config=config)  # deletes metrics.json first
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    logs = "".join(p.read_text() for p in (out / "logs" / "runs" / "toy").glob("*.log"))
+    assert logs.count("is at step 40 of 40 but the run has no metrics.json") == 2 and "resuming" not in logs
+    again = figure_metrics(out)
+    for name, metrics in again.items():  # retrained: the same numbers, really computed
+        assert metrics["val"] == first[name]["val"] and math.isfinite(metrics["step_seconds"])
+
+    module_file.write_text(module_file.read_text().replace(
+        "        self.model = ToyModel(dim)\n",
+        "        self.model = ToyModel(dim)\n        nn.init.constant_(self.model.linear.weight, 5.0)\n"))
+    edited = snakemake(repo, *targets, config=config)  # the edited module is newer than the metrics
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    logs = "".join(p.read_text() for p in (out / "logs" / "runs" / "toy").glob("*.log"))
+    assert logs.count("not by the training code now") == 2 and "resuming" not in logs
+    changed = figure_metrics(out)
+    for name, metrics in changed.items():
+        assert metrics["code_sha256"] != first[name]["code_sha256"]
+        assert metrics["final_val_loss"] != first[name]["final_val_loss"]
+
+
+def clone(repo: Path, where: Path) -> Path:
+    """A second checkout of the scratch repo (its own .snakemake), sharing nothing else."""
+    shutil.copytree(repo, where, ignore=shutil.ignore_patterns(".snakemake", "__pycache__", "runs", "figures",
+                                                               "logs", "*_out", "code_edit", "killed*",
+                                                               "corrupt", "staged", "concurrent*"))
+    return where
+
+
+def test_two_checkouts_writing_one_out_dir_both_finish_with_every_output(repo, tmp_path):
+    out = tmp_path / "shared"
+    target = str(out / "figures" / "toy" / "main.png")
+    checkouts = [repo, clone(repo, tmp_path / "second")]
+    procs = [subprocess.Popen([sys.executable, "-m", "snakemake", target, "--cores", "1", "--config", *SMOKE,
+                               f"out={out}"], cwd=root, env=env(root), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for root in checkouts]
+    results = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, stderr) in zip(procs, results):
+        assert proc.returncode == 0, stderr[-3000:]
+    for suffix in (".png", ".pdf", ".ipynb", ".json", ".html"):
+        assert (out / "figures" / "toy" / f"main{suffix}").is_file(), suffix
+    assert all(runs_finished for runs_finished in figure_metrics(out).values())
+    assert not list((out / "figures" / "toy").glob(".main.*"))  # no staging folder left
+
+
+def test_a_live_notebooks_staging_folder_is_kept_and_a_dead_ones_removed(tmp_path):
+    from replicate.pipeline import remove_dead_staging, staging_folder
+
+    live = staging_folder(tmp_path, "main")
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+    dead = tmp_path / live.name.replace(f".main.{os.getpid()}-", f".main.{dead_pid}-")
+    dead.mkdir()
+    unnamed = tmp_path / ".main.a1b2c3"  # made before staging folders carried their owner
+    unnamed.mkdir()
+    other = tmp_path / ".other.a1b2c3"  # another figure's
+    other.mkdir()
+    remove_dead_staging(tmp_path, "main")
+    assert live.is_dir() and other.is_dir()
+    assert not dead.exists() and not unnamed.exists()
+
+
+def test_a_failed_notebook_removes_stale_figures_but_not_another_writers(tmp_path, monkeypatch):
+    from replicate import pipeline
+
+    final = tmp_path / "figures" / "toy"
+    final.mkdir(parents=True)
+    (final / "main.json").write_text("stale")  # from before this attempt
+
+    def fails_while_another_writer_finishes(source, output, **kwargs):
+        (final / "main.png").write_bytes(b"another writer's figure")
+        raise RuntimeError("the notebook failed")
+
+    monkeypatch.setattr("papermill.execute_notebook", fails_while_another_writer_finishes)
+    monkeypatch.setattr(pipeline.C, "figure_file", lambda figure: None)
+    monkeypatch.setattr(pipeline.C, "REPO_ROOT", tmp_path)
+    (tmp_path / "notebooks" / "toy").mkdir(parents=True)
+    (tmp_path / "notebooks" / "toy" / "main.ipynb").write_text("{}")
+    with pytest.raises(RuntimeError, match="the notebook failed"):
+        pipeline.execute_notebook("toy/main", "cpu", "smoke", tmp_path)
+    assert not (final / "main.json").exists()
+    assert (final / "main.png").read_bytes() == b"another writer's figure"
 
 
 def test_a_killed_notebook_leaves_no_staging_folder_after_the_next_run(repo):
@@ -179,3 +332,48 @@ def test_after_kill_9_of_snakemake_the_documented_recovery_completes(repo):
     done = subprocess.run(cmd, cwd=repo, env=env(repo), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "figures" / "toy" / "main.json").is_file()
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_killing_snakemake_alone_stops_its_training_job_with_a_checkpoint(repo, figure_file):
+    """kill -9 of the Snakemake process only (not its group): the training job it started
+    notices within seconds, writes a checkpoint and exits; no orphan keeps training."""
+    figure_file.write_text(figure_file.read_text().replace("max_steps: 40, val_check_interval: 10",
+                                                           "max_steps: 1000000, val_check_interval: 10"))
+    out = repo / "killed_master"
+    cmd = [sys.executable, "-m", "snakemake", str(out / "figures" / "toy" / "main.png"), "--cores", "1",
+           "--config", *SMOKE, f"out={out}"]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env(repo), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((out / "runs" / "toy").glob("*/checkpoints/last.ckpt")):
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60
+        while process_group(proc.pid):
+            assert time.time() < deadline, "the training job outlived snakemake by a minute"
+            time.sleep(0.2)
+    finally:
+        for pid in process_group(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    (log,) = (out / "logs" / "runs" / "toy").glob("*.log")
+    assert "interrupted at step" in log.read_text() and "snakemake process" in log.read_text()
+    assert list((out / "runs" / "toy").glob("*/checkpoints/last.ckpt"))
+    unlock = subprocess.run(cmd[:4] + ["--unlock", "--config", *SMOKE, f"out={out}"], cwd=repo,
+                            env=env(repo), capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
