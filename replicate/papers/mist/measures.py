@@ -386,8 +386,9 @@ def error_vs_n(runs: pd.DataFrame, cfg, table: pd.DataFrame | None = None) -> di
     copula): MSE ratios KSG / MIST and KSG / MIST-QR (delta-method t interval over datasets), MIST's
     win rate (Wilson), the share of n bins MIST wins and CCA wins (bootstrap over datasets), every
     method's MSE and the ratio per n bin; the same per true-MI stratum
-    (``<split>_mi_<low|mid|high>``); the normal-score KSG control on the copulas; MIST-QR's rank correlation with the truth; mean estimates and MIST-QR's
-    false-dependence rate on independent pairs. ``table``: :func:`estimates` when already at hand."""
+    (``<split>_mi_<low|mid|high>``); the normal-score KSG control on the copulas; MIST-QR's rank
+    correlation with the truth; mean estimates and MIST-QR's false-dependence rate on independent
+    pairs. ``table``: :func:`estimates` when already at hand."""
     table = estimates(runs, cfg) if table is None else table
     edges = tuple(_measure(cfg)["mi_strata"])
     out = {"mist_nonfinite_estimates": nonfinite_estimates(table, ["mist"]),
