@@ -8,6 +8,9 @@ bare loop, interleaved across models in rounds after warm-up; reported are media
 of a forward pass (no grad) and of forward + backward, with the FLOPs counter's training FLOPs
 per step. MoR-EC trains on gathered top-k tokens; MoR-TC and the causal rule run the masked
 path (whole sequence computed, keys restricted), so their wall time does not shrink with FLOPs.
+MoR-EC models use the training config's router (the paper's auxiliary loss) unless named: the
+random router (no router, no auxiliary loss) and the detached-BCE control are the isoFLOP
+figure's controls; a run's wall time is about its steps times its fwd+bwd time.
 
     python benchmarks/mixture_of_recursions_step_time.py [--scale default] [--steps 20] [--rounds 3] [--threads 1]
 
@@ -38,6 +41,9 @@ MODELS = {
     "MoR-EC N_r=2 (causal rule)": {"variant": "mor_ec", "n_rec": 2, "rule": "threshold"},
     "MoR-TC N_r=2": {"variant": "mor_tc", "n_rec": 2},
     "MoR-EC N_r=3 (top-k)": {"variant": "mor_ec", "n_rec": 3},
+    "MoR-EC N_r=3 +KV share": {"variant": "mor_ec", "n_rec": 3, "kv_share": True},
+    "MoR-EC N_r=2 random router": {"variant": "mor_ec", "n_rec": 2, "rand_router": True},
+    "MoR-EC N_r=2 detached aux 0.1": {"variant": "mor_ec", "n_rec": 2, "aux_mode": "detached", "aux_coef": 0.1},
 }
 
 

@@ -163,6 +163,73 @@ def test_aux_bce_and_balancing_by_hand():
     torch.testing.assert_close(balancing_loss(tc), torch.tensor(1.0), atol=1e-6, rtol=0)
 
 
+def test_random_router_picks_the_top_uniform_scores_with_gate_alpha_u():
+    """rand_router (official ``cfg.mor.rand_router``): no router parameters; step r draws
+    u ~ U(0, 1) per token (N_r = 3: one draw per step, in order), keeps the top-k of alpha * u
+    among the tokens step r-1 kept, and updates them by h + alpha u f(h); no auxiliary loss."""
+    from replicate.papers.mixture_of_recursions.model import random_scores
+
+    m, x = model("mor_ec", 3, rand_router=True), tokens(T=12)
+    assert not hasattr(m, "routers") and m.router_loss(m(x, return_routing=True)[1])[0] == 0
+    torch.manual_seed(7)
+    _, routing = m(x, return_routing=True)
+    torch.manual_seed(7)
+    draws = [torch.rand(2, 12).clamp(1e-6, 1 - 1e-6) for _ in range(3)]
+    allowed = torch.ones(2, 12, dtype=torch.bool)
+    for r, (u, k) in enumerate(zip(draws, (12, 8, 4))):
+        torch.testing.assert_close(torch.sigmoid(routing.logits[r]), u)
+        expected = allowed if k == 12 else topk_mask(0.1 * u, allowed, k)
+        assert torch.equal(routing.active[r], expected)
+        allowed = expected
+    # the causal rule keeps a token when u > 1 - c_r / c_(r-1): step 1 keeps u > 1/3, step 2 u > 1/2
+    torch.manual_seed(3)
+    logits, pred = random_scores((4, 1000), 2 / 3, "cpu")
+    assert torch.equal(pred > 0, torch.sigmoid(logits) > 1 / 3)
+    assert abs(float((pred > 0).float().mean()) - 2 / 3) < 0.03
+    with pytest.raises(ValueError, match="rand_router needs variant mor_ec"):
+        MoRConfig(variant="mor_tc", rand_router=True)
+
+
+def test_random_router_update_matches_h_plus_alpha_u_f_h():
+    m, x = model("mor_ec", 2, rand_router=True), tokens(T=8)
+    h = m.first(m.base.embed(x))
+    torch.manual_seed(11)
+    out = m._recursions(h, "topk", Routing())
+    torch.manual_seed(11)
+    u = [torch.rand(2, 8).clamp(1e-6, 1 - 1e-6) for _ in range(2)]
+    expected = m._step_gathered(h, torch.ones(2, 8, dtype=torch.bool), 0.1 * u[0])
+    expected = m._step_gathered(expected, topk_mask(0.1 * u[1], torch.ones(2, 8, dtype=torch.bool), 4), 0.1 * u[1])
+    torch.testing.assert_close(out, expected)
+
+
+def test_expert_choice_z_loss_by_hand_and_off_by_default():
+    """Official z-loss of a one-output router: logsumexp over one logit is the logit, so
+    z_r = mean over the tokens step r ranked of logit^2, summed over steps, times ec_z_coef."""
+    from replicate.papers.mixture_of_recursions.model import ec_z_loss
+
+    logits = torch.tensor([[1.0, -2.0, 3.0]])
+    scored = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(ec_z_loss(logits, scored), torch.tensor(2.5))  # (1 + 4) / 2
+    x = tokens()
+    off, on = model("mor_ec", 2), model("mor_ec", 2, ec_z_coef=0.01)
+    _, routing = on(x, return_routing=True)
+    loss_on, parts_on = on.router_loss(routing)
+    loss_off, parts_off = off.router_loss(off(x, return_routing=True)[1])
+    z = sum(float((lg.detach().square() * sc).sum() / sc.sum()) for lg, sc in zip(routing.logits, routing.scored))
+    assert "z_loss" not in parts_off and parts_on["z_loss"] == pytest.approx(z, rel=1e-5)
+    torch.testing.assert_close(loss_on - loss_off, torch.tensor(0.01 * z), rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="ec_z_coef"):
+        MoRConfig(variant="mor_ec", ec_z_coef=-1.0)
+
+
+def test_random_router_counts_no_router_flops_and_cannot_be_decoded():
+    lm = LMConfig(**LM)
+    trained, random = MoRConfig(variant="mor_ec", n_rec=2), MoRConfig(variant="mor_ec", n_rec=2, rand_router=True)
+    assert forward_flops(lm, trained, 12) - forward_flops(lm, random, 12) == 2 * 32 * (12 + 12)  # two ranked steps
+    with pytest.raises(ValueError, match="random-router"):
+        generate(model("mor_ec", 2, rand_router=True), tokens(T=4), 8)
+
+
 def test_token_choice_depth_matches_its_router():
     m, x = model("mor_tc", 3), tokens()
     _, routing = m(x, return_routing=True)
@@ -363,7 +430,8 @@ def test_training_step_reduces_loss_and_carries_aux_loss():
 def _nll_table(rows):
     import pandas as pd
 
-    return pd.DataFrame([{"variant": variant, "n_rec": n_rec, "aux": "ours", "kv_share": False, "budget": budget,
+    return pd.DataFrame([{"variant": variant, "n_rec": n_rec, "aux": "paper", "kv_share": False, "rand_router": False,
+                          "budget": budget,
                           "seed": seed, "nll_causal": nll, "nll_topk": nll - 0.01}
                          for variant, n_rec, budget, seed, nll in rows])
 
@@ -425,8 +493,8 @@ def _depth_runs():
 def test_depth_claims_use_every_seed():
     import math
 
-    from replicate.papers.mixture_of_recursions.analysis import (PAPER_AUX_SUFFIX, causal_depth_deviation, depth_table,
-                                                                 rule_agreement, tc_imbalance)
+    from replicate.papers.mixture_of_recursions.analysis import (DETACHED_AUX_SUFFIX, causal_depth_deviation,
+                                                                 depth_table, rule_agreement, tc_imbalance)
 
     depths = depth_table(_depth_runs())
     assert list(depths.label) == ["MoR-EC N_r=2"] * 3 + ["MoR-EC N_r=3", "MoR-TC N_r=3"]  # vanilla has no depth
@@ -441,13 +509,16 @@ def test_depth_claims_use_every_seed():
     assert rule_agreement(depths, n_rec=3).value == pytest.approx(0.85)
     # token-choice imbalance: shares 0.2, 0.3, 0.5 against 1/3: largest deviation 0.5 - 1/3
     assert tc_imbalance(depths).value == pytest.approx(0.5 - 1 / 3) and tc_imbalance(depths).n == 1
-    paper = _depth_runs()
-    paper["probes"] = [{**pr, "aux_mode": "logits", "aux_coef": 0.001} if i == 0 else pr
-                       for i, pr in enumerate(paper.probes)]
-    split = depth_table(paper)
-    assert split.label.iloc[0] == "MoR-EC N_r=2" + PAPER_AUX_SUFFIX
-    assert rule_agreement(split).n == 3  # the paper-setting control is not pooled with our runs
-    assert causal_depth_deviation(split, 2, aux="paper").value == pytest.approx(0.4)
+    control = _depth_runs()
+    control["probes"] = [{**pr, "aux_mode": "detached", "aux_coef": 0.1} if i == 0 else pr
+                         for i, pr in enumerate(control.probes)]
+    split = depth_table(control)
+    assert split.label.iloc[0] == "MoR-EC N_r=2" + DETACHED_AUX_SUFFIX
+    assert rule_agreement(split).n == 3  # the detached-BCE control is not pooled with the paper-setting runs
+    assert causal_depth_deviation(split, 2, aux="detached").value == pytest.approx(0.4)
+    random = _depth_runs()
+    random["probes"] = [{**pr, "rand_router": True} if i == 0 else pr for i, pr in enumerate(random.probes)]
+    assert len(depth_table(random)) == 4  # a random router has no routing to map
     assert depth_table(_depth_runs().iloc[-1:]).empty  # no MoR run: an empty table with its columns
     assert causal_depth_deviation(depth_table(_depth_runs().iloc[-1:])).n == 0
 
@@ -470,37 +541,46 @@ def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
             assert c.kind in ("paper", "control") and c.source
         if figure == "isoflop":
             controls = {c.id: c.qualifies for c in claims if c.kind == "control"}
-            assert controls == {"ec_beats_recursive_topk": "ec_beats_recursive",
-                                "ec_gain_not_from_fixed_gate": "ec_beats_recursive",
-                                "ec_beats_recursive_equal_steps": "ec_beats_recursive",
-                                "ec_beats_fixed_gate_equal_steps": "ec_beats_recursive",
-                                "ec_beats_recursive_paper_aux": "ec_beats_recursive"}
+            assert controls == {name: "ec2_beats_recursive" for name in (
+                "ec2_beats_recursive_topk", "ec_beats_recursive_detached_aux", "ec_beats_rand_router",
+                "ec_gain_not_from_fixed_gate", "ec_beats_recursive_equal_steps", "ec_beats_fixed_gate_equal_steps")}
+            paper = {c.id: c.measured for c in claims if c.kind == "paper"}
+            assert paper["ec2_beats_recursive"].startswith("gain_ec2_") and paper["ec3_beats_recursive"].startswith("gain_ec3_")
         if figure == "depth_map":  # every seed, at least three
             assert {c.id: dict(c.requires) for c in claims} == {
                 "routers_separate": {"n_runs_ec": ">= 3"}, "causal_depth_close_to_capacity": {"n_seeds_ec2": ">= 3"},
                 "tc_depths_balanced": {"n_runs_tc": ">= 3"},
-                "paper_coef_depth_close_to_capacity": {"n_seeds_ec2_paper_coef": ">= 3"},
-                "paper_coef_routers_separate": {"n_seeds_ec2_paper_coef": ">= 3"}}
+                "detached_aux_depth_close_to_capacity": {"n_seeds_ec2_detached": ">= 3"},
+                "detached_aux_routers_separate": {"n_seeds_ec2_detached": ">= 3"}}
             assert {c.id: c.qualifies for c in claims if c.kind == "control"} == {
-                "paper_coef_depth_close_to_capacity": "causal_depth_close_to_capacity",
-                "paper_coef_routers_separate": "routers_separate"}
+                "detached_aux_depth_close_to_capacity": "causal_depth_close_to_capacity",
+                "detached_aux_routers_separate": "routers_separate"}
+        paper_numbers = [(c.source, c.paper_value) for c in claims if c.kind == "paper"]
+        assert len(paper_numbers) == len(set(paper_numbers))  # a paper number is counted once
 
 
-def test_default_aux_setting_is_the_labelled_deviation_with_a_paper_control():
-    """text_lm.yaml's aux setting is analysis.DEFAULT_AUX; every figure at the default scale has
-    three seeds of the paper-setting control (depth_map, isoflop) and labels it apart."""
-    from replicate.papers.mixture_of_recursions.analysis import DEFAULT_AUX, PAPER_AUX, PAPER_AUX_SUFFIX, model_label
+def test_default_aux_setting_is_the_papers_with_a_detached_control():
+    """text_lm.yaml's router settings are the official configs' (analysis.PAPER_AUX, no capacity
+    warm-up, no expert-choice z-loss, trained routers); isoflop and depth_map have three seeds of
+    the detached-BCE control, and isoflop three of the random router, each labelled apart."""
+    from replicate.papers.mixture_of_recursions.analysis import (DETACHED_AUX, DETACHED_AUX_SUFFIX, PAPER_AUX,
+                                                                 RANDOM_ROUTER_SUFFIX, model_label)
 
     model_cfg = C.compose("mixture_of_recursions/isoflop", "cpu", "default").figure.run.module.model
-    assert (model_cfg.aux_mode, model_cfg.aux_coef) == DEFAULT_AUX != PAPER_AUX
+    assert (model_cfg.aux_mode, model_cfg.aux_coef) == PAPER_AUX != DETACHED_AUX
+    assert (model_cfg.alpha, model_cfg.router_temp, model_cfg.cap_warmup_steps) == (0.1, 1.0, 0)
+    assert (model_cfg.rand_router, model_cfg.ec_z_coef, model_cfg.balance_coef, model_cfg.z_coef) == (False, 0.0, 0.1, 1e-5)
     for figure in ("isoflop", "depth_map"):
         runs = C.run_configs(C.compose(f"mixture_of_recursions/{figure}", "cpu", "default"))
-        paper = [r for r in runs if (r.run.module.model.aux_mode, r.run.module.model.aux_coef) == PAPER_AUX]
-        assert sorted(r.run.seed for r in paper) == [0, 1, 2]
-    assert model_label("mor_ec", 2, False, *PAPER_AUX) == "MoR-EC N_r=2" + PAPER_AUX_SUFFIX
-    assert model_label("mor_ec", 2, False, *DEFAULT_AUX) == model_label("mor_ec", 2) == "MoR-EC N_r=2"
+        control = [r for r in runs if (r.run.module.model.aux_mode, r.run.module.model.aux_coef) == DETACHED_AUX]
+        assert sorted(r.run.seed for r in control) == [0, 1, 2]
+    runs = C.run_configs(C.compose("mixture_of_recursions/isoflop", "cpu", "default"))
+    assert sorted(r.run.seed for r in runs if r.run.module.model.rand_router) == [0, 1, 2]
+    assert model_label("mor_ec", 2, False, *DETACHED_AUX) == "MoR-EC N_r=2" + DETACHED_AUX_SUFFIX
+    assert model_label("mor_ec", 2, False, *PAPER_AUX) == model_label("mor_ec", 2) == "MoR-EC N_r=2"
     assert model_label("mor_ec", 2, False, "logits", 0.01) == "MoR-EC N_r=2 (logits aux 0.01)"
-    assert model_label("mor_tc", 3, False, *PAPER_AUX) == "MoR-TC N_r=3"  # no expert-choice aux loss
+    assert model_label("mor_ec", 2, False, *PAPER_AUX, rand_router=True) == "MoR-EC N_r=2" + RANDOM_ROUTER_SUFFIX
+    assert model_label("mor_tc", 3, False, *DETACHED_AUX) == "MoR-TC N_r=3"  # no expert-choice aux loss
 
 
 # --------------------------------------------------------------------------- measures (one per figure)
@@ -534,8 +614,9 @@ def _isoflop_runs():
         ("mor_ec", 3, (), 200): [2.20, 2.20, 2.20],
         ("mor_tc", 2, (), 200): [2.20, 2.20, 2.20],
         ("mor_tc", 3, (), 200): [2.30, 2.25, 2.35],
-        ("mor_ec", 3, (("kv_share", True),), 200): [2.25],
-        ("mor_ec", 2, (("aux_mode", "logits"), ("aux_coef", 0.001)), 200): [2.20, 2.15, 2.20],
+        ("mor_ec", 3, (("kv_share", True),), 200): [2.25, 2.21, 2.20],
+        ("mor_ec", 2, (("aux_mode", "detached"), ("aux_coef", 0.1)), 200): [2.20, 2.15, 2.20],
+        ("mor_ec", 2, (("rand_router", True),), 200): [2.25, 2.25, 2.35],
         ("mor_ec", 2, (), 150): [2.25, 2.20, 2.25],  # equal steps: spends no budget
         ("recursive_gated", 2, (), 200): [2.20, 2.20, 2.20],
         ("vanilla", 0, (), 100): [2.50],  # the lower budget: never read by a claim
@@ -560,7 +641,8 @@ def test_isoflop_measures_select_runs_by_config_and_pair_them_by_seed():
 
     runs = _isoflop_runs()
     gated = {d: [0.05, 0.04] for d in runs.run_dir if d.startswith("mor_ec-") and d.endswith("-200-0")}
-    read = {d: [0.06, 0.03] for d in runs.run_dir if d.startswith("mor_ec-") and "-200-" in d and "kv_share" not in d}
+    read = {d: [0.06, 0.03] for d in runs.run_dir
+            if d.startswith("mor_ec-") and "-200-" in d and "kv_share" not in d and "rand_router" not in d}
     read.update(gated)
     read["mor_ec-2-{}-200-1"] = [0.07, 0.05]
     m = measures.isoflop(runs, _isoflop_cfg(), read_gates=read.__getitem__)  # a KeyError if any other run is read
@@ -571,6 +653,14 @@ def test_isoflop_measures_select_runs_by_config_and_pair_them_by_seed():
     assert gain.n == 6 and gain.value == pytest.approx(1.25 / 6)
     assert gain.interval == pytest.approx(_t_interval([0.2, 0.3, 0.15, 0.2, 0.2, 0.2], T5))
     assert m["gain_ec_vs_recursive_topk"].value == pytest.approx(1.25 / 6 + 0.05)  # top-k NLL is 0.05 lower
+    # each N_r its own claim: N_r=2 0.20, 0.30, 0.15; N_r=3 0.20 x 3 (seeds)
+    assert m["gain_ec2_vs_recursive2_causal"].units == pytest.approx((0.2, 0.3, 0.15))
+    assert m["gain_ec2_vs_recursive2_causal"].interval == pytest.approx(_t_interval([0.2, 0.3, 0.15], T2))
+    assert m["gain_ec3_vs_recursive3_causal"].value == pytest.approx(0.2) and m["gain_ec3_vs_recursive3_causal"].n == 3
+    assert m["gain_ec2_vs_recursive2_topk"].value == pytest.approx(0.65 / 3 + 0.05)
+    # random router minus MoR-EC N_r=2: 0.15, 0.25, 0.20; recursive minus random router 0.05, 0.05, -0.05
+    assert m["gain_ec2_vs_rand_router"].units == pytest.approx((0.15, 0.25, 0.2))
+    assert m["gain_rand_router_vs_recursive2"].value == pytest.approx(0.05 / 3)
     # MoR-EC N_r=2 minus vanilla: 0.10, -0.10, -0.05 (the lower-budget vanilla run is not paired)
     assert m["gap_ec2_vs_vanilla_causal"].value == pytest.approx(-0.05 / 3) and m["gap_ec2_vs_vanilla_causal"].n == 3
     # TC N_r=3 minus EC N_r=3: 0.10, 0.05, 0.15: mean 0.1, sd 0.05
@@ -584,10 +674,12 @@ def test_isoflop_measures_select_runs_by_config_and_pair_them_by_seed():
     # equal steps (the off-budget MoR-EC runs): recursive minus them 0.05, 0.10, 0.05; fixed-gate minus them
     assert m["equal_steps_gain_ec_vs_recursive"].value == pytest.approx(0.2 / 3)
     assert m["equal_steps_gain_ec_vs_fixed_gate"].value == pytest.approx(-0.1 / 3)
-    # the paper's aux setting: recursive minus it 0.10, 0.15, 0.10
-    assert m["gain_paper_aux_ec2_vs_recursive"].value == pytest.approx(0.35 / 3)
-    assert m["gain_paper_aux_ec2_vs_recursive"].units == pytest.approx((0.1, 0.15, 0.1))
-    assert m["kv_share_cost_ec3"].n == 1 and m["kv_share_cost_ec3"].value == pytest.approx(0.05)
+    # the detached-BCE control: recursive minus it 0.10, 0.15, 0.10
+    assert m["gain_detached_aux_ec2_vs_recursive"].value == pytest.approx(0.35 / 3)
+    assert m["gain_detached_aux_ec2_vs_recursive"].units == pytest.approx((0.1, 0.15, 0.1))
+    assert m["gap_detached_vs_paper_aux_ec2"].units == pytest.approx((0.1, 0.15, 0.05))
+    # KV sharing minus MoR-EC N_r=3: 0.05, 0.01, 0.00
+    assert m["kv_share_cost_ec3"].n == 3 and m["kv_share_cost_ec3"].value == pytest.approx(0.02)
     assert (m["trained_gate_ec_min"], m["trained_gate_ec_max"]) == (0.03, 0.07)
     assert m["nll_vanilla"] == pytest.approx(2.1) and m["seed_sd_vanilla"] == pytest.approx(0.1)
 
@@ -609,9 +701,9 @@ def _depth_map_runs():
 
     runs = _depth_runs()
     extra = []
-    for seed, (deep, agree) in enumerate([(0.5, 0.9), (0.7, 0.8), (0.6, 0.7)]):  # the paper's aux setting
-        extra.append({"seed": seed, "run_dir": f"paper-{seed}", "probes": {
-            "variant": "mor_ec", "n_rec": 2, "kv_share": False, "aux_mode": "logits", "aux_coef": 0.001,
+    for seed, (deep, agree) in enumerate([(0.5, 0.9), (0.7, 0.8), (0.6, 0.7)]):  # the detached-BCE control
+        extra.append({"seed": seed, "run_dir": f"detached-{seed}", "probes": {
+            "variant": "mor_ec", "n_rec": 2, "kv_share": False, "aux_mode": "detached", "aux_coef": 0.1,
             "dead_token_ratio": 0.2, "depth_share": {"topk": [0.5, 0.5], "threshold": [1 - deep, deep]},
             "rule_agreement": {"1": agree}}})
     extra.append({"seed": 0, "run_dir": "tc2-0", "probes": {
@@ -625,60 +717,75 @@ def test_depth_map_measures_return_every_claim_key_by_aux_setting():
 
     m = measures.depth_map(_depth_map_runs(), OmegaConf.create({"figure": {"measure": {}}}))
     assert _claim_keys("depth_map") <= set(m)
-    # our setting: N_r=2 seeds 0.6, 0.7, 0.8 and N_r=3 0.85 (its two steps' mean); the paper-setting runs apart
+    # the paper's setting: N_r=2 seeds 0.6, 0.7, 0.8 and N_r=3 0.85 (its two steps' mean); the control apart
     assert m["rule_agreement_ec"].n == 4 and m["rule_agreement_ec"].value == pytest.approx(2.95 / 4)
     assert m["rule_agreement_ec"].interval == pytest.approx(_t_interval([0.6, 0.7, 0.8, 0.85], 3.182446))
-    assert m["rule_agreement_ec2_paper_coef"].value == pytest.approx(0.8)
-    assert m["rule_agreement_ec2_paper_coef"].interval == pytest.approx(_t_interval([0.9, 0.8, 0.7], T2))
-    # |deep share - 1/2|: ours 0.4, 0.3, 0.1; the paper's setting 0, 0.2, 0.1
+    assert m["rule_agreement_ec2"].value == pytest.approx(0.7)
+    assert m["rule_agreement_ec2_detached"].value == pytest.approx(0.8)
+    assert m["rule_agreement_ec2_detached"].interval == pytest.approx(_t_interval([0.9, 0.8, 0.7], T2))
+    # |deep share - 1/2|: the paper's setting 0.4, 0.3, 0.1; the detached control 0, 0.2, 0.1
     assert m["causal_depth_deviation_ec2"].value == pytest.approx(0.8 / 3)
-    assert m["causal_depth_deviation_ec2_paper_coef"].value == pytest.approx(0.1)
-    assert m["causal_depth_deviation_ec2_paper_coef"].interval == pytest.approx(_t_interval([0.0, 0.2, 0.1], T2))
+    assert m["causal_depth_deviation_ec2_detached"].value == pytest.approx(0.1)
+    assert m["causal_depth_deviation_ec2_detached"].interval == pytest.approx(_t_interval([0.0, 0.2, 0.1], T2))
     # token-choice imbalance: N_r=3 max |share - 1/3| = 1/6, N_r=2 max |share - 1/2| = 0.1
     assert m["tc_depth_imbalance"].n == 2 and m["tc_depth_imbalance"].value == pytest.approx((1 / 6 + 0.1) / 2)
-    assert (m["n_runs_ec"], m["n_seeds_ec2"], m["n_seeds_ec2_paper_coef"], m["n_runs_tc"]) == (4, 3, 3, 2)
-    assert m["causal_deep_share[MoR-EC N_r=2 (paper aux 0.001)]"].value == pytest.approx(0.6)
+    assert (m["n_runs_ec"], m["n_seeds_ec2"], m["n_seeds_ec2_detached"], m["n_runs_tc"]) == (4, 3, 3, 2)
+    assert m["causal_deep_share[MoR-EC N_r=2 (detached aux 0.1)]"].value == pytest.approx(0.6)
 
 
 def _decoded_runs():
+    """Three seeds of vanilla and MoR-EC N_r=3, one of MoR-EC N_r=3 with KV sharing; per run the
+    seconds of one generation in each of three interleaved timing rounds."""
     import pandas as pd
 
-    rows = [("vanilla", 0, False, 12.0, 4, [1.0, 1.0, 1.0]),
-            ("mor_ec", 3, False, 8.0, 6, [1.0, 1.5, 0.75]),
-            ("mor_ec", 3, True, 6.0, 8, [2.0, 2.0, 2.0])]
-    return pd.DataFrame([{"variant": v, "n_rec": n, "kv_share": kv, "label": f"{v} {n} {kv}", "cache_kb_per_seq": kb,
-                          "mean_depth": 1.5, "batch": 4, "budget_batch": b, "seconds_fixed": [1.0, 1.0, 1.0],
-                          "seconds_budget": s, "device": "test CPU"} for v, n, kv, kb, b, s in rows])
+    rows = [("vanilla", 0, False, s, 12.0, 4, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]) for s in range(3)]
+    rows += [("mor_ec", 3, False, 0, 8.0, 6, [0.5, 0.5, 0.6], [1.0, 1.5, 0.75]),
+             ("mor_ec", 3, False, 1, 6.0, 8, [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]),
+             ("mor_ec", 3, False, 2, 12.0, 4, [2.0, 2.0, 2.0], [2.0, 2.0, 2.0]),
+             ("mor_ec", 3, True, 0, 6.0, 8, [1.0, 1.0, 1.0], [2.0, 2.0, 2.0])]
+    return pd.DataFrame([{"variant": v, "n_rec": n, "kv_share": kv, "seed": seed, "label": f"{v} {n} {kv}",
+                          "cache_kb_per_seq": kb, "mean_depth": 1.5, "batch": 4, "budget_batch": b,
+                          "seconds_fixed": fixed, "seconds_budget": budget, "device": "test CPU"}
+                         for v, n, kv, seed, kb, b, fixed, budget in rows])
 
 
-def test_throughput_measures_pair_timing_rounds_and_count_cache_bytes():
+def test_throughput_measures_pair_seeds_and_separate_the_batch_size_gain():
     from replicate.papers.mixture_of_recursions import measures
 
     m = measures.throughput(_decoded_runs(), OmegaConf.create({"figure": {"measure": {}}}))
     assert _claim_keys("throughput") <= set(m)
-    assert m["cache_ratio_ec3"].value == pytest.approx(1.5) and m["cache_ratio_ec3"].interval is None
-    assert m["cache_ratio_ec3_kv_share"].value == pytest.approx(2.0)
-    # per round (6 / t) / (4 / 1): 1.5, 1.0, 2.0 -> geometric mean 3^(1/3), t interval on the logs
-    speed = m["speedup_ec3_budget"]
-    assert speed.n == 3 and speed.value == pytest.approx(3 ** (1 / 3))
-    lo, hi = _t_interval([math.log(1.5), 0.0, math.log(2.0)], T2)
-    assert speed.interval == pytest.approx((math.exp(lo), math.exp(hi)))
-    assert m["speedup_ec3_fixed"].value == pytest.approx(1.0)
-    assert m["speedup_ec3_kv_share_budget"].value == pytest.approx(1.0)  # (8 / 2) / (4 / 1)
+    # cache: vanilla 12 KB over 8, 6, 12 per seed -> 1.5, 2, 1: geometric mean 3^(1/3), t on the logs over seeds
+    cache = m["cache_ratio_ec3"]
+    assert cache.n == 3 and cache.value == pytest.approx(3 ** (1 / 3)) and "seeds" in cache.method
+    lo, hi = _t_interval([math.log(1.5), math.log(2.0), 0.0], T2)
+    assert cache.interval == pytest.approx((math.exp(lo), math.exp(hi)))
+    # fixed batch 4 for both: per seed (4 / median t) / (4 / 1) = 2, 1, 0.5 -> geometric mean 1
+    assert m["speedup_ec3_fixed"].units == pytest.approx((2.0, 1.0, 0.5)) and m["speedup_ec3_fixed"].value == pytest.approx(1.0)
+    # budget: (6 / 1) / 4, (8 / 2) / 4, (4 / 2) / 4 = 1.5, 1, 0.5
+    # batch-size gain, own budget rate over own fixed rate: (6 / 1) / (4 / 0.5), (8 / 2) / (4 / 1), (4 / 2) / (4 / 2)
+    assert m["speedup_ec3_budget"].units == pytest.approx((1.5, 1.0, 0.5))
+    assert m["batch_gain_ec3"].units == pytest.approx((0.75, 1.0, 1.0))
+    for fixed, gain, budget in zip(m["speedup_ec3_fixed"].units, m["batch_gain_ec3"].units, m["speedup_ec3_budget"].units):
+        assert fixed * gain == pytest.approx(budget)  # budget gain = depth-wise gain x batch-size gain
+    assert m["n_seeds_ec3"] == 3 and m["n_seeds_ec3_kv_share"] == 1
+    assert m["speedup_ec3_kv_share_budget"].value == pytest.approx(1.0)  # (8 / 2) / (4 / 1), seed 0
     assert math.isnan(m["cache_ratio_ec2"].value) and m["speedup_ec2_budget"].n == 0  # not run: no number
     assert m["device"] == "test CPU" and m["mean_depth_ec3"] == 1.5
     with pytest.raises(ValueError, match="no vanilla run"):
-        measures.throughput(_decoded_runs().iloc[1:], OmegaConf.create({"figure": {"measure": {}}}))
+        measures.throughput(_decoded_runs().iloc[3:], OmegaConf.create({"figure": {"measure": {}}}))
+    with pytest.raises(ValueError, match="share a seed"):
+        measures.throughput(_decoded_runs().assign(seed=0), OmegaConf.create({"figure": {"measure": {}}}))
 
 
-def test_rate_table_shows_median_rates_relative_to_vanilla():
+def test_rate_table_shows_mean_rates_over_seeds_relative_to_vanilla():
     from replicate.papers.mixture_of_recursions.timing import rate_table
 
     decoded = _decoded_runs().assign(generated_per_seq=10)
     table = rate_table(decoded)
-    # MoR-EC N_r=3 at its budget batch 6: median of 1, 1.5, 0.75 s -> 60 tokens / 1 s; vanilla 4 x 10 / 1 s
-    assert table.loc["mor_ec 3 False", "tok/s @ budget batch"] == pytest.approx(60.0)
-    assert table.loc["mor_ec 3 False", "speed-up @ budget"] == pytest.approx(1.5)
+    # MoR-EC N_r=3 at its budget batch: 6 x 10 / 1 s, 8 x 10 / 2 s, 4 x 10 / 2 s -> mean 40; vanilla 4 x 10 / 1 s
+    assert table.loc["mor_ec 3 False", "tok/s @ budget batch"] == pytest.approx(40.0)
+    assert table.loc["mor_ec 3 False", "speed-up @ budget"] == pytest.approx(1.0)
+    assert table.loc["mor_ec 3 False", "seeds"] == 3 and table.loc["mor_ec 3 True", "seeds"] == 1
     assert table.loc["vanilla 0 False", "speed-up @ fixed"] == pytest.approx(1.0)
 
 
@@ -695,3 +802,50 @@ def test_notebooks_take_every_claim_number_from_one_measures_call(figure):
                       "bootstrap", "Estimate(", "gap_estimate", "share_of_gain", "speedup_estimate"):
         assert estimator + "(" not in code and f"import {estimator}" not in code, estimator
     assert not re.search(r"measurements\[[^]]+\]\s*=[^=]|measurements\.update\(", code)  # nothing added in a cell
+
+
+# --------------------------------------------------------------------------- research note against the configs
+
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+
+
+def _configured_numbers() -> dict[str, set[float]]:
+    """Step counts (trainer.max_steps, optim.warmup_steps), seeds per model and lr of every
+    mixture_of_recursions figure at the default and full scales."""
+    steps, seed_counts, lrs = set(), set(), set()
+    for figure in ("isoflop", "depth_map", "throughput"):
+        for scale in ("default", "full"):
+            seeds: dict[str, set[int]] = {}
+            for run_cfg in C.run_configs(C.compose(f"mixture_of_recursions/{figure}", "cpu", scale)):
+                run = OmegaConf.to_container(run_cfg.run, resolve=True)
+                steps |= {run["trainer"]["max_steps"], run["module"]["optim"]["warmup_steps"]}
+                lrs.add(float(run["module"]["optim"]["lr"]))
+                model_key = repr(sorted(run["module"]["model"].items())) + str(run["trainer"]["max_steps"])
+                seeds.setdefault(model_key, set()).add(run["seed"])
+            seed_counts |= {len(s) for s in seeds.values()}
+    return {"steps": {float(s) for s in steps}, "seeds": {float(n) for n in seed_counts}, "lr": lrs}
+
+
+def test_research_note_numbers_agree_with_the_configs():
+    """Every number of steps, seeds or lr in docs/papers/mixture_of_recursions.md is one the
+    configs hold (official-config values are quoted as their field names, e.g. `num_warmup_steps`
+    86, so they are not read as ours), and the default aux setting it names is text_lm.yaml's."""
+    import re
+
+    text = (C.REPO_ROOT / "docs" / "papers" / "mixture_of_recursions.md").read_text()
+    allowed = _configured_numbers()
+    found = {"steps": [], "seeds": [], "lr": []}
+    for match in re.finditer(r"((?:\d[\d,]*\s*/\s*)*\d[\d,]*)(?:-| )(?:vanilla |warm-up |training )?steps?\b", text):
+        found["steps"] += [float(n.replace(",", "")) for n in match.group(1).split("/")]
+    for match in re.finditer(r"\b(\d+|" + "|".join(NUMBER_WORDS) + r") seeds?\b", text):
+        word = match.group(1)
+        found["seeds"].append(float(NUMBER_WORDS.get(word, word)))
+    for match in re.finditer(r"(?:\blr|learning[_ ]rate`?)\s*[=:]?\s*(\d[\d.]*(?:e-?\d+)?)", text):
+        found["lr"].append(float(match.group(1)))
+    assert found["steps"] and found["seeds"] and found["lr"]  # the patterns still read the note
+    for kind, values in found.items():
+        wrong = sorted(set(values) - allowed[kind])
+        assert not wrong, f"docs/papers/mixture_of_recursions.md: {kind} {wrong} are in no config ({sorted(allowed[kind])})"
+    model_cfg = C.compose("mixture_of_recursions/isoflop", "cpu", "default").figure.run.module.model
+    default = re.search(r"\*\*Default here: the paper's setting, `(\w+)` with \$\\lambda\$ = ([\d.]+)\*\*", text)
+    assert default and (default.group(1), float(default.group(2))) == (model_cfg.aux_mode, model_cfg.aux_coef)

@@ -23,48 +23,51 @@ from replicate import claims as claims_lib
 BUDGET_TOLERANCE = 0.05  # a run belongs to a budget when its FLOPs are within 5% of it
 
 
-PAPER_AUX = ("logits", 0.001)  # the paper's auxiliary loss: BCE on the routing logits, coefficient 0.001
-PAPER_AUX_SUFFIX = " (paper aux 0.001)"
+PAPER_AUX = ("logits", 0.001)  # the paper's auxiliary loss (text_lm.yaml's default): BCE on the routing logits, 0.001
+DETACHED_AUX = ("detached", 0.1)  # our control: the BCE on the routing router applied to detached states, 0.1
+DETACHED_AUX_SUFFIX = " (detached aux 0.1)"
+RANDOM_ROUTER_SUFFIX = " random router"
 
 
 def model_label(variant: str, n_rec: int, kv_share: bool = False, aux_mode: str | None = None,
-                aux_coef: float | None = None) -> str:
-    """Display label; an expert-choice model trained with the paper's auxiliary-loss setting (the
-    control of our deviation) gets ``PAPER_AUX_SUFFIX``, any other non-default setting its own."""
+                aux_coef: float | None = None, rand_router: bool = False) -> str:
+    """Display label; an expert-choice model trained with the detached-BCE control setting gets
+    ``DETACHED_AUX_SUFFIX``, any other non-paper setting its own, a random router
+    ``RANDOM_ROUTER_SUFFIX`` (it has no router for an auxiliary loss to train)."""
     if variant == "vanilla":
         return "vanilla"
     name = {"recursive": "recursive", "recursive_gated": "recursive fixed-gate", "mor_ec": "MoR-EC",
             "mor_tc": "MoR-TC"}[variant]
     label = f"{name} N_r={n_rec}" + (" +KV share" if kv_share else "")
+    if variant == "mor_ec" and rand_router:
+        return label + RANDOM_ROUTER_SUFFIX
     if variant == "mor_ec" and aux_mode is not None:
-        if (aux_mode, float(aux_coef)) == PAPER_AUX:
-            label += PAPER_AUX_SUFFIX
-        elif (aux_mode, float(aux_coef)) != DEFAULT_AUX:
+        if (aux_mode, float(aux_coef)) == DETACHED_AUX:
+            label += DETACHED_AUX_SUFFIX
+        elif (aux_mode, float(aux_coef)) != PAPER_AUX:
             label += f" ({aux_mode} aux {aux_coef:g})"
     return label
 
 
-DEFAULT_AUX = ("detached", 0.1)  # text_lm.yaml's default (our deviation); a test keeps the two in step
-
-
 def probe_label(p: dict) -> str:
     """``model_label`` of a run from its probes."""
-    return model_label(p["variant"], p["n_rec"], p["kv_share"], p.get("aux_mode"), p.get("aux_coef"))
+    return model_label(p["variant"], p["n_rec"], p["kv_share"], p.get("aux_mode"), p.get("aux_coef"),
+                       bool(p.get("rand_router", False)))
 
 
 def aux_setting(p: dict) -> str:
     """The expert-choice auxiliary-loss setting of a run from its probes: ``"paper"``
-    (``PAPER_AUX``), ``"ours"`` (``DEFAULT_AUX``, and every model without an expert-choice router,
-    for which the setting is inert) or ``"<mode> <coef>"`` for any other."""
-    if p["variant"] != "mor_ec" or p.get("aux_mode") is None:
-        return "ours"
+    (``PAPER_AUX``, and every model without a trained expert-choice router, for which the setting
+    is inert), ``"detached"`` (``DETACHED_AUX``) or ``"<mode> <coef>"`` for any other."""
+    if p["variant"] != "mor_ec" or p.get("aux_mode") is None or p.get("rand_router", False):
+        return "paper"
     setting = (p["aux_mode"], float(p["aux_coef"]))
-    return {PAPER_AUX: "paper", DEFAULT_AUX: "ours"}.get(setting, f"{setting[0]} {setting[1]:g}")
+    return {PAPER_AUX: "paper", DETACHED_AUX: "detached"}.get(setting, f"{setting[0]} {setting[1]:g}")
 
 
 def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
-    """One row per finished run: label, its config values (variant, n_rec, kv_share, aux setting),
-    seed, params, flops, budget (index into ``budgets``, or ``OFF_BUDGET``), nll_topk, nll_causal
+    """One row per finished run: label, its config values (variant, n_rec, kv_share, aux setting,
+    rand_router), seed, params, flops, budget (index into ``budgets``, or ``OFF_BUDGET``), nll_topk, nll_causal
     (the threshold rule; equal to top-k for models without expert-choice)."""
     rows = []
     for r in runs.itertuples():
@@ -74,7 +77,8 @@ def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
         k = int(np.argmin(ratios))
         rows.append({"label": probe_label(p),
                      "variant": p["variant"], "n_rec": int(p["n_rec"]) if p["variant"] != "vanilla" else 0,
-                     "kv_share": bool(p["kv_share"]), "aux": aux_setting(p), "seed": _seed(r),
+                     "kv_share": bool(p["kv_share"]), "aux": aux_setting(p),
+                     "rand_router": bool(p.get("rand_router", False)), "seed": run_seed(r),
                      "steps": r.steps, "params": r.params, "flops": flops,
                      "budget": k if ratios[k] < BUDGET_TOLERANCE else OFF_BUDGET,
                      "nll_topk": p["nll"]["topk"], "nll_causal": p["nll"]["threshold"],
@@ -82,7 +86,7 @@ def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _seed(row) -> int:
+def run_seed(row) -> int:
     seed = getattr(row, "seed", 0)
     return 0 if seed is None or pd.isna(seed) else int(seed)
 
@@ -96,7 +100,7 @@ NLL_COLUMNS = {"causal": "nll_causal", "topk": "nll_topk"}
 @dataclass(frozen=True)
 class Side:
     """One side of a paired comparison, picked by config values: the model (variant, N_r, KV
-    sharing, auxiliary-loss setting), the budget (index into the figure's budgets, or
+    sharing, auxiliary-loss setting, random router), the budget (index into the figure's budgets, or
     ``OFF_BUDGET`` for the equal-steps runs) and the routing rule whose validation NLL is read
     (``"causal"``: sigmoid > 0.5; ``"topk"``: the training rule)."""
 
@@ -104,13 +108,15 @@ class Side:
     budget: int
     n_rec: int = 0
     rule: str = "causal"
-    aux: str = "ours"
+    aux: str = "paper"
     kv_share: bool = False
+    rand_router: bool = False
 
     def values(self, table: pd.DataFrame) -> pd.Series:
         """Validation NLL per seed of the runs this side names (empty when there are none)."""
         rows = table[(table.variant == self.variant) & (table.n_rec == self.n_rec) & (table.budget == self.budget)
-                     & (table.aux == self.aux) & (table.kv_share == self.kv_share)]
+                     & (table.aux == self.aux) & (table.kv_share == self.kv_share)
+                     & (table.rand_router == self.rand_router)]
         return rows.groupby("seed")[NLL_COLUMNS[self.rule]].mean()
 
 
@@ -164,7 +170,7 @@ def trained_gates(run_dir) -> list[float]:
 def gate_table(table: pd.DataFrame, budget: int, read_gates=trained_gates) -> pd.DataFrame:
     """One row per MoR-EC run (no KV sharing) at ``budget``: model, seed and the mean gate at each
     recursion (``read_gates(run_dir)``, by default from the run's checkpoint)."""
-    runs = table[(table.variant == "mor_ec") & (table.budget == budget) & ~table.kv_share]
+    runs = table[(table.variant == "mor_ec") & (table.budget == budget) & ~table.kv_share & ~table.rand_router]
     return pd.DataFrame([{"model": r.label, "seed": r.seed,
                           **{f"w at recursion {i + 1}": w for i, w in enumerate(read_gates(r.run_dir))}}
                          for r in runs.itertuples()])
@@ -193,7 +199,7 @@ DEPTH_COLUMNS = ["label", "variant", "seed", "n_rec", "aux", "deep_share_topk", 
 
 
 def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per MoR run: label, variant, seed, N_r, aux setting, the share of tokens reaching the
+    """One row per MoR run with a trained router (random routers are left out): label, variant, seed, N_r, aux setting, the share of tokens reaching the
     deepest recursion under top-k and under the causal rule, its trained capacity (1/N_r for
     expert-choice; token-choice has none) and the causal share's absolute deviation from it, the
     mean rule agreement over routed steps (expert-choice), the imbalance (largest |share of depth
@@ -201,13 +207,13 @@ def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in runs.itertuples():
         p = r.probes
-        if p["variant"] not in ("mor_ec", "mor_tc"):
+        if p["variant"] not in ("mor_ec", "mor_tc") or p.get("rand_router", False):
             continue
         n_rec = int(p["n_rec"])
         deep = float(p["depth_share"]["threshold"][-1])
         capacity = 1.0 / n_rec if p["variant"] == "mor_ec" else math.nan
         agreement = p.get("rule_agreement") or {}
-        rows.append({"label": probe_label(p), "variant": p["variant"], "seed": _seed(r), "n_rec": n_rec,
+        rows.append({"label": probe_label(p), "variant": p["variant"], "seed": run_seed(r), "n_rec": n_rec,
                      "aux": aux_setting(p), "deep_share_topk": float(p["depth_share"]["topk"][-1]),
                      "deep_share_causal": deep, "capacity": capacity,
                      "causal_deviation": abs(deep - capacity),
@@ -218,20 +224,20 @@ def depth_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DEPTH_COLUMNS)
 
 
-def expert_choice_runs(depths: pd.DataFrame, aux: str = "ours", n_rec: int | None = None) -> pd.DataFrame:
+def expert_choice_runs(depths: pd.DataFrame, aux: str = "paper", n_rec: int | None = None) -> pd.DataFrame:
     """The expert-choice rows of ``depths`` with one auxiliary-loss setting (every N_r unless
     ``n_rec`` is given)."""
     rows = depths[(depths.variant == "mor_ec") & (depths.aux == aux)]
     return rows if n_rec is None else rows[rows.n_rec == n_rec]
 
 
-def causal_depth_deviation(depths: pd.DataFrame, n_rec: int = 2, aux: str = "ours") -> claims_lib.Estimate:
+def causal_depth_deviation(depths: pd.DataFrame, n_rec: int = 2, aux: str = "paper") -> claims_lib.Estimate:
     """Mean over seeds of |causal deep share - capacity 1/N_r| (Bae et al. 2025, Sec. 2.2.1) for one
     expert-choice model, t interval over its seeds (every seed of that model)."""
     return claims_lib.mean_interval(expert_choice_runs(depths, aux, n_rec).causal_deviation)
 
 
-def rule_agreement(depths: pd.DataFrame, aux: str = "ours", n_rec: int | None = None) -> claims_lib.Estimate:
+def rule_agreement(depths: pd.DataFrame, aux: str = "paper", n_rec: int | None = None) -> claims_lib.Estimate:
     """Mean over every expert-choice run of one aux setting (N_r in {2, 3} x seeds unless ``n_rec``
     is given) of its rule agreement (each run's mean over its routed steps), t interval over runs."""
     ec = expert_choice_runs(depths, aux, n_rec)
@@ -244,12 +250,14 @@ def tc_imbalance(depths: pd.DataFrame) -> claims_lib.Estimate:
     return claims_lib.mean_interval(depths[depths.variant == "mor_tc"].imbalance, unit="runs (N_r x seeds)")
 
 
-def speedup_estimate(seconds_model, seconds_base, batch_model: int, batch_base: int) -> claims_lib.Estimate:
-    """Per timing round, the model's tokens/s over the baseline's, (batch_model / t_model) /
-    (batch_base / t_base) (both generate the same number of tokens per sequence); their geometric
-    mean with a t interval on the logs over the interleaved rounds (one trained model per variant:
-    the interval covers timing noise, not seed-to-seed variation)."""
+def speedup_estimate(seconds_model, seconds_base, batch_model, batch_base,
+                     unit: str = "timing rounds") -> claims_lib.Estimate:
+    """Per unit (an interleaved timing round, or a seed whose two models were timed in the same
+    rounds), the model's tokens/s over the baseline's, (batch_model / t_model) / (batch_base /
+    t_base) (both generate the same number of tokens per sequence; a batch is one number or one per
+    unit); their geometric mean with a t interval on the logs over the units."""
     t_m, t_b = np.asarray(seconds_model, float), np.asarray(seconds_base, float)
     if len(t_m) != len(t_b):
-        raise ValueError(f"speedup_estimate: {len(t_m)} and {len(t_b)} rounds are not paired")
-    return claims_lib.ratio_interval(batch_model / t_m, batch_base / t_b, unit="timing rounds")
+        raise ValueError(f"speedup_estimate: {len(t_m)} and {len(t_b)} {unit} are not paired")
+    return claims_lib.ratio_interval(np.asarray(batch_model, float) / t_m, np.asarray(batch_base, float) / t_b,
+                                     unit=unit)

@@ -53,6 +53,8 @@ class SlotCache:
 
 class Decoder:
     def __init__(self, model: RecursiveLM, batch: int, max_len: int):
+        if model.mor.rand_router:
+            raise ValueError("Decoder: a random-router model (model.rand_router) has no router to decode with")
         self.model, self.t = model.eval(), 0
         p = model.base.lm_head.weight
         cfg = model.cfg

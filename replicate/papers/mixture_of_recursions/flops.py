@@ -11,7 +11,7 @@ per sequence of T tokens, only for the tokens active at each block application:
   attend to every earlier token's recursion-0 K/V: ``n (T + 1) / 2`` key pairs on average
   (active tokens spread evenly over the sequence);
 * routers: ``2 d`` per ranked token per expert-choice step (twice under aux_mode "detached"
-  or "separate": the BCE's logits are a second router pass), ``2 d N_r`` per token for
+  or "separate": the BCE's logits are a second router pass; none under random routing), ``2 d N_r`` per token for
   token-choice; the output head ``2 T d V``; embeddings and norms are not counted.
 
 Active tokens per recursion: expert-choice keeps ``max(1, floor(c_r T))``; token-choice is
@@ -58,7 +58,7 @@ def forward_flops(lm: LMConfig, mor: MoRConfig, seq_len: int, counts: list[int] 
         total += m * block_forward_flops(lm, n, seq_len, shared_kv=mor.kv_share and r > 0)
     if mor.variant == "mor_ec":
         scored = [seq_len, *counts[:-1]]
-        routers = 1 if mor.aux_mode == "logits" else 2  # detached / separate: a second router pass
+        routers = 0 if mor.rand_router else (1 if mor.aux_mode == "logits" else 2)  # a second pass: detached / separate
         total += routers * sum(2 * lm.d_model * n for n in scored)
     elif mor.variant == "mor_tc":
         total += 2 * lm.d_model * mor.n_rec * seq_len

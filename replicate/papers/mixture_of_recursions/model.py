@@ -53,6 +53,22 @@ and one ablation of ours:
                warm the capacity up (``cap_warmup_step``: over the first W training steps the
                capacity decays by a cosine from 1 to (N_r - r)/N_r); ``cap_warmup_steps`` here,
                0 = off.
+
+               Random routing (official ``cfg.mor.rand_router``, ``rand_router`` here): the
+               routers are replaced by scores ``u ~ U(0, 1)`` drawn afresh per token and step,
+               ``w = alpha * u``; top-k, hierarchical filtering and the update are unchanged and no
+               auxiliary or z-loss is computed (the official code skips both). The scores read
+               no token, so top-k over them is causal; the threshold rule keeps a token at step r
+               when ``u > 1 - c_r / c_{r-1}`` (the same expected share as top-k). It is the
+               control for "routing, not the gate": the same gate scale and token budget with
+               no learned choice of tokens.
+
+               Router z-loss (official ``cfg.mor.z_loss`` of the expert-choice router, off in its
+               expert-choice configs; ``ec_z_coef`` here, 0 = off): ``sum_r mean_t (logit_t^(r))^2``
+               over the tokens step r ranked, the logsumexp of a single logit being the logit
+               itself (official ``torch.logsumexp(_router_weights, dim=-1) ** 2``, averaged over
+               the gathered tokens; its division by ``num_items_in_batch / (bs * seq_len)`` is the
+               gradient-accumulation count, 1 here).
 ``mor_tc``     Middle-Cycle + token-choice routing (Sec. 2.2.1): one router ``Linear(d -> n_rec)``
                on the hidden state entering the first recursion, softmax, top-1 gives each token
                its depth ``d_t`` in 1..n_rec and its gate ``g_t`` (the chosen probability). Token t
@@ -112,6 +128,8 @@ class MoRConfig:
                   0 = capacities fixed from the first step
     balance_coef  token-choice balancing loss coefficient (0.1)
     z_coef        token-choice router z-loss coefficient (1e-5)
+    rand_router   expert-choice with random scores instead of routers (official ``rand_router``)
+    ec_z_coef     expert-choice router z-loss coefficient (official ``z_loss``/``z_coeff``; 0 = off)
     """
 
     variant: str = "vanilla"
@@ -124,6 +142,8 @@ class MoRConfig:
     cap_warmup_steps: int = 0
     balance_coef: float = 0.1
     z_coef: float = 1e-5
+    rand_router: bool = False
+    ec_z_coef: float = 0.0
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -136,6 +156,10 @@ class MoRConfig:
             raise ValueError(f"model.aux_mode={self.aux_mode!r}; expected one of {AUX_MODES}")
         if self.router_temp <= 0 or self.cap_warmup_steps < 0:
             raise ValueError("model.router_temp must be > 0 and model.cap_warmup_steps >= 0")
+        if self.rand_router and self.variant != "mor_ec":
+            raise ValueError(f"model.rand_router needs variant mor_ec, not {self.variant!r}")
+        if self.ec_z_coef < 0:
+            raise ValueError(f"model.ec_z_coef={self.ec_z_coef} must be >= 0")
 
     def fixed_gate(self) -> float | None:
         """recursive_gated's gate w = alpha * sigmoid(0) (None for every other variant)."""
@@ -214,7 +238,7 @@ class RecursiveLM(nn.Module):
             return
         m = middle_layers(lm.n_layer, mor.n_rec)
         del self.base.blocks[m + 2:]  # keep first, m middle, last: unique parameters only
-        if mor.variant == "mor_ec":
+        if mor.variant == "mor_ec" and not mor.rand_router:
             self.routers = nn.ModuleList(nn.Linear(lm.d_model, 1, bias=False) for _ in range(mor.n_rec))
             if mor.aux_mode == "separate":
                 self.aux_routers = nn.ModuleList(nn.Linear(lm.d_model, 1, bias=False) for _ in range(mor.n_rec))
@@ -315,8 +339,11 @@ class RecursiveLM(nn.Module):
 
     def _expert_choice(self, h, r, prev_active, rule, routing, capacity):
         """Active mask and update weights of expert-choice step r (hierarchical filtering)."""
-        logits = self.routing_logits(h, r).squeeze(-1)  # (B, T)
-        pred = self.predicted_logits(h, r, logits[..., None]).squeeze(-1)
+        if self.mor.rand_router:
+            logits, pred = random_scores(h.shape[:2], self._keep_share(r), h.device)
+        else:
+            logits = self.routing_logits(h, r).squeeze(-1)  # (B, T)
+            pred = self.predicted_logits(h, r, logits[..., None]).squeeze(-1)
         weight = self.mor.alpha * torch.sigmoid(logits)
         k = max(1, int(capacity * h.shape[1]))
         if capacity >= 1.0 or (rule == "topk" and k >= h.shape[1]):
@@ -329,6 +356,11 @@ class RecursiveLM(nn.Module):
         routing.pred_logits.append(pred)
         routing.scored.append(prev_active)
         return active, weight
+
+    def _keep_share(self, r: int) -> float:
+        """Share of step r-1's tokens that step r keeps at the target capacities, c_r / c_{r-1}."""
+        caps = [1.0, *self.mor.capacities()]
+        return caps[r + 1] / caps[r]
 
     def _step_gathered(self, h, active, weight):
         """One recursion on exactly k active tokens per row: gather, run, scatter-add."""
@@ -364,10 +396,16 @@ class RecursiveLM(nn.Module):
     def router_loss(self, routing: Routing) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted auxiliary router losses of one forward pass (0 for unrouted models)."""
         zero = torch.zeros((), device=self.base.lm_head.weight.device)
+        if self.mor.variant == "mor_ec" and self.mor.rand_router:
+            return zero, {}
         if self.mor.variant == "mor_ec":
             bce = sum((aux_bce(logits, scored, active) for logits, scored, active
                        in zip(routing.pred_logits, routing.scored, routing.active)), zero)
-            return self.mor.aux_coef * bce, {"aux_bce": float(bce.detach())}
+            loss, parts = self.mor.aux_coef * bce, {"aux_bce": float(bce.detach())}
+            if self.mor.ec_z_coef > 0:
+                z = sum((ec_z_loss(logits, scored) for logits, scored in zip(routing.logits, routing.scored)), zero)
+                loss, parts["z_loss"] = loss + self.mor.ec_z_coef * z, float(z.detach())
+            return loss, parts
         if self.mor.variant == "mor_tc":
             balance = balancing_loss(routing.tc_logits)
             z = torch.logsumexp(routing.tc_logits.float(), -1).square().mean()
@@ -381,6 +419,21 @@ def topk_mask(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tens
         raise ValueError(f"top-k of {k} tokens among fewer allowed ones")
     ranked = scores.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
     return torch.zeros_like(allowed).scatter(1, ranked, True)
+
+
+def random_scores(shape, keep_share: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random routing of one step: ``(logits, pred)`` with ``sigmoid(logits) = u ~ U(0, 1)`` per
+    token (so top-k over ``alpha * u`` is the official random router's choice) and ``pred > 0``
+    exactly when ``u > 1 - keep_share`` (the causal rule keeps that share in expectation)."""
+    logits = torch.logit(torch.rand(shape, device=device).clamp(1e-6, 1 - 1e-6))
+    shift = math.log((1.0 - keep_share) / keep_share) if keep_share < 1.0 else 0.0  # a capacity-1 step keeps all
+    return logits, logits - shift
+
+
+def ec_z_loss(logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Expert-choice router z-loss of one step: mean over the ranked tokens of logsumexp over the
+    router's single output squared, i.e. of the logit squared (official ``z_loss``)."""
+    return (logits.float().square() * scored).sum() / scored.sum().clamp(min=1)
 
 
 def aux_bce(logits: torch.Tensor, scored: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@
 
 model   every ``LMConfig`` field of the shared LM plus the ``MoRConfig`` fields (variant, n_rec,
         alpha, kv_share, aux_coef, aux_mode, router_temp, cap_warmup_steps, balance_coef,
-        z_coef); see ``model.py``. The training step passes ``global_step`` to the model for
+        z_coef, rand_router, ec_z_coef); see ``model.py``. The training step passes ``global_step`` to the model for
         the capacity warm-up.
 optim   lr, betas, eps, weight_decay, warmup_steps, max_steps, min_lr_ratio: AdamW, linear
         warm-up then cosine decay to ``min_lr_ratio * lr`` at ``max_steps`` (every isoFLOP run
@@ -103,6 +103,7 @@ class MoRLM(L.LightningModule):
         per_step = train_flops_per_step(self.lm_config, self.mor_config, seq_len, batch_size)
         out.update(variant=self.mor_config.variant, n_rec=self.mor_config.n_rec,
                    kv_share=self.mor_config.kv_share, aux_mode=self.mor_config.aux_mode,
-                   aux_coef=self.mor_config.aux_coef, flops_per_step=per_step,
+                   aux_coef=self.mor_config.aux_coef, rand_router=self.mor_config.rand_router,
+                   flops_per_step=per_step,
                    train_flops=per_step * self.optim["max_steps"])
         return out

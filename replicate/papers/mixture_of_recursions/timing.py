@@ -5,10 +5,10 @@ and generation timings of trained models, measured on the machine that runs it.
 (``decode.generate``, causal routing), and returns the run table with the measured columns that
 ``measures.throughput`` reads. The protocol:
 
-1. One greedy generation per model at the fixed batch (``measure.batch``) counts its KV-cache bytes
-   per sequence (deterministic) and its mean recursion depth.
-2. The memory budget is vanilla's cache at the fixed batch; each model's budget batch is the
-   largest batch whose cache fits it.
+1. One greedy generation per trained model (every seed) at the fixed batch (``measure.batch``)
+   counts its KV-cache bytes per sequence (deterministic) and its mean recursion depth.
+2. The memory budget is the same seed's vanilla cache at the fixed batch; each model's budget
+   batch is the largest batch whose cache fits it.
 3. After one short warm-up per (model, batch), every (model, batch) pair generates once per round,
    ``measure.repeats`` rounds, interleaved so that slow drifts of machine load fall on all pairs
    alike. Each round's seconds are kept: a speed-up is a ratio of rates within one round.
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from replicate import runs as runs_lib
-from replicate.papers.mixture_of_recursions.analysis import probe_label
+from replicate.papers.mixture_of_recursions.analysis import probe_label, run_seed
 from replicate.papers.mixture_of_recursions.decode import generate
 
 BOS = 256
@@ -49,7 +49,7 @@ def prompts(val: torch.Tensor, batch: int, prompt_len: int, device: str) -> torc
 
 
 def decode_runs(runs: pd.DataFrame, cfg, device: str, device_name: str) -> pd.DataFrame:
-    """``runs`` with, per run: ``label``, ``variant``, ``n_rec``, ``kv_share`` (from its probes),
+    """``runs`` with, per run: ``label``, ``variant``, ``n_rec``, ``kv_share``, ``seed`` (from its probes),
     ``cache_kb_per_seq``, ``mean_depth``, ``batch`` (the fixed one), ``budget_batch``,
     ``seconds_fixed`` and ``seconds_budget`` (one generation's seconds per timing round),
     ``generated_per_seq`` (tokens each sequence generates) and ``device``: the protocol of the
@@ -60,9 +60,11 @@ def decode_runs(runs: pd.DataFrame, cfg, device: str, device_name: str) -> pd.Da
     table["variant"] = [p["variant"] for p in runs.probes]
     table["n_rec"] = [int(p["n_rec"]) if p["variant"] != "vanilla" else 0 for p in runs.probes]
     table["kv_share"] = [bool(p["kv_share"]) for p in runs.probes]
-    if (table.variant == "vanilla").sum() != 1:
-        raise ValueError(f"decode_runs: the throughput protocol needs exactly one vanilla run, got "
-                         f"{int((table.variant == 'vanilla').sum())}")
+    table["seed"] = [run_seed(r) for r in runs.itertuples()]
+    vanilla_seeds = table.seed[table.variant == "vanilla"]
+    if vanilla_seeds.duplicated().any() or not set(table.seed) <= set(vanilla_seeds):
+        raise ValueError(f"decode_runs: the throughput protocol needs one vanilla run per seed; vanilla seeds "
+                         f"{sorted(vanilla_seeds)}, seeds {sorted(set(table.seed))}")
     models = [runs_lib.load_module(d).model.to(device).eval() for d in table.run_dir]
     val = runs_lib.load_datamodule(table.run_dir.iloc[0]).corpus.val
     max_len = models[0].cfg.max_len
@@ -70,9 +72,9 @@ def decode_runs(runs: pd.DataFrame, cfg, device: str, device_name: str) -> pd.Da
     fixed = [generate(model, ask(m.batch), max_len) for model in models]
     table["cache_kb_per_seq"] = [r["cache_bytes_per_seq"] / 1024 for r in fixed]
     table["mean_depth"] = [r["mean_depth"] for r in fixed]
-    budget_kb = float(table.cache_kb_per_seq[table.variant == "vanilla"].iloc[0]) * m.batch
+    vanilla_kb = table[table.variant == "vanilla"].set_index("seed").cache_kb_per_seq
     table["batch"] = int(m.batch)
-    table["budget_batch"] = [int(budget_kb // kb) for kb in table.cache_kb_per_seq]
+    table["budget_batch"] = [int(vanilla_kb[seed] * m.batch // kb) for seed, kb in zip(table.seed, table.cache_kb_per_seq)]
     pairs = sorted({(i, int(b)) for i in range(len(models)) for b in (m.batch, table.budget_batch.iloc[i])})
     for i, b in pairs:
         generate(models[i], ask(b), m.prompt_len + WARMUP_TOKENS)
@@ -88,16 +90,18 @@ def decode_runs(runs: pd.DataFrame, cfg, device: str, device_name: str) -> pd.Da
 
 
 def rate_table(decoded: pd.DataFrame) -> pd.DataFrame:
-    """For display: per model, cache KB per sequence, mean depth, median tokens/s at the fixed and at
-    the budget batch, and each rate over vanilla's (ratios of medians; the claims use per-round
-    ratios, ``measures.throughput``)."""
+    """For display: per model (mean over its seeds), cache KB per sequence, mean depth, median tokens/s
+    at the fixed and at the budget batch, and each rate over vanilla's (ratios of these means; the
+    claims use per-seed ratios, ``measures.throughput``)."""
     rate = lambda batch, seconds: batch * decoded.generated_per_seq / seconds.map(np.median)  # noqa: E731
-    table = pd.DataFrame({"cache KB / seq": decoded.cache_kb_per_seq.to_numpy(),
-                          "mean depth": decoded.mean_depth.to_numpy(),
-                          "tok/s @ fixed batch": rate(decoded.batch, decoded.seconds_fixed).to_numpy(),
-                          "budget batch": decoded.budget_batch.to_numpy(),
-                          "tok/s @ budget batch": rate(decoded.budget_batch, decoded.seconds_budget).to_numpy()},
-                         index=decoded.label.to_numpy()).astype(float)
+    per_run = pd.DataFrame({"cache KB / seq": decoded.cache_kb_per_seq.to_numpy(),
+                            "mean depth": decoded.mean_depth.to_numpy(),
+                            "tok/s @ fixed batch": rate(decoded.batch, decoded.seconds_fixed).to_numpy(),
+                            "budget batch": decoded.budget_batch.to_numpy(),
+                            "tok/s @ budget batch": rate(decoded.budget_batch, decoded.seconds_budget).to_numpy()},
+                           index=decoded.label.to_numpy()).astype(float)
+    table = per_run.groupby(level=0, sort=False).mean()
+    table["seeds"] = per_run.groupby(level=0, sort=False).size()
     vanilla = table.loc[decoded.label[decoded.variant == "vanilla"].iloc[0]]
     table["speed-up @ fixed"] = table["tok/s @ fixed batch"] / vanilla["tok/s @ fixed batch"]
     table["speed-up @ budget"] = table["tok/s @ budget batch"] / vanilla["tok/s @ budget batch"]
