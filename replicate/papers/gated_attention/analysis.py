@@ -8,9 +8,9 @@ table derived from it, and returns either the per-unit table a claim is computed
 
 Diverged runs. A diverged run has no probes and a NaN final loss. Wherever a claim needs such a
 number, the NaN propagates: the estimate is not finite and the claim is judged ``inconclusive``
-("nothing finite was measured") instead of the notebook crashing. The learning-rate figure is
-the exception by design: there a failed run is a result and counts as ending at
-``failed_above`` (:func:`clipped_loss`).
+("nothing finite was measured") instead of the notebook crashing. In the learning-rate figure a
+failed run is a result of its own: it is counted as a failure (:func:`failure_share`,
+:func:`failure_window`), and losses are compared only where both runs have one.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def _column(frame: pd.DataFrame, key: str) -> pd.Series:
 # --------------------------------------------------------------------------- regime search
 def regime_search(figure: str, path=None) -> pd.DataFrame:
     """The record of the regime search (``benchmarks/gated_attention_regime_search.json``) for
-    ``figure`` ("sink" or "lr"): one row per setting, gate and lr, with the per-seed results
-    (sink: the final first-token attention per seed; lr: final validation loss, loss spikes) and
-    whether it is the figure's chosen setting (``chosen`` in the json's ``chosen`` map)."""
+    ``figure`` ("sink", "lr" or "massive"): one row per setting, gate, lr and steps, with the
+    per-seed results (sink: the final first-token attention per seed; lr: final validation loss,
+    loss spikes; massive: max |hidden| over the median |hidden| of its layer, Sun et al. 2024)
+    and whether it is the figure's chosen setting (``chosen`` in the json's ``chosen`` map)."""
     import json
     from pathlib import Path
 
@@ -67,10 +68,13 @@ def regime_search(figure: str, path=None) -> pd.DataFrame:
         if r["figure"] != figure:
             continue
         last = r["probes"][max(r["probes"], key=int)] if r["probes"] else {}
+        top = int(np.argmax(last["max_abs_hidden"])) if last.get("max_abs_hidden") else None
         rows.append({"setting": r["setting"], "gate": r["gate"], "lr": r["lr"], "steps": r["steps"],
                      "seed": r["seed"], "status": r["status"],
                      "first_token": last.get("first_token_attention_mean", NAN),
                      "val_loss": last.get("val_loss", NAN),
+                     "max_over_median": (last["max_abs_hidden"][top] / last["median_abs_hidden"][top]
+                                         if top is not None and last.get("median_abs_hidden") else NAN),
                      "spikes": spikes([{"train_loss": v} for v in r["train_loss"]], 4, 0.25),
                      "cpu_seconds": r["cpu_seconds"]})
     t = pd.DataFrame(rows)
@@ -81,6 +85,10 @@ def regime_search(figure: str, path=None) -> pd.DataFrame:
         out = t.groupby(keys, sort=False).agg(
             seeds=("seed", "count"), first_token_per_seed=("first_token", lambda v: ", ".join(f"{x:.3f}" for x in v)),
             min_seed=("first_token", "min"), cpu_s_per_run=("cpu_seconds", "mean"))
+    elif figure == "massive":
+        out = t.groupby(keys, sort=False).agg(
+            seeds=("seed", "count"), max_over_median=("max_over_median", lambda v: ", ".join(f"{x:.1f}" for x in v)),
+            final_val_loss=("val_loss", "mean"), cpu_s_per_run=("cpu_seconds", "mean"))
     else:
         out = t.groupby(keys, sort=False).agg(
             seeds=("seed", "count"), final_val_loss=("val_loss", lambda v: ", ".join(f"{x:.3f}" for x in v)),
@@ -165,19 +173,41 @@ def spikes(train: Sequence[dict], window: int, jump: float) -> int:
 
 def stability_table(runs: pd.DataFrame, failed_above: float, spike_window: int,
                     spike_jump: float) -> pd.DataFrame:
-    """One row per run: lr, gate, seed, final loss, ``failed`` (diverged, or final validation loss
-    not below ``failed_above``), ``spikes`` (:func:`spikes`) and ``loss`` (:func:`clipped_loss`)."""
+    """One row per run: lr, gate, seed, final loss (NaN for a diverged run), ``failed`` (diverged,
+    or final validation loss not below ``failed_above``) and ``spikes`` (:func:`spikes`)."""
     t = runs[["gate", "lr", "seed", "status", "final_val_loss"]].copy().reset_index(drop=True)
     t["final_val_loss"] = t["final_val_loss"].astype(float)
     t["failed"] = (t["status"] == "diverged") | ~(t["final_val_loss"] < failed_above)
     t["spikes"] = [spikes(tr, spike_window, spike_jump) for tr in runs["train"]]
-    t["loss"] = clipped_loss(t, failed_above)
     return t
 
 
-def clipped_loss(table: pd.DataFrame, failed_above: float) -> pd.Series:
-    """Final validation loss with every failed run counted as ending at ``failed_above``."""
-    return table["final_val_loss"].where(~table["failed"], failed_above).astype(float)
+def failure_share(table: pd.DataFrame) -> pd.DataFrame:
+    """lr x gate: the share of seeds whose run failed (a diverged run is a failure, never a loss)."""
+    return table.pivot_table(index="lr", columns="gate", values="failed", aggfunc="mean")
+
+
+def failure_window(table: pd.DataFrame) -> tuple[float, float, int]:
+    """Where the runs of ``table`` go from all training to all failing, over its lr grid:
+    (the largest lr at which every run trained, the smallest larger lr at which every run failed,
+    how many grid lrs lie strictly between them). NaN ends and 0 lrs when the grid does not reach
+    one of them; the window is what the stability claims compare inside (Qiu et al. Table 2: the
+    baseline fails at an lr where the gated model still trains)."""
+    share = table.groupby("lr")["failed"].mean().sort_index()
+    trains = share.index[share == 0]
+    if not len(trains):
+        return NAN, NAN, 0
+    low = float(trains.max())
+    fails = share.index[(share == 1) & (share.index > low)]
+    if not len(fails):
+        return low, NAN, 0
+    high = float(fails.min())
+    return low, high, int(((share.index > low) & (share.index < high)).sum())
+
+
+def failed_lrs_per_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """seed x gate: the number of grid lrs at which that seed's run failed."""
+    return table.groupby(["seed", "gate"])["failed"].sum().unstack("gate").astype(float)
 
 
 def survival_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
@@ -193,25 +223,28 @@ def spikes_per_seed(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def high_lr_gain_per_seed(table: pd.DataFrame, high_lr: float, gated: str) -> pd.Series:
-    """Per seed: mean over the grid's learning rates >= ``high_lr`` of baseline minus ``gated``
-    clipped final loss (positive: the gated model degrades less)."""
+    """Per seed: mean over the grid's learning rates >= ``high_lr`` at which both runs ended with a
+    finite loss of baseline minus ``gated`` final loss (positive: the gated model degrades less).
+    No loss is substituted for a diverged run (those lrs count in the failure claims instead);
+    a seed with no such lr is NaN."""
     high = table[table["lr"] >= high_lr * (1 - 1e-9)]
-    loss = high.pivot_table(index=["seed", "lr"], columns="gate", values="loss")
-    return (loss["none"] - loss[gated]).groupby(level="seed").mean()
+    loss = high.pivot_table(index=["seed", "lr"], columns="gate", values="final_val_loss", dropna=False)
+    seeds = sorted(table["seed"].unique())
+    return (_column(loss, "none") - _column(loss, gated)).groupby(level="seed").mean().reindex(seeds)
 
 
 def best_lr_per_seed(table: pd.DataFrame) -> pd.DataFrame:
-    """seed x gate: the learning rate of the lowest clipped final loss of that seed."""
-    per_run = table.set_index(["seed", "gate", "lr"])["loss"]
+    """seed x gate: the learning rate of the lowest finite final loss of that seed."""
+    per_run = table.dropna(subset=["final_val_loss"]).set_index(["seed", "gate", "lr"])["final_val_loss"]
     best = per_run.groupby(level=["seed", "gate"]).idxmin().map(lambda key: key[2])
     return best.unstack("gate").reindex(columns=pd.unique(table["gate"]))
 
 
 def best_loss_gain_per_seed(table: pd.DataFrame, gated: str = "headwise") -> pd.Series:
-    """Per seed: the baseline's lowest clipped final loss over the grid minus ``gated``'s (Qiu et
-    al. Table 2 compares each model at its own best learning rate); the best learning rate is
-    chosen within each seed, so the set statistic (a minimum over the grid) is a per-seed value."""
-    best = table.groupby(["seed", "gate"])["loss"].min().unstack("gate")
+    """Per seed: the baseline's lowest final loss over the grid minus ``gated``'s (Qiu et al.
+    Table 2 compares each model at its own best learning rate); the best learning rate is chosen
+    within each seed, so the set statistic (a minimum over the grid) is a per-seed value."""
+    best = table.groupby(["seed", "gate"])["final_val_loss"].min().unstack("gate")
     return (_column(best, "none") - _column(best, gated)).sort_index()
 
 
@@ -224,21 +257,37 @@ def best_lr_on_grid_edge(table: pd.DataFrame) -> int:
     return int((np.isclose(best, lrs[0]) | np.isclose(best, lrs[-1])).sum())
 
 
+def window_measurements(table: pd.DataFrame) -> dict[str, float]:
+    """The failure window (:func:`failure_window`) over every variant together and per variant, as
+    exact measurements: ``all_train_lr``, ``all_fail_lr``, ``lrs_between`` (and ``_<gate>``)."""
+    out = {}
+    for name, part in [("", table)] + [(f"_{g}", table[table.gate == g]) for g in pd.unique(table.gate)]:
+        low, high, between = failure_window(part)
+        who = "every variant" if not name else name[1:]
+        out[f"all_train_lr{name}"] = claims.exact(low, f"largest grid lr at which every run of {who} trained")
+        out[f"all_fail_lr{name}"] = claims.exact(high, f"smallest larger grid lr at which every run of {who} failed")
+        out[f"lrs_between{name}"] = claims.exact(between, f"grid lrs strictly between those two ({who})")
+    return out
+
+
 def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "headwise") -> dict:
-    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`: failure
-    and spike counts over the grid (exact), and per-seed values (lrs where only the baseline
-    failed, spike differences, the gain at learning rates >= ``high_lr``, the gain at each
-    model's best learning rate) with a t interval over seeds.
+    """Every measurement of the ``lr_stability`` figure from :func:`stability_table`: the failure
+    window (:func:`window_measurements`), failure and spike counts over the grid (exact), and
+    per-seed values (failed lrs of the baseline minus the gated model's, lrs where only the
+    baseline failed, spike differences, the finite-loss gain at learning rates >= ``high_lr``,
+    the gain at each model's best learning rate) with a t interval over seeds.
 
     ``best_lr_on_grid_edge`` counts every (variant, seed) of the table whose best lr is a grid
     edge: the best-loss comparison needs each optimum bracketed."""
     base = table[table.gate == "none"]
-    spk = spikes_per_seed(table)
+    spk, failed = spikes_per_seed(table), failed_lrs_per_seed(table)
     out = {
+        **window_measurements(table),
         "baseline_failures": claims.exact(int(base["failed"].sum()),
                                           f"count of failed baseline runs over the whole grid ({len(base)} runs)"),
         "gated_failures": claims.exact(int(table[table.gate == gated]["failed"].sum()),
                                        f"count of failed {gated} runs over the whole grid"),
+        f"failed_lrs_baseline_minus_{gated}": claims.paired_difference(_column(failed, "none"), _column(failed, gated)),
         "lrs_only_baseline_fails": claims.mean_interval(survival_per_seed(table, gated)),
         "spikes_baseline": claims.exact(int(base["spikes"].sum()), "count of baseline loss spikes over the grid"),
         "spikes_gated": claims.exact(int(table[table.gate == gated]["spikes"].sum()),
@@ -255,22 +304,33 @@ def stability_measurements(table: pd.DataFrame, high_lr: float, gated: str = "he
 
 
 # --------------------------------------------------------------------------- massive_activations
-def activation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: lr, gate, seed, status, largest |hidden state| (max over layers; NaN for a
-    diverged run) and the mean gate score (mean over layers; NaN for the baseline)."""
+def activation_table(runs: pd.DataFrame, failed_above: float) -> pd.DataFrame:
+    """One row per run: lr, gate, seed, status, ``trained`` (finished with a final validation loss
+    below ``failed_above``), largest |hidden state| (max over layers; NaN for a diverged run), the
+    median |hidden state| of that layer, and the mean gate score (mean over layers; NaN for the
+    baseline)."""
     p = runs["probes"]
-    max_h = p.map(lambda q: float(np.max(q["max_abs_hidden"])) if isinstance(q, dict)
-                  and q.get("max_abs_hidden") else NAN)
+
+    def at_max(q, key: str) -> float:
+        if not isinstance(q, dict) or not q.get("max_abs_hidden") or not q.get(key):
+            return NAN
+        return float(q[key][int(np.argmax(q["max_abs_hidden"]))])
+    loss = runs["final_val_loss"].astype(float)
     return pd.DataFrame({"gate": runs["gate"], "lr": runs["lr"], "seed": runs["seed"],
-                         "status": runs["status"], "max_abs_hidden": max_h,
+                         "status": runs["status"],
+                         "trained": ((runs["status"] == "finished") & (loss < failed_above)).to_numpy(),
+                         "max_abs_hidden": p.map(lambda q: at_max(q, "max_abs_hidden")),
+                         "median_abs_hidden": p.map(lambda q: at_max(q, "median_abs_hidden")),
                          "gate_mean": p.map(lambda q: _probe(q, "gate_mean"))}).reset_index(drop=True)
 
 
-def common_lrs(table: pd.DataFrame, gates: Sequence[str]) -> list[float]:
-    """Learning rates at which every run of every one of ``gates`` finished with a finite max."""
+def trained_lrs(table: pd.DataFrame, gates: Sequence[str]) -> list[float]:
+    """Learning rates at which every run of every one of ``gates`` trained (:func:`activation_table`)
+    with a finite max |hidden|: activations of a run that failed are divergence, not a property
+    of a trained model."""
     t = table[table.gate.isin(gates)]
     return [float(lr) for lr, d in t.groupby("lr")
-            if set(gates) <= set(d.gate) and bool(np.isfinite(d.max_abs_hidden).all())]
+            if set(gates) <= set(d.gate) and bool(d.trained.all()) and bool(np.isfinite(d.max_abs_hidden).all())]
 
 
 def log_activation_ratio(table: pd.DataFrame, gated: str, lrs: Sequence[float]) -> pd.DataFrame:
@@ -281,13 +341,24 @@ def log_activation_ratio(table: pd.DataFrame, gated: str, lrs: Sequence[float]) 
 
 
 def activation_cut(table: pd.DataFrame, gated: str) -> claims.Estimate:
-    """The max-activation cut over the whole grid (Qiu et al. Table 4 compares max |hidden|):
-    per seed the geometric mean over every lr both models trained at (:func:`common_lrs`) of
-    baseline / ``gated``; the estimate is the geometric mean of these per-seed ratios over seeds
-    with a t interval on their logs (the paper's 1053 -> 94 is this ratio at one lr; here it is
-    judged over all of them, not at the lr where it is largest). No common lr: no seeds."""
-    lrs = common_lrs(table, ["none", gated])
+    """The max-activation cut (Qiu et al. Table 4 compares max |hidden|): per seed the geometric
+    mean over every lr at which both models trained (:func:`trained_lrs`) of baseline /
+    ``gated``; the estimate is the geometric mean of these per-seed ratios over seeds with a t
+    interval on their logs (never the lr where it is largest). No such lr: no seeds."""
+    lrs = trained_lrs(table, ["none", gated])
     per_seed = np.exp(log_activation_ratio(table, gated, lrs).mean(axis=1)) if lrs else pd.Series(dtype=float)
+    return claims.log_mean_interval(per_seed.to_numpy(float))
+
+
+def massive_ratio(table: pd.DataFrame, gate: str = "none") -> claims.Estimate:
+    """How massive the largest activation of ``gate`` is: per seed the geometric mean over the lrs
+    at which every run of ``gate`` trained (:func:`trained_lrs`) of max |h| / median |h| (the
+    median of the layer holding the max), then the geometric mean over seeds with a t interval on
+    the logs. Sun et al. (2024, Sec. 2) call activations massive at thousands of times the median;
+    a max only a few times the median is the tail of an ordinary distribution."""
+    lrs = trained_lrs(table, [gate])
+    t = table[(table.gate == gate) & table.lr.isin(lrs)]
+    per_seed = np.exp(np.log(t.max_abs_hidden / t.median_abs_hidden).groupby(t.seed).mean())
     return claims.log_mean_interval(per_seed.to_numpy(float))
 
 

@@ -29,25 +29,30 @@ def attention_sink(runs: pd.DataFrame, cfg) -> dict[str, claims.Estimate]:
 
 
 def lr_stability(runs: pd.DataFrame, cfg) -> dict[str, claims.Estimate]:
-    """Failures, loss spikes and clipped final losses over the learning-rate grid (Table 2,
-    Fig. 1 right) with the figure's ``failed_above``, ``spike_window``, ``spike_jump`` and
-    ``high_lr``: :func:`analysis.stability_measurements` for the headwise gate, plus the
-    elementwise gate's large-lr gain."""
+    """Failures (the failure window of every variant), loss spikes and final losses where both
+    runs have one over the learning-rate grid (Table 2, Fig. 1 right) with the figure's
+    ``failed_above``, ``spike_window``, ``spike_jump`` and ``high_lr``:
+    :func:`analysis.stability_measurements` for the headwise gate, plus the elementwise gate's
+    large-lr gain and failed-lr difference."""
     m = cfg.figure.measure
     table = analysis.stability_table(runs, float(m.failed_above), int(m.spike_window), float(m.spike_jump))
     out = analysis.stability_measurements(table, float(m.high_lr), gated="headwise")
+    if "elementwise" in set(table.gate):
+        failed = analysis.failed_lrs_per_seed(table)
+        out["failed_lrs_baseline_minus_elementwise"] = claims.paired_difference(failed["none"], failed["elementwise"])
     for g in GATED:  # a gate absent from the runs gives a non-finite (inconclusive) gain
         out.setdefault(f"high_lr_gain_{g}", claims.mean_interval([]))
     return out
 
 
 def massive_activations(runs: pd.DataFrame, cfg) -> dict[str, claims.Estimate]:
-    """Per G1 gate: the max-activation cut over the learning-rate grid
+    """Per G1 gate: the max-activation cut over the learning rates where both models trained
     (:func:`analysis.activation_cut`, Table 4) and the mean gate score at ``measure.gate_lr``
-    (:func:`analysis.gate_score_mean`, Sec. 4.3)."""
-    table = analysis.activation_table(runs)
+    (:func:`analysis.gate_score_mean`, Sec. 4.3); the precondition that the baseline has massive
+    activations at all, ``baseline_max_over_median`` (:func:`analysis.massive_ratio`)."""
+    table = analysis.activation_table(runs, float(cfg.figure.measure.failed_above))
     gate_lr = float(cfg.figure.measure.gate_lr)
-    out: dict[str, claims.Estimate] = {}
+    out: dict[str, claims.Estimate] = {"baseline_max_over_median": analysis.massive_ratio(table)}
     for g in GATED:
         out[f"max_activation_cut_{g}"] = analysis.activation_cut(table, g)
         out[f"gate_mean_{g}"] = analysis.gate_score_mean(table, g, gate_lr)

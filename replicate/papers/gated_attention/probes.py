@@ -15,6 +15,10 @@ sink rate              Gu et al.'s Sink^epsilon_1: the share of (layer, head) pa
                        first-token attention exceeds epsilon = 0.3.
 max |hidden|           largest absolute entry of the residual stream after each block (the
                        paper's "max activation"), over all positions, and split BOS / others.
+median |hidden|        median absolute entry of the residual stream after each block, per
+                       probed batch, averaged over batches: the scale against which Sun et al.
+                       (2024, "Massive Activations in Large Language Models", Sec. 2) call an
+                       activation massive (thousands of times the median).
 value-norm ratio       mean ||v|| at the BOS position over mean ||v|| at positions >= 1, per
                        layer (value states after any value gate): a small ratio means the sink
                        token carries little value, so attending to it is a no-op (Guo et al.).
@@ -83,7 +87,7 @@ class ProbeAccumulator:
         zeros = lambda: torch.zeros(n_head, dtype=torch.float64)  # noqa: E731
         self.layers = [{"first": zeros(), "first_n": 0, "trig": zeros(), "trig_n": 0,
                         "non": zeros(), "non_n": 0, "max_h": 0.0, "max_h_bos": 0.0,
-                        "max_h_other": 0.0, "v_bos": 0.0, "v_other": 0.0, "v_bos_n": 0,
+                        "max_h_other": 0.0, "median_h": 0.0, "median_h_n": 0, "v_bos": 0.0, "v_other": 0.0, "v_bos_n": 0,
                         "v_other_n": 0, "gate_sum": 0.0, "gate_n": 0, "gate_trig": 0.0,
                         "gate_trig_n": 0, "gate_non": 0.0, "gate_non_n": 0, "has_gate": False}
                        for _ in range(n_layer)]
@@ -127,6 +131,8 @@ class ProbeAccumulator:
             a = h.detach().abs().float()
             acc["max_h"] = _nanmax(acc["max_h"], float(a.max()))
             acc["max_h_bos"] = _nanmax(acc["max_h_bos"], float(a[:, 0].max()))
+            acc["median_h"] += float(a.median())
+            acc["median_h_n"] += 1
             if a.shape[1] > 1:
                 acc["max_h_other"] = _nanmax(acc["max_h_other"], float(a[:, 1:].max()))
             vb, vo, nb, no = value_norm_sums(r["v"])
@@ -174,6 +180,7 @@ class ProbeAccumulator:
             "max_abs_hidden": [acc["max_h"] for acc in self.layers],
             "max_abs_hidden_bos": [acc["max_h_bos"] for acc in self.layers],
             "max_abs_hidden_other": [acc["max_h_other"] for acc in self.layers],
+            "median_abs_hidden": [div(acc["median_h"], acc["median_h_n"]) for acc in self.layers],
             "value_norm_ratio": [div(div(acc["v_bos"], acc["v_bos_n"]), div(acc["v_other"], acc["v_other_n"]))
                                  for acc in self.layers],
         }
