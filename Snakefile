@@ -10,10 +10,27 @@
 # cached under <out>/.replicate/plan, keyed by the contents of the config files each figure is
 # composed from; the input functions below are lookups in dicts the plan computed once.
 
-from replicate.pipeline import Plan
+#
+# Software: every rule runs the package from this checkout in the environment of envs/replicate.yaml
+# (the dependencies of pyproject.toml; `--use-conda` builds it, otherwise the active environment
+# is used). No container is published.
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from replicate.pipeline import Plan, fail, out_prefix_hint, outside_out_pattern
+
+min_version("8.0")
+
+try:  # a misspelt --config key (scal=smoke) is one line, not a default-scale plan
+    validate(config, "schemas/config.schema.yaml")
+except WorkflowError as err:
+    reason = getattr(err.__context__, "message", str(err).splitlines()[0])  # jsonschema's one line
+    fail(f"--config: {reason} (the keys are hardware, scale and out)")
 
 plan = Plan.for_snakemake(config)  # a bad --config value: one line, exit 2
-SETTINGS = f"hardware={plan.hardware} scale={plan.scale} out={plan.out}"
+
+report: "report/workflow.rst"
 
 wildcard_constraints:
     paper=r"[a-z0-9_]+",
@@ -26,6 +43,7 @@ rule all:
         [plan.figure_outputs(f)[0] for f in plan.all_figures],  # a broken config fails with its line
         plan.path("figures", "SCORECARD.md"),
         plan.path("figures", "index.html"),
+        plan.path("figures", "SCORECARD.rst"),
 
 
 rule train:
@@ -39,10 +57,17 @@ rule train:
     threads: plan.hw.threads_per_job
     resources:
         gpu=plan.hw.gpus_per_job,
+    params:
+        # the run is named by its hash alone, whichever figure asks for it (no figure's param
+        # here: a run shared by two figures must not rerun when one of them changes)
+        hardware=plan.hardware,
+        scale=plan.scale,
+        out=lambda w: plan.out,  # a function: the out dir is a prefix of outputs, not a file
+    conda:
+        "envs/replicate.yaml"
     shell:
-        # the run is named by its hash alone, whichever figure asks for it (no params: a run
-        # shared by two figures must not rerun when one of them changes)
-        "python -m replicate run {wildcards.paper} hash={wildcards.hash} {SETTINGS} > {log} 2>&1"
+        "python -m replicate run {wildcards.paper} hash={wildcards.hash} hardware={params.hardware}"
+        " scale={params.scale} out={params.out:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -60,10 +85,16 @@ rule figure:
     params:
         config_sha256=lambda w: plan.figure_sha256(f"{w.paper}/{w.figure}"),
         caption=lambda w: plan.caption(f"{w.paper}/{w.figure}"),
+        hardware=plan.hardware,
+        scale=plan.scale,
+        out=lambda w: plan.out,  # a function: the out dir is a prefix of outputs, not a file
     log:
         plan.path("logs", "figures", "{paper}", "{figure}.log"),
+    conda:
+        "envs/replicate.yaml"
     shell:
-        "python -m replicate notebook {wildcards.paper}/{wildcards.figure} {SETTINGS} > {log} 2>&1"
+        "python -m replicate notebook {wildcards.paper}/{wildcards.figure} hardware={params.hardware}"
+        " scale={params.scale} out={params.out:q} > {log:q} 2>&1"
 
 
 checkpoint seeds:
@@ -75,8 +106,15 @@ checkpoint seeds:
         plan.path(".replicate", "seeds", "{paper}", "{figure}.json"),
     log:
         plan.path("logs", "seeds", "{paper}", "{figure}.log"),
+    params:
+        hardware=plan.hardware,
+        scale=plan.scale,
+        out=lambda w: plan.out,  # a function: the out dir is a prefix of outputs, not a file
+    conda:
+        "envs/replicate.yaml"
     shell:
-        "python -m replicate seeds {wildcards.paper}/{wildcards.figure} {SETTINGS} > {log} 2>&1"
+        "python -m replicate seeds {wildcards.paper}/{wildcards.figure} hardware={params.hardware}"
+        " scale={params.scale} out={params.out:q} > {log:q} 2>&1"
 
 
 rule scorecard:
@@ -86,7 +124,28 @@ rule scorecard:
         png=[plan.figure_outputs(f)[0] for f in plan.all_figures],
         page=[plan.figure_outputs(f)[4] for f in plan.all_figures],  # index.html links them
     output:
-        plan.path("figures", "SCORECARD.md"),
-        plan.path("figures", "index.html"),
+        report(plan.path("figures", "SCORECARD.md"), caption="report/scorecard.rst", category="Scorecard"),
+        report(plan.path("figures", "index.html"), caption="report/index.rst", category="Scorecard"),
+        plan.path("figures", "SCORECARD.rst"),  # the totals on the report's front page (report/workflow.rst)
+    params:
+        out=plan.path("."),
+    log:
+        plan.path("logs", "scorecard.log"),
+    conda:
+        "envs/replicate.yaml"
     shell:
-        "python -m replicate scorecard out={plan.out} && python -m replicate report out={plan.out}"
+        "(python -m replicate scorecard out={params.out:q} && python -m replicate report out={params.out:q}"
+        " && python -m replicate.workflow_report {params.out:q})"
+        " > {log:q} 2>&1"
+
+
+if plan.out != ".":
+
+    rule missing_out_prefix:
+        """A target under figures/, runs/ or logs/ outside out=: an error naming the path meant."""
+        input:
+            lambda w: fail(out_prefix_hint(w.target, plan.out)),
+        output:
+            "{target}",
+        wildcard_constraints:
+            target=outside_out_pattern(plan.out),

@@ -274,6 +274,7 @@ def _validate(raw: DictConfig, figure: str, scale: str, path: Path, overrides) -
     _check_sweep(cfg.figure, path)
     _check_claims(cfg.figure, path)
     _check_source(cfg.figure, path)
+    _check_constructor_keys(cfg.figure, path)
     _resolve_keep_checkpoints(cfg.figure, scale, path)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -331,6 +332,58 @@ def _check_claims(fig: DictConfig, path: Path) -> None:
         validate_specs(OmegaConf.to_container(fig.claims), where=str(path))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _check_constructor_keys(fig: DictConfig, path: Path) -> None:
+    """Every key beside a ``_target_`` in ``run.module`` and ``run.data`` (nested targets too) is a
+    parameter of that class's ``__init__``, and every parameter without a default is given, so a
+    misspelt key fails here, when the plan is made, not inside a training job."""
+    if fig.run is None:
+        return
+    run = OmegaConf.to_container(fig.run, resolve=False)
+    for part in ("module", "data"):
+        _check_target_keys(run.get(part), f"run.{part}", path)
+
+
+def _check_target_keys(node: Any, where: str, path: Path) -> None:
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_target_keys(item, f"{where}[{i}]", path)
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        _check_target_keys(value, f"{where}.{key}", path)
+    if "_target_" not in node:
+        return
+    target = node["_target_"]
+    accepted, required = _init_parameters(target, path)
+    given = {key for key in node if not key.startswith("_")}  # _target_, _convert_, ... are Hydra's
+    unknown = sorted(given - accepted) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"{path}: '{where}.{unknown[0]}' is not a parameter of {target} "
+                          f"(its parameters: {', '.join(sorted(accepted))})")
+    missing = sorted(required - given)
+    if missing:
+        raise ConfigError(f"{path}: '{where}' lacks '{missing[0]}', a required parameter of {target}")
+
+
+@functools.lru_cache(maxsize=None)
+def _init_parameters(target: str, path: Path) -> tuple[Optional[frozenset], frozenset]:
+    """The keyword parameters of ``target``'s constructor (None when it takes ``**kwargs``) and
+    those without a default."""
+    import importlib
+    import inspect
+
+    module, _, name = target.rpartition(".")
+    try:
+        signature = inspect.signature(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{path}: _target_ {target} cannot be loaded ({_first_line(err)})") from None
+    named = [p for p in signature.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    return (None if takes_any else frozenset(p.name for p in named),
+            frozenset(p.name for p in named if p.default is p.empty))
 
 
 ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")

@@ -210,6 +210,24 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
+OUT_FOLDERS = ("figures", "runs", "logs")  # what the pipeline writes under the out dir
+
+
+def outside_out_pattern(out: str) -> str:
+    """A regex for paths with a ``figures/``, ``runs/`` or ``logs/`` folder that are not under
+    ``out``: a target someone meant to write as ``<out>/figures/...``."""
+    folders = "|".join(OUT_FOLDERS)
+    return rf"(?!{re.escape(os.path.normpath(out))}/)(?:.*/)?(?:{folders})/.+"
+
+
+def out_prefix_hint(target: str, out: str) -> str:
+    """The error for ``target`` outside ``out``, naming the path under ``out`` that was meant."""
+    parts = Path(target).parts
+    start = next(i for i, part in enumerate(parts) if part in OUT_FOLDERS)
+    meant = os.path.normpath(os.path.join(out, *parts[start:]))
+    return f"{target} is not under out={out}: with --config out={out} ask for {meant}"
+
+
 def fail(message: str) -> None:
     """End the Snakemake process with one line on stderr and exit status 2 (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
