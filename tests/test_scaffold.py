@@ -55,9 +55,9 @@ def test_it_writes_a_package_config_notebook_and_test_with_nothing_left_to_fill(
     assert len(params) == 1 and 'figure = "toy_paper/headline"' in "".join(params[0]["source"])
     source = "".join("".join(c["source"]) for c in code)
     assert "FigureContext(" in source and "ctx.save(fig)" in source and "ctx.report(measurements)" in source
-    assert "measures.headline(table)" in source  # the claims' numbers come from measures.py
+    assert "measures.headline(runs, ctx.cfg)" in source  # the claims' numbers come from measures.py
     measures = (fake_root / "replicate/papers/toy_paper/measures.py").read_text()
-    assert "def headline(table" in measures and "def run_table(" in measures
+    assert "def headline(runs" in measures and "def run_table(" in measures
     test = (fake_root / "tests/test_toy_paper.py").read_text()
     assert "def test_headline_measures_on_a_hand_built_run_table" in test
     for claim in cfg["claims"]:  # every claim's measurement is computed by measures.py

@@ -105,3 +105,43 @@ def test_the_plan_asks_for_the_pilot_then_the_decided_seeds(tmp_path):
     assert plan.seeds_decision(Checkpoint(), w) == f"decision of {name}"
     plan._two_stage[name] = None
     assert plan.seeds_decision(Checkpoint(), w) is None and plan.run_metrics(name) == plan._needs[name]
+
+
+def test_a_two_stage_figure_runs_end_to_end_in_a_copy_of_the_repo(tmp_path):
+    """The scaffold's toy figure with a two-stage design: the dry run plans the pilot and the
+    checkpoint; the run trains the pilot, decides, trains the rest, and reports Stein intervals."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml", "schemas", "profiles"):
+        src = C.REPO_ROOT / name
+        if not src.exists():
+            continue
+        copy = shutil.copytree if src.is_dir() else shutil.copy2
+        copy(src, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo)}
+
+    def run(*args):
+        done = subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run("-m", "replicate", "new-paper", "twostage")
+    config = repo / "configs" / "figure" / "twostage" / "main.yaml"
+    text = config.read_text().replace("sweep: {seed: [0]}", "sweep: {module.lr: [0.1], seed: [0, 1, 2, 3, 4]}")
+    config.write_text(text + "\nseeds: {pilot: 2, half_width: 0.05}\n")
+    smoke = ["--config", "scale=smoke", "hardware=cpu", f"out={tmp_path / 'out'}"]
+    dry = run("-m", "snakemake", "-n", str(tmp_path / "out/figures/twostage/main.png"), *smoke)
+    assert "seeds" in dry and dry.count("rule train") == 2  # the pilot's two runs, then the checkpoint
+    run("-m", "snakemake", str(tmp_path / "out/figures/twostage/main.png"), "--cores", "2", *smoke)
+    record = json.loads((tmp_path / "out/figures/twostage/main.json").read_text())
+    decision = record["seeds"]
+    assert decision["pilot"] == 2 and 2 <= decision["n"] <= 5 and decision["seeds"] == list(range(decision["n"]))
+    assert len(record["runs"]) == decision["n"]
+    weight = record["measurements"]["weight_error"]
+    assert weight["estimator"] == {"name": "stein_t_mean", "level": 0.95, "unit": "seeds", "pilot": 2}
+    assert len(weight["units"]) == decision["n"]
