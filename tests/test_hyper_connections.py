@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from replicate import config as C
 from replicate import runs
@@ -202,9 +203,26 @@ def test_parameter_counts_follow_the_papers_complexity():
     assert counts["kromhc"] == layers * (nc * 4 + 4)      # 2! + 2! for 4 = 2 x 2
 
 
-# --------------------------------------------------------------------------- measures (hand-built run tables)
-def hand_table():
-    """Two seeds of every variant with round numbers (what run_table builds from probes)."""
+# --------------------------------------------------------------------------- measures (hand-built runs)
+CFG = OmegaConf.create({"figure": {"measure": {"final_vals": 1}}})
+
+
+def as_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """``ctx.runs()`` rows whose probes give back ``rows`` through measures.run_table."""
+    out = []
+    for r in rows.itertuples():
+        layers = {"composite_gain_forward": [1.0, r.gain], "composite_gain_backward": [1.0, r.gain],
+                  "composite_ds_error": [0.0, r.composite_ds_error],
+                  "composite_spectral_norm": [1.0, r.composite_spectral_norm],
+                  "layer_identity_distance": [r.identity_distance] * 2, "layer_negative_share": [r.negative_share] * 2}
+        probes_ = {"variant": r.variant, "layers": layers, "parameters": {"residual_mixing": r.mixing_params},
+                   "history": r.history, **({"sinkhorn": r.sinkhorn} if r.sinkhorn else {})}
+        out.append({"seed": r.seed, "status": r.status, "wall_seconds": 1.0, "val": r.val, "probes": probes_})
+    return pd.DataFrame(out)
+
+
+def hand_runs():
+    """Two seeds of every variant with round numbers, and one diverged HC run."""
     rows = []
     losses = {"residual": (2.0, 2.2), "hc": (1.9, 2.0), "mhc": (1.8, 2.0), "mhc_lite": (1.7, 1.9),
               "kromhc": (1.8, 2.1), "shc": (1.6, 1.8)}
@@ -224,13 +242,13 @@ def hand_table():
                 "sinkhorn": {"iters": [1, 20], "layer": [[0.5, 0.4], [0.001, 0.002 * (seed + 1)]],
                              "composite": [[0.5, 0.9], [0.001, 0.004 * (seed + 1)]]} if variant == "mhc" else None,
             })
-    table = pd.DataFrame(rows)
-    table.loc[len(table)] = {**rows[2], "seed": 2, "status": "diverged", "final_loss": float("nan")}  # hc seed 2
-    return table
+    diverged = {**rows[2], "seed": 2, "status": "diverged", "final_loss": float("nan"),
+                "val": [{"step": 10, "val_loss": float("nan")}]}  # hc seed 2
+    return as_runs(pd.DataFrame(rows + [diverged]))
 
 
 def test_stability_measures_on_a_hand_built_run_table():
-    got = measures.stability(hand_table())
+    got = measures.stability(hand_runs(), CFG)
     assert got["gain_hc"].value == pytest.approx(3.5) and got["gain_hc"].n == 2  # 3 and 4; diverged dropped
     assert got["gain_mhc"].value == pytest.approx(1.7)
     assert got["gain_growth_hc"].value == pytest.approx(2.5)  # (2 / 1 + 3 / 1) / 2
@@ -241,7 +259,7 @@ def test_stability_measures_on_a_hand_built_run_table():
 def test_loss_measures_on_a_hand_built_run_table():
     times = pd.DataFrame({"residual": [1.0, 1.0, 1.0], "hc": [1.0, 1.0, 1.0], "mhc": [2.0, 2.0, 2.0],
                           "mhc_lite": [1.0, 1.0, 1.0], "kromhc": [0.5, 0.5, 0.5], "shc": [2.0, 4.0, 2.0]})
-    got = measures.loss(hand_table(), times)
+    got = measures.loss(hand_runs(), CFG, times)
     assert got["loss_gain_hc"].value == pytest.approx(0.15)  # (0.1 + 0.2) / 2
     assert got["loss_gain_shc"].value == pytest.approx(0.4) and got["loss_gain_shc"].n == 2
     assert got["loss_gap_mhc_lite_vs_mhc"].value == pytest.approx(0.1)
@@ -262,7 +280,7 @@ def test_loss_at_step_interpolates_between_validations():
 
 
 def test_exactness_measures_on_a_hand_built_run_table():
-    got = measures.exactness(hand_table(), np.array([0.1, 0.3]))
+    got = measures.exactness(hand_runs(), CFG, np.array([0.1, 0.3]))
     assert got["sk_composite_error"].value == pytest.approx(0.006)  # 0.004, 0.008 at the last iteration
     assert got["sk_layer_error"].value == pytest.approx(0.003)  # worst layers 0.002, 0.004
     assert got["exact_composite_error"].value == pytest.approx(1e-7)
@@ -270,7 +288,7 @@ def test_exactness_measures_on_a_hand_built_run_table():
 
 
 def test_identity_measures_on_a_hand_built_run_table():
-    got = measures.identity(hand_table())
+    got = measures.identity(hand_runs(), CFG)
     assert got["identity_distance_shc"].value == pytest.approx(0.5)
     assert got["identity_ratio_shc_over_mhc"].value == pytest.approx(0.5 / 0.15)
     assert got["negative_share_shc"].value == pytest.approx(0.375)

@@ -1,9 +1,10 @@
 """The numbers behind the claims of the Hyper-Connections figures, one function per figure.
 
 Every number a claim reads is computed here, never in a notebook cell, so that each is
-unit-tested on a hand-built run table (tests/test_hyper_connections.py). A figure's notebook builds
-the table with :func:`run_table` from ``ctx.runs()`` and reports what its function returns:
-:func:`stability`, :func:`loss`, :func:`exactness`, :func:`identity`.
+unit-tested on hand-built runs (tests/test_hyper_connections.py). A figure's notebook reports
+what its function returns, called with ``ctx.runs()`` and the composed config (``measures.<figure>
+(runs, ctx.cfg, ...)``): :func:`stability`, :func:`loss`, :func:`exactness`, :func:`identity`;
+:func:`run_table` (one row per run) is shared with the plots.
 
 Units: the training seeds (each seed: its own initialisation and batches; the variants of one
 seed share both, so differences between variants are paired by seed); timings are over timing
@@ -67,7 +68,10 @@ def by_layer(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finished(table: pd.DataFrame) -> pd.DataFrame:
+def _finished(runs: pd.DataFrame, cfg) -> pd.DataFrame:
+    """The run table of the runs that did not diverge (``measure.final_vals``, default 2)."""
+    measure = cfg.figure.get("measure") or {}
+    table = run_table(runs, int(measure.get("final_vals", 2)))
     return table[table["status"] != "diverged"]
 
 
@@ -89,7 +93,7 @@ def _history_growth(history: list[dict]) -> float:
 
 
 # --------------------------------------------------------------------------- figures
-def stability(table: pd.DataFrame) -> dict:
+def stability(runs: pd.DataFrame, cfg) -> dict:
     """Figure ``stability`` (mHC Sec. 3.1, Fig. 3; Sec. 4.1): the composite mapping's gain.
 
     ``gain_<variant>``: mean over seeds of the gain through all layers at the end of training;
@@ -98,7 +102,7 @@ def stability(table: pd.DataFrame) -> dict:
     no interval, an identity); ``shc_spectral_norm``: the largest spectral norm of sHC's composite
     mapping over its runs (<= 1 by construction); ``runs_finished``.
     """
-    done = _finished(table)
+    done = _finished(runs, cfg)
     out = {f"gain_{v}": claims.mean_interval(_by_seed(done, v, "gain")) for v in HYPER}
     out["gain_growth_hc"] = claims.mean_interval(done[done["variant"] == "hc"]["history"].map(_history_growth))
     exact = done[done["variant"].isin(EXACT)]
@@ -129,7 +133,7 @@ def equal_time_gains(table: pd.DataFrame, step_seconds: pd.DataFrame, variant: s
                       for s in seeds}, dtype=float).sort_index()
 
 
-def loss(table: pd.DataFrame, step_seconds: pd.DataFrame) -> dict:
+def loss(runs: pd.DataFrame, cfg, step_seconds: pd.DataFrame) -> dict:
     """Figure ``loss``: validation loss at equal steps, step time, parameter counts.
 
     ``loss_gain_<variant>``: final loss of the residual baseline minus the variant's (positive:
@@ -141,20 +145,20 @@ def loss(table: pd.DataFrame, step_seconds: pd.DataFrame) -> dict:
     mHC-lite's (exact); ``loss_gain_equal_time_<variant>``: the gain at equal training time
     (:func:`equal_time_gains`), a t interval over seeds (the step-time ratio taken as fixed).
     """
-    done = _finished(table)
+    done = _finished(runs, cfg)
     out = {f"loss_gain_{v}": _paired(done, "residual", v, "final_loss") for v in HYPER}
     for v in HYPER:
         out[f"loss_gain_equal_time_{v}"] = claims.mean_interval(equal_time_gains(done, step_seconds, v))
     for v in ("mhc_lite", "kromhc", "shc"):
         out[f"loss_gap_{v}_vs_mhc"] = _paired(done, "mhc", v, "final_loss")
         out[f"speedup_{v}_vs_mhc"] = claims.ratio_of_means(step_seconds["mhc"], step_seconds[v], unit="timing rounds")
-    params = table.groupby("variant")["mixing_params"].first()
+    params = done.groupby("variant")["mixing_params"].first()
     out["mixing_params_kromhc_over_mhc_lite"] = claims.exact(
         params["kromhc"] / params["mhc_lite"], "parameter counts of the built models")
     return out
 
 
-def exactness(table: pd.DataFrame, random_errors: np.ndarray) -> dict:
+def exactness(runs: pd.DataFrame, cfg, random_errors: np.ndarray) -> dict:
     """Figure ``exactness`` (mHC-lite claim (i)): how far from doubly stochastic each H_res is.
 
     ``sk_composite_error``: the doubly stochastic error of the composite of the trained mHC's
@@ -164,7 +168,7 @@ def exactness(table: pd.DataFrame, random_errors: np.ndarray) -> dict:
     the composite error on random logits (``random_errors`` from :func:`sinkhorn_on_random_logits`),
     over draws.
     """
-    done = _finished(table)
+    done = _finished(runs, cfg)
     mhc = done[done["variant"] == "mhc"]
     out = {
         "sk_composite_error": claims.mean_interval([s["composite"][-1][-1] for s in mhc["sinkhorn"]]),
@@ -177,7 +181,7 @@ def exactness(table: pd.DataFrame, random_errors: np.ndarray) -> dict:
     return out
 
 
-def identity(table: pd.DataFrame) -> dict:
+def identity(runs: pd.DataFrame, cfg) -> dict:
     """Figure ``identity`` (sHC's identity degeneration and subtractive mixing).
 
     ``identity_distance_<variant>``: mean over the layers of ||H_res - I||_F, over seeds;
@@ -186,7 +190,7 @@ def identity(table: pd.DataFrame) -> dict:
     ``negative_share_polytope``: the largest share over every polytope run (exact: 0 by
     construction).
     """
-    done = _finished(table)
+    done = _finished(runs, cfg)
     out = {f"identity_distance_{v}": claims.mean_interval(_by_seed(done, v, "identity_distance"))
            for v in HYPER}
     shc, mhc = _by_seed(done, "shc", "identity_distance"), _by_seed(done, "mhc", "identity_distance")
