@@ -9,6 +9,8 @@
     report                                 rebuild <out>/figures/index.html (every figure, one page)
     plan                                   cost of every figure's runs at a scale (FLOPs, hours, memory, disk)
     new-paper <name> [figure=<figure>]     scaffold a paper: package, figure config, notebook, test
+    clean [--yes]                          run folders under <out>/runs/ no figure config asks for
+                                           (listed with sizes; deleted only with --yes)
 
 Every command takes ``hardware=<auto|cpu|gpu> scale=<smoke|default|full> out=<dir>``; ``run``
 also takes Hydra overrides of the figure (``figure.run.trainer.max_steps=50``). Errors a user can
@@ -142,6 +144,14 @@ def cmd_report(args, options, overrides):
     print(f"report written: {report.write(Path(options['out']) / 'figures')}")
 
 
+def cmd_clean(args, options, overrides):
+    from replicate import clean
+
+    if overrides:
+        raise C.ConfigError(f"clean takes only out=<dir> and --yes, got {' '.join(overrides)}")
+    print(clean.clean(options["out"], delete=args.yes))
+
+
 def cmd_plan(args, options, overrides):
     from replicate import plan
 
@@ -149,7 +159,8 @@ def cmd_plan(args, options, overrides):
 
 
 COMMANDS = {"list": cmd_list, "plan": cmd_plan, "run": cmd_run, "notebook": cmd_notebook, "seeds": cmd_seeds,
-            "scorecard": cmd_scorecard, "report": cmd_report, "new-paper": cmd_new_paper}
+            "scorecard": cmd_scorecard, "report": cmd_report, "new-paper": cmd_new_paper,
+            "clean": cmd_clean}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("figure", nargs="?", help="<paper>/<figure> for run and notebook; <name> for new-paper")
     parser.add_argument("settings", nargs="*", help="key=value settings and overrides")
+    parser.add_argument("--yes", action="store_true", help="clean: delete the listed run folders")
     args = parser.parse_args(argv)
     if args.figure and "=" in args.figure:
         args.settings.insert(0, args.figure)

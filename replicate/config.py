@@ -369,16 +369,20 @@ def _check_target_keys(node: Any, where: str, path: Path) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _init_parameters(target: str, path: Path) -> tuple[Optional[frozenset], frozenset]:
-    """The keyword parameters of ``target``'s constructor (None when it takes ``**kwargs``) and
-    those without a default."""
+    """The keyword parameters of ``target``'s constructor (None when it takes ``**kwargs`` or
+    Python cannot tell, as for some classes written in C) and those without a default."""
     import importlib
     import inspect
 
     module, _, name = target.rpartition(".")
     try:
-        signature = inspect.signature(getattr(importlib.import_module(module), name))
-    except (ImportError, AttributeError, ValueError) as err:
+        target_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
         raise ConfigError(f"{path}: _target_ {target} cannot be loaded ({_first_line(err)})") from None
+    try:
+        signature = inspect.signature(target_class)
+    except (TypeError, ValueError):
+        return None, frozenset()
     named = [p for p in signature.parameters.values()
              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
@@ -544,9 +548,15 @@ def composed(figure: str, hardware: str, scale: str, out: str | Path) -> Compose
     cfg, sources = _compose(figure, hardware, scale, (), with_sources=True)
     result = ComposedFigure.of(cfg)
     entry = {"key": _cache_key(sources, hardware, scale), "sources": sources, **vars(result)}
-    if json.loads(json.dumps(entry)) == entry:  # plain JSON round-trips exactly (e.g. no int keys)
+    # cached only when plain JSON round-trips it exactly (e.g. no int keys) and its files alone
+    # decide it (a resolver such as ${oc.env:HOME} reads what no key covers)
+    if json.loads(json.dumps(entry)) == entry and not any(
+            RESOLVER_CALL.search((CONFIG_DIR / source).read_text()) for source in sources):
         _write_entry(path, entry)
     return result
+
+
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${oc.env:HOME}, not ${figure.run.seed}
 
 
 def _cache_key(sources: list[str], hardware: str, scale: str) -> str:
