@@ -426,6 +426,10 @@ def test_activation_cut_is_a_geometric_mean_over_the_trained_lrs():
     # max over median of the layer holding the max (median 1.0 there): sqrt(4 * 100) = 20 per seed
     ratio = A.massive_ratio(t)
     assert ratio.units == pytest.approx((20.0, 20.0, 20.0)) and ratio.value == pytest.approx(20.0)
+    # every run failed: no trained lr, no ratio and no cut (inconclusive), and no crash
+    t = t.assign(trained=False)
+    assert A.log_activation_ratio(t, "headwise", A.trained_lrs(t, ["none", "headwise"])).shape == (3, 0)
+    assert A.activation_cut(t, "headwise").n == 0 and not np.isfinite(A.massive_ratio(t).value)
 
 
 def test_loss_analysis_survives_a_diverged_baseline():

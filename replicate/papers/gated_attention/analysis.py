@@ -334,7 +334,10 @@ def trained_lrs(table: pd.DataFrame, gates: Sequence[str]) -> list[float]:
 
 
 def log_activation_ratio(table: pd.DataFrame, gated: str, lrs: Sequence[float]) -> pd.DataFrame:
-    """seed x lr: log(max|h| of the baseline / max|h| of ``gated``), same seed and lr."""
+    """seed x lr: log(max|h| of the baseline / max|h| of ``gated``), same seed and lr (no columns
+    when ``lrs`` is empty)."""
+    if not len(lrs):
+        return pd.DataFrame(index=pd.Index(sorted(table.seed.unique()), name="seed"), dtype=float)
     t = table[table.lr.isin(lrs)]
     m = t.pivot_table(index=["seed", "lr"], columns="gate", values="max_abs_hidden")
     return np.log(m["none"] / m[gated]).unstack("lr")
