@@ -17,7 +17,7 @@ from replicate import scaffold
 from replicate.claims import VERDICTS
 from replicate.cli import main
 
-COPIED = ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml")
+COPIED = ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml", "schemas", "envs", "report")
 
 
 @pytest.fixture

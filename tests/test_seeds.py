@@ -117,7 +117,7 @@ def test_a_two_stage_figure_runs_end_to_end_in_a_copy_of_the_repo(tmp_path):
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml", "schemas", "profiles"):
+    for name in ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml", "schemas", "envs", "report", "profiles"):
         src = C.REPO_ROOT / name
         if not src.exists():
             continue
