@@ -230,6 +230,21 @@ def test_random_router_counts_no_router_flops_and_cannot_be_decoded():
         generate(model("mor_ec", 2, rand_router=True), tokens(T=4), 8)
 
 
+def test_token_choice_recurses_plainly_and_exits_with_its_gate_onto_the_input():
+    """Official token_choice_router.py: recursions r < d_t apply f plainly, and a token leaves as
+    h_in + g f^(d_t)(h_in). With the middle blocks' output projections zeroed f(h) = h, so every
+    token leaves as (1 + g) h_in whatever its depth (a gate at every step would give (1 + g)^d)."""
+    m, x = model("mor_tc", 3), tokens()
+    for block in m.middle:
+        torch.nn.init.zeros_(block.attn.o_proj.weight)
+        torch.nn.init.zeros_(block.mlp.down.weight)
+    h_in, routing = m.first(m.base.embed(x)), Routing()
+    depth, gate = m._token_choice(h_in)
+    out = m._recursions(h_in, "topk", routing)
+    torch.testing.assert_close(out, (1 + gate[..., None]) * h_in)
+    assert torch.equal(routing.depth(), depth) and depth.unique().numel() > 1  # several depths, one rule
+
+
 def test_token_choice_depth_matches_its_router():
     m, x = model("mor_tc", 3), tokens()
     _, routing = m(x, return_routing=True)

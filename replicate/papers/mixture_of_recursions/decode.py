@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from replicate.papers.mixture_of_recursions.model import RecursiveLM, block_forward_kv
+from replicate.papers.mixture_of_recursions.model import RecursiveLM, block_forward_kv, token_choice_exit
 
 
 class SlotCache:
@@ -97,6 +97,7 @@ class Decoder:
         active = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
         depth = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         tc = m._token_choice(h) if m.mor.variant == "mor_tc" else None
+        h_in = out = h
         for r in range(m.mor.n_rec):
             weight = None
             if m.mor.variant == "mor_ec":
@@ -105,7 +106,7 @@ class Decoder:
                 if m.mor.capacities()[r] < 1.0:
                     active = active & (m.predicted_logits(h, r, logits)[:, 0, 0] > 0)
             elif tc is not None:
-                active, weight = tc[0][:, 0] > r, tc[1][:, 0]
+                active = tc[0][:, 0] > r  # plain h <- f(h) until the token's last recursion
             elif m.mor.fixed_gate() is not None:
                 weight = torch.full((h.shape[0],), m.mor.fixed_gate(), dtype=h.dtype, device=h.device)
             rows = active.nonzero()[:, 0]
@@ -118,8 +119,10 @@ class Decoder:
                 x = self._run(block, self._slot(r, j), x, rows, read_slot=shared)
             h = h.clone()
             h[rows] = x if weight is None else h[rows] + weight[rows, None, None] * x
+            if tc is not None:
+                out = token_choice_exit(h_in, h, tc, r, out)
         self.depths.append(depth)
-        return h
+        return out if tc is not None else h
 
     def cache_bytes(self) -> int:
         """Bytes a compact cache would hold for everything stored so far (all rows)."""

@@ -71,10 +71,11 @@ and one ablation of ours:
                gradient-accumulation count, 1 here).
 ``mor_tc``     Middle-Cycle + token-choice routing (Sec. 2.2.1): one router ``Linear(d -> n_rec)``
                on the hidden state entering the first recursion, softmax, top-1 gives each token
-               its depth ``d_t`` in 1..n_rec and its gate ``g_t`` (the chosen probability). Token t
-               takes part in recursions r < d_t with ``h_t <- h_t + g_t f(h_t)`` (the same update
-               form as expert-choice; the official token-choice file was not available to us, so
-               applying the gate at every step it is active is our reading). Balancing loss
+               its depth ``d_t`` in 1..n_rec and its gate ``g_t`` (the chosen probability). As the
+               official ``token_choice_router.py`` does it, token t takes part in recursions
+               r < d_t plainly, ``h_t <- f(h_t)``, and leaves the recursions as
+               ``h_in_t + g_t f^(d_t)(h_in_t)`` (``h_in`` the state entering recursion 0: the
+               gated block output of its last recursion is scatter-added onto the input). Balancing loss
                ``n_rec * sum_i f_i P_i`` (Switch-style; f_i the share of tokens given depth i, P_i
                the mean router probability) and router z-loss ``mean(logsumexp(logits)^2)``.
 
@@ -308,15 +309,14 @@ class RecursiveLM(nn.Module):
         positions = torch.arange(T, device=h.device)
         active = torch.ones(B, T, dtype=torch.bool, device=h.device)
         tc = self._token_choice(h, routing) if self.mor.variant == "mor_tc" else None
-        shared_kv = None
+        h_in, shared_kv = h, None
         capacities = self.mor.capacities(step if self.training else None)
         for r in range(self.mor.n_rec):
             weight = None
             if self.mor.variant == "mor_ec":
                 active, weight = self._expert_choice(h, r, active, rule, routing, capacities[r])
             elif tc is not None:
-                depth, gate = tc
-                active, weight = depth > r, gate
+                active = tc[0] > r  # plain h <- f(h) until the token's last recursion
             elif self.mor.fixed_gate() is not None:
                 weight = torch.full((B, T), self.mor.fixed_gate(), dtype=h.dtype, device=h.device)
             routing.active.append(active)
@@ -326,7 +326,9 @@ class RecursiveLM(nn.Module):
             else:
                 h, own_kv = self._step_masked(h, positions, active, weight, kv)
                 shared_kv = own_kv if r == 0 else shared_kv
-        return h
+            if tc is not None:
+                h_out = token_choice_exit(h_in, h, tc, r, h_out if r else h_in)
+        return h_out if tc is not None else h
 
     def _token_choice(self, h: torch.Tensor, routing: Routing | None = None):
         """Token-choice depth (1..N_r) and gate of every token, from the state entering recursion 0."""
@@ -419,6 +421,15 @@ def topk_mask(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tens
         raise ValueError(f"top-k of {k} tokens among fewer allowed ones")
     ranked = scores.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
     return torch.zeros_like(allowed).scatter(1, ranked, True)
+
+
+def token_choice_exit(h_in: torch.Tensor, h: torch.Tensor, tc: tuple[torch.Tensor, torch.Tensor], r: int,
+                      out: torch.Tensor) -> torch.Tensor:
+    """``out`` with the tokens whose token-choice depth is r + 1 set to ``h_in + g f^(r+1)(h_in)``
+    (``h`` the state after recursion r; official ``token_choice_router.py``: the gated output of a
+    token's last recursion is scatter-added onto the state that entered the recursions)."""
+    depth, gate = tc
+    return torch.where((depth == r + 1)[..., None], h_in + gate[..., None] * h, out)
 
 
 def random_scores(shape, keep_share: float, device) -> tuple[torch.Tensor, torch.Tensor]:
