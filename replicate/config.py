@@ -197,11 +197,6 @@ def load_hardware(name: str) -> DictConfig:
 def compose(figure: str, hardware: str = "auto", scale: str = "default",
             overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose, merge the scale block and validate one figure's config."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    import yaml
-
     return _compose(figure, hardware, scale, overrides)[0]
 
 

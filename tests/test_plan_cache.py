@@ -20,11 +20,11 @@ from replicate.pipeline import Plan
 TRAINING = """\
 seed: 0
 module:
-  _target_: replicate.papers.toy.module.Toy
+  _target_: argparse.Namespace  # any keyword: the keys below are this tree's own
   width: 8
   lr: 0.01
 data:
-  _target_: replicate.papers.toy.data.Toy
+  _target_: argparse.Namespace
   seed: ${figure.run.seed}
   threads: ${hardware.threads_per_job}
 trainer: {max_steps: 10, val_check_interval: 5}
@@ -110,7 +110,7 @@ def test_the_cached_plan_is_the_cold_plan_and_composes_nothing(configs, tmp_path
     assert again == first
     a = again["toy/a"]
     assert len(a["runs"]) == 4 and a["run_configs"][3]["run"]["module"]["width"] == 16  # widths x seeds
-    assert a["run_configs"][3]["run"]["data"] == {"_target_": "replicate.papers.toy.data.Toy", "seed": 1, "threads": 1}
+    assert a["run_configs"][3]["run"]["data"] == {"_target_": "argparse.Namespace", "seed": 1, "threads": 1}
     assert a["run_configs"][0]["run"]["trainer"]["max_steps"] == 5  # the figure's own value beats the training's
 
 
@@ -161,6 +161,17 @@ def test_a_new_figure_is_composed_and_a_damaged_cache_file_is_recomposed(configs
     plan = Plan(hardware="cpu", scale="smoke", out=str(out))
     assert composed_cold() == ["other/c", "toy/d"]
     assert snapshot(plan) == cold_plan(tmp_path)
+
+
+def test_a_figure_reading_the_environment_is_never_cached(configs, tmp_path, composed_cold, monkeypatch):
+    path = configs / "figure" / "toy" / "b.yaml"
+    path.write_text(path.read_text().replace("regime: a toy regime", "regime: ${oc.env:TOY_REGIME}"))
+    monkeypatch.setenv("TOY_REGIME", "first")
+    Plan(hardware="cpu", scale="smoke", out=str(tmp_path / "out"))
+    monkeypatch.setenv("TOY_REGIME", "second")
+    plan = Plan(hardware="cpu", scale="smoke", out=str(tmp_path / "out"))
+    assert composed_cold() == sorted([*FIGURES, "toy/b"])
+    assert plan.figures["toy/b"].figure["regime"] == "second"
 
 
 def test_each_scale_and_hardware_has_its_own_cache(configs, tmp_path, composed_cold):
