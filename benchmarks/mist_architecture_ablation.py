@@ -1,4 +1,4 @@
-"""MIST architecture ablation (issue 16): the official row self-attention block and dropout,
+"""MIST architecture ablation: the official row self-attention block and dropout,
 measured against variants without them, at an equal short budget on one CPU thread.
 
 Each variant is a change of the official architecture (``OFFICIAL``), trained with plain MSE (not

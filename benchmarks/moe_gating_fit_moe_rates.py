@@ -1,4 +1,4 @@
-"""The full check of the public estimator (issue 15): ``fit_moe(init="data")`` on a d = 2, K = 3
+"""The full check of the public estimator: ``fit_moe(init="data")`` on a d = 2, K = 3
 softmax-gated truth and on the same truth with a top-2 gate, n = 1e3 .. 3e4, 12 replicates.
 
     python benchmarks/moe_gating_fit_moe_rates.py [--replicates 12] [--threads 1] [--truth both]

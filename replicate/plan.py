@@ -42,8 +42,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,7 +74,7 @@ DEVICES = {
             "so the low end); small models hit the 10 ms per-step floor instead; start-up "
             "includes torch.compile. EM (float64, memory-bound): 2e9 (sample, expert) updates/s, "
             "~80 bytes each at 5% of 3.35 TB/s. Uncalibrated: no full-scale run has been timed "
-            "on a GPU yet (issue 21 item 4)."),
+            "on a GPU yet."),
     "cpu": Device(
         name="one CPU core (fp32, 1 torch thread per job), 50 GFLOP/s peak", unit="core-h",
         peak_flops=50e9, mfu=0.35, step_overhead_s=0.010, job_overhead_s=10.0, compute_bytes=4,

@@ -94,7 +94,7 @@ def test_a_sweep_may_be_a_list_of_grids_concatenated_in_order(tmp_path, monkeypa
 
 
 def test_every_figure_names_its_paper_source():
-    """Issue 19: each figure config gives the paper's arXiv id and the section/table it reproduces."""
+    """Each figure config gives the paper's arXiv id and the section/table it reproduces."""
     for figure in C.list_figures():
         fig = C.compose(figure, "cpu", "default").figure
         assert fig.source.where, figure

@@ -258,7 +258,7 @@ def test_quantiles_never_cross_and_the_median_is_tau_one_half():
 
 
 def test_quantile_head_has_a_gradient_below_zero_in_training_and_is_clipped_in_eval():
-    # the collapse of issue 16's follow-up: the pinball loss on max(q, 0) has no gradient where
+    # a collapse seen in training: the pinball loss on max(q, 0) has no gradient where
     # q < 0, so a median pushed below 0 never came back. Training now sees the raw output.
     torch.manual_seed(0)
     head = QuantileHead(dim=5, hidden=8, knots=4)
@@ -485,7 +485,7 @@ def test_altered_checkpoint_weights_are_refused(tmp_path):
 
 
 def test_shipped_checkpoints_accept_eight_and_unequal_dimensions():
-    """The shipped default-scale networks take d_x = d_y = 8 and d_x != d_y (issue 16)."""
+    """The shipped default-scale networks take d_x = d_y = 8 and d_x != d_y."""
     rng = np.random.default_rng(5)
     for dx, dy in ((8, 8), (2, 7)):
         out = estimate(rng.standard_normal((100, dx)), rng.standard_normal((100, dy)))
@@ -495,7 +495,7 @@ def test_shipped_checkpoints_accept_eight_and_unequal_dimensions():
 def held_out_copulas(count=576, mi_max=0.3):
     """Gaussian copulas under the external marginals, seeded apart from every figure's split, in
     the review's design within the trained n range: n in {50, 200}, d_x = d_y in {2, 4}, true MI
-    ~ U(0, mi_max) (issue 16's bar)."""
+    ~ U(0, mi_max) (our bar)."""
     cells = [(m, n, d) for m in COPULA_MARGINALS for n in (50, 200) for d in (2, 4)]
     out = []
     for i in range(count):
@@ -507,14 +507,14 @@ def held_out_copulas(count=576, mi_max=0.3):
 
 
 def test_shipped_mist_is_near_zero_on_independent_data():
-    """Issue 16: on independent data of n = 200, d <= 4 the mean estimate is <= 0.05 nats."""
+    """On independent data of n = 200, d <= 4 the mean estimate is <= 0.05 nats."""
     sets = independence_sets([200], [1, 2, 3, 4], 1)
     est = np.array([r["mi"] for r in estimate([d.x for d in sets], [d.y for d in sets])])
     assert len(sets) >= 60 and est.mean() <= 0.05, est.mean()
 
 
 def test_shipped_mist_is_no_worse_than_ksg_on_held_out_low_mi_copulas():
-    """Issue 16: on held-out Gaussian copulas under marginal transforms no training family uses,
+    """On held-out Gaussian copulas under marginal transforms no training family uses,
     small true MI, MIST's MSE is at most KSG's. Deterministic (fixed checkpoint and data). As
     shipped it is a tie, not a win: MSE 0.0126 vs KSG's 0.0129 on these 576 sets, KSG/MIST 1.02
     with a bootstrap interval of about [0.78, 1.34] (MIST ahead at n = 200, d = 2, behind at

@@ -121,7 +121,7 @@ def test_the_snakemake_report_holds_every_figure(built):
 
 @pytest.mark.skipif(bool(REFERENCE_DIFFERS), reason=f"not the reference's software: {REFERENCE_DIFFERS}")
 def test_a_fresh_smoke_pipeline_reproduces_the_shipped_reference_exactly(built):
-    """Issue 19: the same code, versions and CPU give the same numbers in a fresh process and out
+    """The same code, versions and CPU give the same numbers in a fresh process and out
     dir (timings excepted). The reference is tests/fixtures/smoke_reference.json (how to remake it:
     tests/fixtures/make_smoke_reference.py)."""
     reference = json.loads(REFERENCE.read_text())

@@ -42,7 +42,7 @@ Initialisation of ω (``init``, ``HyperNet.reset_parameters``):
   a = 0: gain √2), bias tensors' blocks included; output bias 0 (or θ₀).
 * ``"oneblock"``: the same, but the output layer as ONE block with linear gain (std 1/√P for P
   primary parameters): hyperlight's init before its commit b23eae3 ("Change to split init for
-  last dense"), and what this project's baseline used before issue 17. ‖θ(γ=1)‖ is about 1.0
+  last dense"), and what this project's baseline used at first. ‖θ(γ=1)‖ is about 1.0
   here against about 4.4 under ``"hyperlight"``.
 * ``"scaled"``: ``"hyperlight"``, then each weight tensor's block of output rows multiplied so
   that Δθ_b(γ = 1) has exactly the norm the primary net's own init gives that tensor in

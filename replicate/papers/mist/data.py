@@ -14,7 +14,7 @@ dataset's target MI is exactly 0 (an independent pair, same marginals) with prob
 uniform on [0, ``low_max``] with probability ``low``, and uniform on [0, ``max``] otherwise. The
 point mass and the low-MI component are what lets a regressor be right at and near independence:
 a network trained on a uniform prior returns the posterior mean of a prior with no mass at 0,
-which is well above 0 on independent data (issue 16: 0.05-0.15 nats).
+which is well above 0 on independent data (0.05-0.15 nats in our runs).
 
 Validation: ``val_batches`` meta-batches from a stream seeded independently of the run's seed
 (the same for every run), in-meta-distribution families and the training prior.
