@@ -194,7 +194,6 @@ def test_a_bootstrap_over_few_units_is_refused(repo):
 
 def test_a_paper_number_is_counted_once(repo):
     figures = repo / "figures"
-    nan = float("nan")
     quoted = json.loads((figures / "alpha" / "one.json").read_text())["claims"][0]["paper_value"]
     write_figure(figures, "alpha", "two", {"cut": 2.0}, specs=[dict(SPECS[0], id="same_number_again", paper_value=quoted)])
     with pytest.raises(S.ScorecardError, match="paper number counted twice: alpha/one:big_cut and alpha/two:same_number_again"):
