@@ -42,6 +42,6 @@ def test_each_papers_row_counts_its_claims_verdicts():
 
 
 def test_the_summary_is_valid_restructuredtext():
-    html = publish_parts(workflow_report.summary_rst(FIGURES), writer_name="html",
+    html = publish_parts(workflow_report.summary_rst(FIGURES), writer="html",
                          settings_overrides={"halt_level": 2})["body"]
     assert "<table" in html and "Verdicts per paper" in html
