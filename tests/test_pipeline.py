@@ -24,7 +24,7 @@ from fixtures import make_smoke_reference as smoke_reference
 pytestmark = pytest.mark.slow
 REFERENCE = Path(__file__).parent / "fixtures" / "smoke_reference.json"
 REFERENCE_DIFFERS = smoke_reference.differs_from_here(REFERENCE)
-COPIED = ("Snakefile", "configs", "notebooks", "replicate", "report", "benchmarks")  # notebooks read benchmark records
+COPIED = ("Snakefile", "configs", "notebooks", "replicate", "report", "benchmarks", "schemas", "envs")  # notebooks read benchmark records
 
 
 @pytest.fixture(scope="module")
