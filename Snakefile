@@ -136,7 +136,7 @@ rule scorecard:
         report(plan.path("figures", "index.html"), caption="report/index.rst", category="Scorecard"),
         plan.path("figures", "SCORECARD.rst"),  # the totals on the report's front page (report/workflow.rst)
     params:
-        out=plan.path("."),
+        out=lambda w: plan.path("."),  # a function: the out dir is a prefix of outputs, not a file
     log:
         plan.path("logs", "scorecard.log"),
     conda:

@@ -125,3 +125,9 @@ def test_a_run_key_typo_through_the_cli_leaves_no_run_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.module.optimizer" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_lint_is_clean_with_an_out_folder(repo, tmp_path):
+    """With out= set the out dir prefixes every output: no param may hold it as a plain string."""
+    done = run(repo, "snakemake", "--lint", "--config", "scale=smoke", f"out={tmp_path}")
+    assert done.returncode == 0 and "Lints for" not in done.stdout + done.stderr, done.stdout[-3000:]
