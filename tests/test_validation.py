@@ -131,3 +131,16 @@ def test_lint_is_clean_with_an_out_folder(repo, tmp_path):
     """With out= set the out dir prefixes every output: no param may hold it as a plain string."""
     done = run(repo, "snakemake", "--lint", "--config", "scale=smoke", f"out={tmp_path}")
     assert done.returncode == 0 and "Lints for" not in done.stdout + done.stderr, done.stdout[-3000:]
+
+
+def test_a_yaml_key_typo_stops_snakemake_before_any_job(repo, tmp_path):
+    figure = repo / "configs" / "figure" / "toy" / "main.yaml"
+    original = figure.read_text()
+    assert "\n    optimizer: " in original
+    figure.write_text(original.replace("\n    optimizer: ", "\n    optimiser: "))
+    try:
+        done = run(repo, "snakemake", "-n", "all", "--config", "scale=smoke", "hardware=cpu", f"out={tmp_path}")
+    finally:
+        figure.write_text(original)
+    last = one_line_error(done)
+    assert "main.yaml: 'run.module.optimiser' is not a parameter of replicate.papers.toy.module.ToyModule" in last
