@@ -34,7 +34,7 @@ def repo(tmp_path_factory):
     shutil.copy2(C.REPO_ROOT / "replicate" / "papers" / "__init__.py", root / "replicate" / "papers")
     shutil.copytree(C.REPO_ROOT / "configs", root / "configs", ignore=shutil.ignore_patterns("figure"))
     (root / "configs" / "figure").mkdir()
-    for name in ("Snakefile", "profiles"):
+    for name in ("Snakefile", "profiles", "schemas", "envs", "report"):  # what the Snakefile reads
         src = C.REPO_ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     (root / "notebooks").mkdir()
