@@ -3,7 +3,6 @@ of a figure's runs, and the Pareto panel (frontiers picked on validation, drawn 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter

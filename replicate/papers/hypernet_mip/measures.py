@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from replicate import claims
 from replicate.papers.hypernet_mip import analysis as A
 
 # steps-ratio measurement suffix -> (baseline, variant): "<baseline>_over_<variant>"

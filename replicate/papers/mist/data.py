@@ -25,7 +25,6 @@ retraining).
 
 from __future__ import annotations
 
-import hashlib
 import numpy as np
 import torch
 from torch.utils.data import DataLoader

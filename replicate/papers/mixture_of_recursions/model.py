@@ -309,7 +309,7 @@ class RecursiveLM(nn.Module):
         positions = torch.arange(T, device=h.device)
         active = torch.ones(B, T, dtype=torch.bool, device=h.device)
         tc = self._token_choice(h, routing) if self.mor.variant == "mor_tc" else None
-        h_in, shared_kv = h, None
+        h_in, h_out, shared_kv = h, h, None
         capacities = self.mor.capacities(step if self.training else None)
         for r in range(self.mor.n_rec):
             weight = None
@@ -327,7 +327,7 @@ class RecursiveLM(nn.Module):
                 h, own_kv = self._step_masked(h, positions, active, weight, kv)
                 shared_kv = own_kv if r == 0 else shared_kv
             if tc is not None:
-                h_out = token_choice_exit(h_in, h, tc, r, h_out if r else h_in)
+                h_out = token_choice_exit(h_in, h, tc, r, h_out)
         return h_out if tc is not None else h
 
     def _token_choice(self, h: torch.Tensor, routing: Routing | None = None):
