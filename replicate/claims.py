@@ -386,12 +386,12 @@ def recompute(record: Mapping[str, Any]) -> Estimate:
     """The Estimate a json measurement's ``units`` and ``estimator`` give (the scorecard compares
     it with the stored value and interval)."""
     spec = record.get("estimator") or {}
-    name, units = spec.get("name"), record.get("units") or []
+    name, units = spec.get("name"), _nan_for_null(record.get("units") or [])
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; expected one of {', '.join(ESTIMATORS)}")
     level, unit = spec.get("level", 0.95), spec.get("unit", "units")
     if name == "exact":
-        return Estimate(float(record["value"]), None, 1, record.get("method", ""), estimator=spec)
+        return Estimate(_nan_for_null(record.get("value")), None, 1, record.get("method", ""), estimator=spec)
     if name in ("t_mean", "t_log_mean", "stein_t_mean", "stein_t_log_mean"):
         return _t_estimate(_values(units), level, unit, log="log" in name, pilot=spec.get("pilot"))
     if name == "t_log_ratio_of_means":
@@ -399,6 +399,13 @@ def recompute(record: Mapping[str, Any]) -> Estimate:
     if name == "wilson":
         return _wilson(_values(units), level, unit)
     return _bootstrap(np.asarray(units, dtype=float), spec)
+
+
+def _nan_for_null(value):
+    """A json value with the nulls that strict JSON writes for NaN / inf read back as NaN."""
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return math.nan if value is None else float(value)
 
 
 def minimum_detectable_effect(est: Estimate, level: float | None = None, power: float = 0.8) -> float | None:
