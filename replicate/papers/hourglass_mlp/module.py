@@ -31,7 +31,6 @@ import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from replicate.papers.hourglass_mlp.data import TASKS, degrade, psnr, random_affine
