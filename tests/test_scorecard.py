@@ -371,3 +371,21 @@ def test_an_edit_without_a_new_digest_is_refused_naming_the_field(repo):
     path.write_text(json.dumps(record))
     with pytest.raises(integrity.IntegrityError, match="one.json: field 'measurements' differs"):
         S.collect(repo / "figures", root=repo, compose=False)
+
+
+def test_a_consistent_forgery_of_a_committed_json_is_flagged_under_provenance(repo):
+    """A forger who edits a number, its units, interval, verdict and digest consistently passes
+    every arithmetic check; the json then differs from git HEAD, which the scorecard says."""
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "figures")
+    path = repo / "figures" / "beta" / "three.json"
+    record = json.loads(path.read_text())
+    forged = {"cut": 1.0, "gain": claims_lib.mean_interval([0.04, 0.05, 0.06]), "gate": 0.5, "absent": 1.0}
+    specs = [dict(s, paper_value=f"{s['paper_value']} [three]") for s in SPECS]
+    record["measurements"] = json.loads(json.dumps(runs.strict(forged)))
+    record["claims"] = [c.to_dict() for c in claims_lib.evaluate(specs, forged)]
+    forge_digest(path, record)
+    entries = {e.key: e for e in S.collect(repo / "figures", root=repo, compose=False)}
+    assert any("differs from the committed copy" in w for w in entries["beta/three"].provenance)
+    assert not any("differs" in w for w in entries["alpha/one"].provenance)
