@@ -72,21 +72,11 @@ def code_files(run_cfg: DictConfig) -> list[str]:
     """The paper's source files the run's training imports (repository-relative): the paper
     package and the modules its ``_target_`` s name, with their imports inside the package
     (the same closure as the pipeline's train-job inputs, ``Plan.training_code``)."""
-    from replicate.pipeline import _import_closure
+    from replicate.pipeline import _import_closure, _targets
 
     package = f"replicate.papers.{run_cfg.paper}"
     modules = sorted({target.rsplit(".", 1)[0] for target in _targets(OmegaConf.to_container(run_cfg.run))})
     return _import_closure([package, *modules], package)
-
-
-def _targets(node: Any) -> list[str]:
-    """Every ``_target_`` string in a config tree (plain dicts and lists)."""
-    if isinstance(node, dict):
-        found = [node["_target_"]] if "_target_" in node else []
-        return found + [t for value in node.values() for t in _targets(value)]
-    if isinstance(node, list):
-        return [t for value in node for t in _targets(value)]
-    return []
 
 
 def code_sha256(files: list[str]) -> str:
