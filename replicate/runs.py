@@ -33,14 +33,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from replicate import config as C
+
+if TYPE_CHECKING:
+    import pandas
 
 METRICS = "metrics.json"
 LOCK_TIMEOUT_ENV = "REPLICATE_RUN_LOCK_TIMEOUT"
@@ -295,7 +296,7 @@ def wait_for_writer(directory: Path) -> None:
             pass
 
 
-def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -> pd.DataFrame:
+def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -> "pandas.DataFrame":
     """One row per sweep point of a figure: its swept values, run directory and metrics.
 
     Columns: ``point``, the last component of every swept key (``gate``, ``seed``, ``lr`` ...),
@@ -319,6 +320,8 @@ def figure_runs(cfg: DictConfig, out: str | Path, train_missing: bool = False) -
                                         "the pipeline)")
         swept = {key.rsplit(".", 1)[-1]: value for key, value in values.items()}
         rows.append({"point": k, **swept, "run_dir": str(directory), **read_metrics(directory)})
+    import pandas as pd  # here, not at import: a training job never needs it
+
     return pd.DataFrame(rows)
 
 
