@@ -5,6 +5,7 @@ what a user relies on: outputs per figure, computed verdicts, a no-op rerun, one
 rerunning one figure, a failing notebook leaving no stale figure.
 """
 
+import html
 import json
 import os
 import re
@@ -116,7 +117,8 @@ def test_the_snakemake_report_holds_every_figure(built):
     for figure in figures:  # captioned with the title and the paper's arXiv id, under its paper
         fig = C.compose(figure, "cpu", "smoke").figure
         shown = json.dumps(fig.title)[1:-1]  # the report keeps captions as JSON (\u escapes)
-        forms = {shown, shown.replace("'", "\\u0027"), shown.replace("'", "&#x27;"), shown.replace("'", "&#39;")}
+        title = str(fig.title)  # or as the page writes it: raw, or HTML-escaped
+        forms = {shown, title, html.escape(title), shown.replace("'", "\\u0027"), shown.replace("'", "&#x27;")}
         assert any(f in page for f in forms) and fig.source.arxiv in page and fig.paper in page, figure
 
 
