@@ -44,7 +44,6 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 VARIANTS = ("residual", "hc", "mhc", "mhc_lite", "kromhc", "shc")
