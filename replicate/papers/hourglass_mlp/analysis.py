@@ -238,3 +238,218 @@ def gap_curves(table: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
 def median_seed_sd(shapes: pd.DataFrame) -> float:
     """Median over shapes of the seed-to-seed sd of test PSNR at the selected rate (dB)."""
     return float(np.nanmedian(shapes["test_sd"])) if shapes["test_sd"].notna().any() else math.nan
+
+
+# --------------------------------------------------------------------------- photos as units
+# The figures' claims are judged with the held-out photos as units: each seed reruns the whole
+# selection (rate per shape, frontier picks) on its own validation numbers, the picks are scored on
+# every test photo, and a photo's value is the mean over seeds of its per-seed value. A photo is
+# the independent unit a split can move (a different photo set moves every seed at once); the
+# seeds are nested inside every photo, so their variation enters each photo's value, and a
+# seeds-as-units interval (photos averaged) is reported beside it.
+ROLES = {"main": ("val", "test"), "swapped": ("test", "val")}  # (selected on, reported on)
+
+
+def select_rates(table: pd.DataFrame, select: str) -> pd.DataFrame:
+    """One seed's rows (one per shape and rate): per shape, the row whose ``select`` column is
+    highest (a NaN, i.e. a diverged copy, is never picked; ties go to the smaller rate), with a
+    ``key`` column (family, trained-lift Hourglass apart). All columns are kept (per-photo lists,
+    curves)."""
+    ranked = table.assign(_key=table[select].astype(float).fillna(-np.inf))
+    best = (ranked.sort_values(["_key", "lr"], ascending=[False, True])
+            .groupby(SHAPE_KEYS, dropna=False).head(1).drop(columns="_key"))
+    best = best.assign(key=best.apply(family_key, axis=1))
+    return best.sort_values(["key", "trainable"]).reset_index(drop=True)
+
+
+def comparison_budgets(a: pd.DataFrame, b: pd.DataFrame, select: str, x: str = "trainable") -> np.ndarray:
+    """The distinct validation-frontier points of either family inside both families' ranges
+    (as :func:`frontier_gap`)."""
+    a = a[np.isfinite(a[select].to_numpy(float))]
+    b = b[np.isfinite(b[select].to_numpy(float))]
+    if a.empty or b.empty:
+        return np.array([])
+    lo, hi = max(a[x].min(), b[x].min()), min(a[x].max(), b[x].max())
+    points = np.unique(np.concatenate([val_frontier(a, x, select)[x], val_frontier(b, x, select)[x]]).astype(float))
+    return points[(points >= lo) & (points <= hi)]
+
+
+def picks(rows: pd.DataFrame, budgets, select: str, x: str = "trainable") -> list:
+    """For each budget, the row with the best ``select`` among rows within it (None below all)."""
+    finite = rows[np.isfinite(rows[select].to_numpy(float))]
+    out = []
+    for budget in budgets:
+        within = finite[finite[x] <= budget]
+        out.append(within.loc[within[select].astype(float).idxmax()] if len(within) else None)
+    return out
+
+
+def values(row, column: str) -> np.ndarray:
+    """A row's column as a float array (a per-photo list, or a scalar as one element)."""
+    return np.atleast_1d(np.asarray(row[column], float))
+
+
+def photo_gap(a: pd.DataFrame, b: pd.DataFrame, select: str, report: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frontier ``a`` minus frontier ``b``, both picked on ``select``, scored on ``report`` (a
+    column of per-photo lists, or a scalar column): (budgets, gaps (n_budgets, n_photos))."""
+    budgets = comparison_budgets(a, b, select)
+    pa, pb = picks(a, budgets, select), picks(b, budgets, select)
+    if len(budgets) == 0:
+        return budgets, np.zeros((0, 1))
+    return budgets, np.stack([values(ra, report) - values(rb, report) for ra, rb in zip(pa, pb)])
+
+
+def seed_tables(table: pd.DataFrame) -> dict:
+    return {seed: rows for seed, rows in table.groupby("seed", sort=True)}
+
+
+def frontier_gaps(table: pd.DataFrame, a: str, b: str, select: str, report: str) -> dict:
+    """Per seed: the selection on ``select``, then frontier ``a`` minus ``b`` on ``report``:
+    ``{seed: {"budgets", "gaps" (n_budgets, n_photos), "per_photo" (mean over budgets)}}``."""
+    out = {}
+    for seed, rows in seed_tables(table).items():
+        shapes = select_rates(rows, select)
+        budgets, gaps = photo_gap(family(shapes, a), family(shapes, b), select, report)
+        per_photo = gaps.mean(0) if len(budgets) else np.full(gaps.shape[1], np.nan)
+        out[seed] = {"budgets": budgets, "gaps": gaps, "per_photo": per_photo}
+    return out
+
+
+def photo_units(per_seed: dict) -> np.ndarray:
+    """Each photo's value: the mean over seeds of its per-seed value."""
+    return np.mean(np.stack([v["per_photo"] for v in per_seed.values()]), axis=0)
+
+
+def seed_units(per_seed: dict) -> np.ndarray:
+    """Each seed's value: the mean over photos."""
+    return np.asarray([float(np.mean(v["per_photo"])) for v in per_seed.values()])
+
+
+def curve_table(table: pd.DataFrame, index: int) -> pd.DataFrame:
+    """The table as it stood at validation check ``index``: the split-level PSNR columns replaced
+    by the curve's values there."""
+    out = table.copy()
+    for col in ("val_psnr", "test_psnr", "val_mse_psnr", "test_mse_psnr"):
+        if f"curve_{col}" in out:
+            out[col] = [float(c[index]) if len(c) > index else np.nan for c in out[f"curve_{col}"]]
+    return out
+
+
+def half_index(steps) -> int:
+    """The validation check closest to half the last one's step (T/2)."""
+    steps = np.asarray(steps, float)
+    return int(np.argmin(np.abs(steps - steps[-1] / 2)))
+
+
+def convergence(table: pd.DataFrame, steps, statistic) -> dict:
+    """How far a per-seed statistic moved between T/2 and T compared with its seed sd.
+
+    ``statistic(table) -> {seed: value}`` is evaluated on the table as it stood at every
+    validation check (:func:`curve_table`). Returns the per-step seed values (``curve``:
+    rows ``{step, seed, value}``), ``shift`` (|mean at T - mean at T/2|), ``seed_sd`` (sd over
+    seeds at T) and ``shift_over_sd`` (inf when the sd is 0 or there is one seed).
+    """
+    steps = list(steps)
+    if not steps:
+        return {"curve": [], "shift": math.nan, "seed_sd": math.nan, "shift_over_sd": math.inf}
+    curve = []
+    for i, step in enumerate(steps):
+        for seed, value in statistic(curve_table(table, i)).items():
+            curve.append({"step": int(step), "seed": int(seed), "value": float(value)})
+    frame = pd.DataFrame(curve)
+    last = frame[frame.step == steps[-1]]["value"].to_numpy(float)
+    half = frame[frame.step == steps[half_index(steps)]]["value"].to_numpy(float)
+    shift = float(abs(np.mean(last) - np.mean(half)))
+    sd = float(np.std(last, ddof=1)) if len(last) > 1 else math.nan
+    ratio = shift / sd if sd and np.isfinite(sd) and sd > 0 else math.inf
+    return {"curve": curve, "shift": shift, "seed_sd": sd, "shift_over_sd": float(ratio)}
+
+
+def margin_over(table: pd.DataFrame, keys, baseline: float, select: str, report: str, best_only: bool) -> float:
+    """The smallest margin (dB) of family frontier picks over a baseline's ``report`` value, over
+    seeds and families: at every validation-frontier point (``best_only=False``) or at each
+    family's best frontier point (``best_only=True``)."""
+    margins = []
+    for rows in seed_tables(table).values():
+        shapes = select_rates(rows, select)
+        for key in keys:
+            front = val_frontier(family(shapes, key), select=select)
+            if front.empty:
+                return math.nan
+            score = front[report].to_numpy(float)
+            margins.append(score[-1] - baseline if best_only else np.min(score) - baseline)
+    return float(np.min(margins)) if margins else math.nan
+
+
+def frontier_edge_points(table: pd.DataFrame, key: str, lr_grid, select: str = "val_psnr") -> int:
+    """Validation-frontier shapes of family ``key`` whose selected rate is an edge of its grid,
+    summed over seeds."""
+    total = 0
+    for rows in seed_tables(table).values():
+        front = val_frontier(family(select_rates(rows, select), key), select=select)
+        total += int(at_lr_edge(front, lr_grid).sum()) if len(front) else 0
+    return total
+
+
+# --------------------------------------------------------------------------- the ladder
+def ladder_budget(trainable, budgets, tolerance: float = 0.1) -> np.ndarray:
+    """The nominal ladder budget of each parameter count (NaN when none is within ``tolerance``)."""
+    b = np.asarray(budgets, float)
+    out = []
+    for p in np.asarray(trainable, float):
+        k = int(np.argmin(np.abs(p - b) / b))
+        out.append(b[k] if abs(p - b[k]) <= tolerance * b[k] else np.nan)
+    return np.asarray(out)
+
+
+def relative_rank(values) -> np.ndarray:
+    """Ranks of ``values`` scaled to [0, 1] (average ranks for ties; 0.5 for a single value)."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return np.full(len(v), 0.5)
+    return (stats.rankdata(v) - 1) / (len(v) - 1)
+
+
+def ladder_winners(shapes: pd.DataFrame, budgets, dims, select: str = "val_psnr") -> pd.DataFrame:
+    """One row per ladder budget: the allocation with the best ``select`` among those within
+    +-10 % of it, with its dimensions both raw and as their rank among that budget's allocations
+    (``<dim>_rank`` in [0, 1]: d_z and d_h grow with the budget by construction, their rank does
+    not), and ``allocations`` (how many there were)."""
+    shapes = shapes.assign(budget=ladder_budget(shapes["trainable"], budgets))
+    rows = []
+    for budget, group in shapes.dropna(subset=["budget"]).groupby("budget"):
+        finite = group[np.isfinite(group[select].to_numpy(float))]
+        if finite.empty:
+            continue
+        best = finite[select].astype(float).idxmax()
+        row = {"budget": float(budget), "allocations": int(len(group)), "lr": float(group.loc[best, "lr"])}
+        for dim in dims:
+            ranks = pd.Series(relative_rank(group[dim].to_numpy(float)), index=group.index)
+            row[dim] = float(group.loc[best, dim])
+            row[f"{dim}_rank"] = float(ranks[best])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def spearman(x, y) -> float:
+    """Spearman rho; 0 when either variable is constant, NaN with fewer than 3 points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return math.nan
+    if np.all(y == y[0]) or np.all(x == x[0]):
+        return 0.0
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def permutation_p(x, y) -> float:
+    """Exact one-sided permutation p-value of Spearman rho(x, y) >= observed: the share of all
+    orderings of ``y`` against ``x`` whose rho reaches the observed one (ties included). With
+    n points the smallest possible p is 1/n! for untied values."""
+    import itertools
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    observed = spearman(x, y)
+    if not np.isfinite(observed):
+        return math.nan
+    rhos = [spearman(x, np.asarray(p)) for p in itertools.permutations(y)]
+    return float(np.mean(np.asarray(rhos) >= observed - 1e-12))

@@ -232,9 +232,11 @@ class PatchData(ResumableDataModule):
                 self.photos[split], sha = load_photos(self.photo_names[split])
                 self.sha256.update(sha)
             self._held = {}
+            self._photo_of = {}
             for split, n in (("val", self.n_val), ("test", self.n_test)):
                 where = draw_patches(self.photos[split], n, self.patch, _generator(f"hourglass-patches:{split}"), balanced=True)
                 self._held[split] = cut(self.photos[split], where, self.patch)
+                self._photo_of[split] = where[:, 0].clone()
             where = draw_patches(self.photos["train"], 4096, self.patch, _generator("hourglass-patches:train-eval"))
             self._train_eval = cut(self.photos["train"], where, self.patch)
         else:  # whole images: the held-out split's first half validates, its second half tests
@@ -245,6 +247,7 @@ class PatchData(ResumableDataModule):
                 self.train_images, val, self._meta = splits.train_x, splits.val_x, dict(splits.meta)
             half = (len(val) + 1) // 2
             self._held = {"val": as_float(val[:half][:self.n_val]), "test": as_float(val[half:][:self.n_test])}
+            self._photo_of = {k: torch.zeros(len(v), dtype=torch.long) for k, v in self._held.items()}
             self._train_eval = as_float(self.train_images[:4096])
             self.patch = int(self._held["val"].shape[-1])
         self._ready = True
@@ -261,6 +264,16 @@ class PatchData(ResumableDataModule):
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r}; expected 'val' or 'test'")
         return self._held[split]
+
+    def held_out_photos(self, split: str) -> torch.Tensor:
+        """The photo (index into ``photos[split]``) each held-out patch of ``held_out(split)`` was
+        cut from; whole-image sources are one group (all zeros)."""
+        self.held_out(split)
+        return self._photo_of[split]
+
+    def photo_names_of(self, split: str) -> list[str]:
+        """The held-out split's photo names in index order (one name for whole-image sources)."""
+        return list(self.photo_names[split]) if self.source == "skimage" else [f"{self.source}:{split}"]
 
     def train_sample(self, n: int) -> torch.Tensor:
         """``n`` clean training patches of a fixed draw (the same for every run seed)."""
@@ -336,3 +349,56 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> t
     [0, peak] (pixels live in [0, 1]); images are the first dimension."""
     mse = (prediction.clamp(0, peak) - target).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(peak ** 2 / mse)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images ``x`` (B, C, H, W) with standard deviation ``sigma``
+    pixels: a kernel of radius ``ceil(3 sigma)`` normalised to sum 1, reflect padding (clamped to
+    the image size), each image alone. ``sigma = 0`` returns ``x``."""
+    if sigma <= 0:
+        return x
+    h, w = x.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), h - 1, w - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def bicubic_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The classical super-resolution baseline: ``factor x factor`` average pooling of the clean
+    images (the information the networks get), then bicubic interpolation back to H x W
+    (``F.interpolate(mode="bicubic", align_corners=False)``, Keys' a = -0.75)."""
+    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="bicubic", align_corners=False)
+
+
+def patch_mse(prediction: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
+    """Mean squared error per image after clamping the prediction to [0, peak] (the MSE inside
+    :func:`psnr`)."""
+    return (prediction.clamp(0, peak) - target).pow(2).flatten(1).mean(1)
+
+
+MSE_FLOOR = 1e-6  # ~ the quantisation noise of 8-bit pixels (1 / (12 * 255^2) = 1.3e-6): PSNR <= 60 dB
+
+
+def to_psnr(mse: torch.Tensor, peak: float = 1.0) -> torch.Tensor:
+    """PSNR in dB of MSEs, each floored at :data:`MSE_FLOOR` (a flat patch restored exactly would
+    otherwise score +inf and make a mean of per-image PSNRs infinite)."""
+    return 10 * torch.log10(peak ** 2 / mse.double().clamp_min(MSE_FLOOR))
+
+
+def group_psnr(mse: torch.Tensor, groups: torch.Tensor, n_groups: int, peak: float = 1.0) -> tuple[list[float], list[float]]:
+    """Per group (photo) of per-image MSEs ``mse`` (N,): (mean per-image PSNR, PSNR of the mean
+    MSE), both in dB (:func:`to_psnr`). The two conventions differ by Jensen's inequality: the
+    first rewards near-perfect (flat) images, the second weighs every pixel error alike."""
+    mse = mse.double()
+    per_image = to_psnr(mse, peak)
+    mean_psnr, mse_psnr = [], []
+    for g in range(n_groups):
+        sel = groups == g
+        mean_psnr.append(float(per_image[sel].mean()))
+        mse_psnr.append(float(to_psnr(mse[sel].mean(), peak)))
+    return mean_psnr, mse_psnr

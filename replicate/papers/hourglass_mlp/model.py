@@ -18,6 +18,11 @@ pre-norm LayerNorm (with affine) inside every block, GELU for σ, biases on ``W1
 variance of ``‖x‖² / d_x``), PyTorch's default ``nn.Linear`` initialisation elsewhere, and no
 normalisation before the output head.
 
+Residual output (``residual=True``): the networks with a head predict the residual ``y - x``,
+``f(x) = x + W_out(...)``, so every family starts near the identity map (the plain conventional
+MLP's last residual stream ``x + Σ branches`` already is of that form); ``residual=False`` is the
+paper's Fig. 1b as drawn. Only meaningful when ``d_out = d_x`` (restoration tasks).
+
 Parameter counts are written out explicitly in :func:`count_parameters` (tested against a hand
 count and against ``nn.Module.parameters()``): the Pareto frontiers use *trainable* parameters;
 the fixed lift is reported beside them.
@@ -80,8 +85,12 @@ class ResidualBlock(nn.Module):
 class HourglassMLP(nn.Module):
     """Fixed random lift, ``depth`` wide-narrow-wide blocks at ``d_z``, trainable head."""
 
-    def __init__(self, d_x: int, d_out: int, d_z: int, d_h: int, depth: int, train_lift: bool = False):
+    def __init__(self, d_x: int, d_out: int, d_z: int, d_h: int, depth: int, train_lift: bool = False,
+                 residual: bool = False):
         super().__init__()
+        if residual and d_out != d_x:
+            raise ValueError(f"a residual output needs d_out = d_x, got {d_out} != {d_x}")
+        self.residual = bool(residual)
         self.lift = nn.Linear(d_x, d_z, bias=False)
         nn.init.normal_(self.lift.weight, std=d_x ** -0.5)
         self.lift.weight.requires_grad_(train_lift)
@@ -89,27 +98,33 @@ class HourglassMLP(nn.Module):
         self.head = nn.Linear(d_z, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.lift(x)))
+        out = self.head(self.blocks(self.lift(x)))
+        return x + out if self.residual else out
 
 
 class ConventionalMLP(nn.Module):
     """``depth`` narrow-wide-narrow blocks at the input width, optionally a trainable head."""
 
-    def __init__(self, d_x: int, d_out: int, d_h: int, depth: int, head: bool):
+    def __init__(self, d_x: int, d_out: int, d_h: int, depth: int, head: bool, residual: bool = False):
         super().__init__()
+        if residual and d_out != d_x:
+            raise ValueError(f"a residual output needs d_out = d_x, got {d_out} != {d_x}")
+        self.residual = bool(residual) and head
         if not head and d_out != d_x:
             raise ValueError(f"a conventional MLP without head outputs its input width {d_x}, not {d_out}")
         self.blocks = nn.Sequential(*(ResidualBlock(d_x, d_h) for _ in range(depth)))
         self.head = nn.Linear(d_x, d_out) if head else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x))
+        out = self.head(self.blocks(x))
+        return x + out if self.residual else out
 
 
-def build(shape: Shape, d_x: int, d_out: int) -> nn.Module:
+def build(shape: Shape, d_x: int, d_out: int, residual: bool = False) -> nn.Module:
     if shape.family == "hourglass":
-        return HourglassMLP(d_x, d_out, shape.d_z, shape.d_h, shape.depth, shape.train_lift)
-    return ConventionalMLP(d_x, d_out, shape.d_h, shape.depth, head=shape.family == "conventional_head")
+        return HourglassMLP(d_x, d_out, shape.d_z, shape.d_h, shape.depth, shape.train_lift, residual=residual)
+    return ConventionalMLP(d_x, d_out, shape.d_h, shape.depth, head=shape.family == "conventional_head",
+                           residual=residual)
 
 
 def block_parameters(width: int, hidden: int) -> int:

@@ -17,10 +17,16 @@ out of the loss from then on; the job goes on for the others and the probe repor
 
 Training: Adam, linear warmup then cosine decay to zero (our choice; the paper's schedule is not
 known to us), MSE between the network's output and the clean image (both flattened).
-Measurements (``probe_metrics``): per shape and learning rate, mean per-image PSNR on the
-validation images (used to pick the learning rate and the frontier), on the test images (what the
-figures report) and on a fixed sample of training images (the overfitting gap), each with a fixed
-degradation independent of the run's seed.
+Measurements (``probe_metrics``): per shape and learning rate, on the validation images (used
+to pick the learning rate and the frontier), on the test images (what the figures report) and on
+a fixed sample of training images (the overfitting gap), each with a fixed degradation
+independent of the run's seed: the mean per-image PSNR and the PSNR of the mean MSE, for the
+whole split and per held-out photo (the units of the figures' intervals). The same split-level
+numbers are recorded at every validation check (``curve_*``: the training curves behind the
+convergence preconditions). Beside the networks, the same numbers for the degraded input itself
+(the identity map) and for a classical filter: denoising, a Gaussian blur whose width is picked
+on validation PSNR from ``classical.sigmas``; super-resolution, bicubic interpolation of the
+pooled image (:func:`~.data.bicubic_upsample`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from replicate.papers.hourglass_mlp.data import TASKS, degrade, psnr, random_affine
+from replicate.papers.hourglass_mlp.data import (TASKS, bicubic_upsample, degrade, gaussian_blur, group_psnr, patch_mse,
+                                                 psnr, random_affine, to_psnr)
 from replicate.papers.hourglass_mlp.model import FAMILIES, Shape, build, count_parameters
 from replicate.papers.hourglass_mlp.stacked import StackedAdam, StackedNet
 
@@ -93,6 +100,15 @@ def init_seed(seed: int, shape: Shape) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
 
 
+def _rounded(value, digits: int = 4):
+    """PSNRs (dB) kept to 1e-4 dB in the stored probes (a float, or a list of floats)."""
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else value
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
     if step < warmup:
@@ -104,7 +120,8 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class HourglassGrid(L.LightningModule):
     def __init__(self, grid: dict, task: dict, lrs: dict, seed: int = 0, image_shape=(1, 16, 16),
                  augment: dict | None = None, optim: dict | None = None, max_steps: int = 1000,
-                 train_eval_images: int = 512, eval_batch: int = 1024):
+                 train_eval_images: int = 512, eval_batch: int = 1024, residual: bool = False,
+                 classical: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         if task["kind"] not in TASKS:
@@ -119,8 +136,11 @@ class HourglassGrid(L.LightningModule):
         missing = sorted({s.family for s in self.shapes} - set(self.lrs))
         if missing:
             raise ValueError(f"module.lrs has no learning-rate grid for {missing}")
+        self.residual = bool(residual)
+        self.classical = {"sigmas": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0], **(classical or {})}
         self.nets = nn.ModuleList(self._build(s) for s in self.shapes)
         self.train_eval_images, self.eval_batch = int(train_eval_images), int(eval_batch)
+        self.curve: list[dict] = []  # one entry per validation check (saved in checkpoints)
 
     def shape_lrs(self, shape: Shape) -> list[float]:
         return self.lrs[shape.family]
@@ -129,7 +149,8 @@ class HourglassGrid(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(self.seed, shape))
             reference = build(shape, self.d_x, self.d_x)
-        net = StackedNet(shape, self.d_x, self.d_x, len(self.shape_lrs(shape)), reference=reference)
+        net = StackedNet(shape, self.d_x, self.d_x, len(self.shape_lrs(shape)), reference=reference,
+                         residual=self.residual)
         net.register_buffer("alive", torch.ones(net.copies, dtype=torch.bool))
         return net
 
@@ -178,6 +199,63 @@ class HourglassGrid(L.LightningModule):
 
     # ------------------------------------------------------------------ measurements
     @torch.no_grad()
+    def split_mse(self, clean: torch.Tensor, stream: str) -> dict:
+        """Per-image MSE (after clamping to [0, 1]) on ``clean`` under the split's fixed
+        degradation: ``nets`` (one (copies, N) tensor per shape, NaN rows for diverged copies),
+        ``identity`` (N,) the degraded input itself, and ``classical`` {name: (N,)} the classical
+        filters (denoise: Gaussian blur at each sigma of ``classical.sigmas``; superres: bicubic)."""
+        nets = [[] for _ in self.nets]
+        identity, classical = [], {}
+        for k, chunk in enumerate(clean.split(self.eval_batch)):
+            chunk = chunk.to(self.device)
+            inputs, target = self.pairs(chunk, stream_generator(EVAL_STREAMS[stream], k, stream))
+            identity.append(patch_mse(inputs, target))
+            if self.task["kind"] == "denoise":
+                images = inputs.view(-1, *self.image_shape)
+                filters = {f"gaussian_blur_sigma={s:g}": gaussian_blur(images, float(s)) for s in self.classical["sigmas"]}
+            else:
+                filters = {"bicubic": bicubic_upsample(chunk, int(self.task["factor"]))}
+            for name, out in filters.items():
+                classical.setdefault(name, []).append(patch_mse(out.flatten(1), target))
+            for i, net in enumerate(self.nets):
+                nets[i].append((net(inputs).clamp(0, 1) - target).pow(2).mean(-1))
+        out_nets = []
+        for net, parts in zip(self.nets, nets):
+            m = torch.cat(parts, 1)
+            m[~net.alive.to(m.device)] = float("nan")
+            out_nets.append(m)
+        return {"nets": out_nets, "identity": torch.cat(identity),
+                "classical": {k: torch.cat(v) for k, v in classical.items()}}
+
+    def _curve_point(self, datamodule) -> dict:
+        """Split-level mean per-image PSNR and PSNR of the mean MSE of every copy, val and test."""
+        point = {"step": int(self.global_step)}
+        for split in ("val", "test"):
+            mse = self.split_mse(datamodule.held_out(split), split)["nets"]
+            point[f"{split}_psnr"] = [to_psnr(m).mean(1).tolist() for m in mse]
+            point[f"{split}_mse_psnr"] = [to_psnr(m.double().mean(1)).tolist() for m in mse]
+        return point
+
+    def on_validation_epoch_end(self):
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.sanity_checking or trainer.datamodule is None:
+            return
+        if not hasattr(trainer.datamodule, "held_out_photos"):
+            return
+        if self.curve and self.curve[-1]["step"] == int(self.global_step):
+            return
+        was_training = self.training
+        self.eval()
+        self.curve.append(self._curve_point(trainer.datamodule))
+        self.train(was_training)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["hourglass_curve"] = self.curve
+
+    def on_load_checkpoint(self, checkpoint):
+        self.curve = list(checkpoint.get("hourglass_curve", []))
+
+    @torch.no_grad()
     def split_psnr(self, clean: torch.Tensor, stream: str) -> tuple[list[list[float]], float]:
         """(mean per-image PSNR of every copy of every shape, PSNR of the degraded input itself) on
         ``clean`` under the split's fixed degradation; NaN for diverged copies."""
@@ -199,15 +277,43 @@ class HourglassGrid(L.LightningModule):
     def probe_metrics(self, datamodule) -> dict:
         was_training = self.training
         self.eval()
-        splits = {"val": datamodule.held_out("val"), "test": datamodule.held_out("test"),
-                  "train": datamodule.train_sample(self.train_eval_images)}
-        measured = {name: self.split_psnr(images, name) for name, images in splits.items()}
+        train = self.split_psnr(datamodule.train_sample(self.train_eval_images), "train")
+        held = {}
+        photos = getattr(datamodule, "held_out_photos", None)
+        for split in ("val", "test"):
+            groups = photos(split) if photos else torch.zeros(len(datamodule.held_out(split)), dtype=torch.long)
+            held[split] = (self.split_mse(datamodule.held_out(split), split), groups, int(groups.max()) + 1)
         self.train(was_training)
+
+        def summary(mse: torch.Tensor, groups: torch.Tensor, n: int) -> dict:
+            photo_psnr, photo_mse_psnr = group_psnr(mse, groups, n)
+            m = mse.double()
+            return {"psnr": float(to_psnr(m).mean()), "mse_psnr": float(to_psnr(m.mean())),
+                    "photo_psnr": photo_psnr, "photo_mse_psnr": photo_mse_psnr}
+
+        baselines = {"identity": {split: summary(h[0]["identity"], h[1], h[2]) for split, h in held.items()}}
+        filters = {name: {split: summary(h[0]["classical"][name], h[1], h[2]) for split, h in held.items()}
+                   for name in held["val"][0]["classical"]}
+        pick = max(filters, key=lambda name: filters[name]["val"]["psnr"])  # chosen on validation
+        baselines["classical"] = {"name": pick, **filters[pick]}
+        baselines["classical_candidates"] = {name: {"val_psnr": f["val"]["psnr"]} for name, f in filters.items()}
+
+        curve = list(self.curve)
         rows = []
         for i, (shape, net) in enumerate(zip(self.shapes, self.nets)):
             counts = count_parameters(shape, self.d_x, self.d_x)
             for k, lr in enumerate(self.shape_lrs(shape)):
-                rows.append({**shape.as_dict(), **counts, "lr": lr, "diverged": not bool(net.alive[k]),
-                             **{f"{name}_psnr": measured[name][0][i][k] for name in splits}})
-        return {"shapes": rows, "input_psnr": {name: measured[name][1] for name in splits},
-                "lrs": self.lrs, "task": self.task}
+                row = {**shape.as_dict(), **counts, "lr": lr, "diverged": not bool(net.alive[k]),
+                       "train_psnr": train[0][i][k]}
+                for split, (mse, groups, n) in held.items():
+                    values = summary(mse["nets"][i][k], groups, n)
+                    row.update({f"{split}_{key}": value for key, value in values.items()})
+                    for key in ("psnr", "mse_psnr"):
+                        row[f"curve_{split}_{key}"] = [point[f"{split}_{key}"][i][k] for point in curve]
+                rows.append({key: _rounded(value) for key, value in row.items()})
+        names = getattr(datamodule, "photo_names_of", None)
+        return {"shapes": rows, "input_psnr": {"val": baselines["identity"]["val"]["psnr"],
+                                               "test": baselines["identity"]["test"]["psnr"], "train": train[1]},
+                "baselines": baselines, "curve_steps": [point["step"] for point in curve],
+                "photos": {split: (names(split) if names else [split]) for split in ("val", "test")},
+                "lrs": self.lrs, "task": self.task, "residual": self.residual}

@@ -63,9 +63,13 @@ class StackedNet(nn.Module):
     """``K`` copies of ``shape`` (inputs ``(B, d_x)`` shared by the copies, or ``(K, B, d_x)``;
     output ``(K, B, d_out)``), initialised from ``reference`` (a module :func:`build` made)."""
 
-    def __init__(self, shape: Shape, d_x: int, d_out: int, copies: int, reference: nn.Module | None = None):
+    def __init__(self, shape: Shape, d_x: int, d_out: int, copies: int, reference: nn.Module | None = None,
+                 residual: bool = False):
         super().__init__()
         self.shape, self.d_x, self.d_out, self.copies = shape, int(d_x), int(d_out), int(copies)
+        if residual and d_out != d_x:
+            raise ValueError(f"a residual output needs d_out = d_x, got {d_out} != {d_x}")
+        self.residual = bool(residual) and shape.family != "conventional"
         if shape.family == "conventional" and d_out != d_x:
             raise ValueError(f"a conventional MLP without head outputs its input width {d_x}, not {d_out}")
         reference = reference if reference is not None else build(shape, d_x, d_out)
@@ -110,11 +114,13 @@ class StackedNet(nn.Module):
             z = z + torch.baddbmm(w[f"b{i}.down_b"].unsqueeze(1), h, w[f"b{i}.down_w"])
         if s.family != "conventional":
             z = torch.baddbmm(w["head_b"].unsqueeze(1), z, w["head_w"])
+            if self.residual:  # predict y - x (model.py: residual output)
+                z = z + x
         return z
 
     def copy_module(self, k: int) -> nn.Module:
         """Copy ``k`` as a reference module (:func:`build`) holding its current weights."""
-        module = build(self.shape, self.d_x, self.d_out)
+        module = build(self.shape, self.d_x, self.d_out, residual=self.residual)
         with torch.no_grad():
             if self.shape.family == "hourglass":
                 module.lift.weight.copy_((self.lift if self.lift is not None else self.view("lift")[k]).t())
