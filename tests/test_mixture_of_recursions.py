@@ -14,7 +14,7 @@ from replicate.papers.mixture_of_recursions.flops import (active_counts, block_f
                                                           forward_flops, train_flops_per_step)
 from replicate.papers.mixture_of_recursions.model import (MoRConfig, RecursiveLM, Routing, aux_bce,
                                                           balancing_loss, block_forward_kv,
-                                                          lm_config_for, topk_mask)
+                                                          lm_config_for, topk_mask, unique_params)
 
 LM = dict(n_layer=8, d_model=32, n_head=2, max_len=16)
 
@@ -120,6 +120,43 @@ def test_fixed_gate_updates_every_token_by_h_plus_w_f_h():
     h, routing = m.first(m.base.embed(x)), Routing()
     torch.testing.assert_close(m._recursions(h, "topk", routing), 1.05 ** 2 * h)
     assert routing.depth().eq(2).all()  # no token dropped
+
+
+def test_fixed_gate_vanilla_gates_two_untied_groups_of_middle_blocks():
+    """vanilla_gated: vanilla's 8 unique blocks (same parameters as vanilla), the 6 middle ones in
+    two groups of 3 each applied as h <- h + 0.05 g(h). With the middle blocks' output projections
+    zeroed, g(h) = h, so the two groups scale the first block's output by exactly 1.05^2; unrolled
+    by hand, the logits match; and its training FLOPs are vanilla's."""
+    gated, plain = model("vanilla_gated", 2), model("vanilla")
+    assert gated.mor.fixed_gate() == 0.05 and len(gated.base.blocks) == 8
+    assert unique_params(gated) == unique_params(plain)
+    assert [len(g) for g in gated.gated_groups()] == [3, 3]
+    assert gated.gated_groups()[1][0] is gated.base.blocks[4]
+    x = tokens()
+    h = gated.first(gated.base.embed(x))
+    for group in gated.gated_groups():
+        g = h
+        for block in group:
+            g = block(g)
+        h = h + 0.05 * g
+    expected = gated.base.lm_head(gated.base.norm_f(gated.last(h)))
+    torch.testing.assert_close(gated(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gated(x, rule="threshold"), expected, rtol=1e-5, atol=1e-5)
+    # the same weights applied as plain vanilla give other logits: the gate is in the forward
+    plain.load_state_dict(gated.state_dict())
+    assert not torch.allclose(plain(x), gated(x), atol=1e-3)
+    lm = LMConfig(**LM)
+    assert forward_flops(lm, MoRConfig("vanilla_gated", 2), 12) == forward_flops(lm, MoRConfig("vanilla"), 12)
+    for block in gated.middle:
+        torch.nn.init.zeros_(block.attn.o_proj.weight)
+        torch.nn.init.zeros_(block.mlp.down.weight)
+    h0 = gated.first(gated.base.embed(x))
+    expected = gated.base.lm_head(gated.base.norm_f(gated.last(1.05 ** 2 * h0)))
+    torch.testing.assert_close(gated(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="kv_share"):
+        MoRConfig("vanilla_gated", 2, kv_share=True)
+    with pytest.raises(ValueError, match="divisible"):
+        lm_config_for({**LM, "variant": "vanilla_gated", "n_rec": 4})
 
 
 def test_fixed_gate_matches_an_unrolled_gated_recursion():
@@ -337,7 +374,7 @@ def test_topk_rule_reads_future_tokens():
     assert not torch.equal(dx[:, :9], dy[:, :9])
 
 
-@pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("recursive", 3, {}), ("recursive_gated", 2, {}), ("mor_ec", 2, {}),
+@pytest.mark.parametrize("variant,n_rec,kw", [("vanilla", 2, {}), ("vanilla_gated", 2, {}), ("recursive", 3, {}), ("recursive_gated", 2, {}), ("mor_ec", 2, {}),
                                                ("mor_ec", 3, {"kv_share": True}), ("mor_ec", 3, {"aux_mode": "separate"}),
                                                ("mor_tc", 3, {})])
 def test_kv_cached_decoding_reproduces_the_causal_forward(variant, n_rec, kw):
@@ -405,8 +442,8 @@ def test_isoflop_points_spend_their_budget(scale):
         else:
             assert mor.variant == "mor_ec" and flops < budgets[-1], (values, flops)
     full_sets = [k for k, v in spent.items() if len(v) == len(budgets)]
-    # default: vanilla, recursive N_r=2, MoR-EC x2 at every budget; full: recursive x2, MoR-TC x2 too
-    assert len(full_sets) == (4 if scale == "default" else 7)
+    # default: vanilla, recursive N_r=2, MoR-EC N_r=2 at every budget; full: recursive x2, MoR-EC x2, MoR-TC x2 too
+    assert sorted(full_sets)[:1] == [("mor_ec", 2, False)] and len(full_sets) == (3 if scale == "default" else 7)
 
 
 @pytest.mark.parametrize("figure", ["depth_map", "throughput"])
@@ -558,7 +595,8 @@ def test_claims_are_tagged_and_controls_qualify_the_recursive_claim():
             controls = {c.id: c.qualifies for c in claims if c.kind == "control"}
             assert controls == {name: "ec2_beats_recursive" for name in (
                 "ec2_beats_recursive_topk", "ec_beats_recursive_detached_aux", "ec_beats_rand_router",
-                "ec_gain_not_from_fixed_gate", "ec_beats_recursive_equal_steps", "ec_beats_fixed_gate_equal_steps")}
+                "ec_gain_not_from_fixed_gate", "ec_beats_recursive_equal_steps", "ec_beats_fixed_gate_equal_steps")} | {
+                "ec2_vs_vanilla_fixed_gate": "ec2_vs_vanilla"}
             paper = {c.id: c.measured for c in claims if c.kind == "paper"}
             assert paper["ec2_beats_recursive"].startswith("gain_ec2_") and paper["ec3_beats_recursive"].startswith("gain_ec3_")
         if figure == "depth_map":  # every seed, at least three
@@ -634,6 +672,7 @@ def _isoflop_runs():
         ("mor_ec", 2, (("rand_router", True),), 200): [2.25, 2.25, 2.35],
         ("mor_ec", 2, (), 150): [2.25, 2.20, 2.25],  # equal steps: spends no budget
         ("recursive_gated", 2, (), 200): [2.20, 2.20, 2.20],
+        ("vanilla_gated", 2, (), 200): [2.05, 2.05, 2.25],
         ("vanilla", 0, (), 100): [2.50],  # the lower budget: never read by a claim
     }
     rows = []
@@ -678,6 +717,12 @@ def test_isoflop_measures_select_runs_by_config_and_pair_them_by_seed():
     assert m["gain_rand_router_vs_recursive2"].value == pytest.approx(0.05 / 3)
     # MoR-EC N_r=2 minus vanilla: 0.10, -0.10, -0.05 (the lower-budget vanilla run is not paired)
     assert m["gap_ec2_vs_vanilla_causal"].value == pytest.approx(-0.05 / 3) and m["gap_ec2_vs_vanilla_causal"].n == 3
+    # the fixed-gate vanilla control, picked by its variant (not vanilla's runs): MoR-EC N_r=2 minus it
+    # 0.05, -0.05, -0.10; vanilla minus it -0.05, 0.05, -0.05; recursive fixed-gate minus it 0.15, 0.15, -0.05
+    assert m["gap_ec2_vs_vanilla_gated_causal"].units == pytest.approx((0.05, -0.05, -0.10))
+    assert m["gap_ec2_vs_vanilla_gated_causal"].interval == pytest.approx(_t_interval([0.05, -0.05, -0.10], T2))
+    assert m["gain_gated_vanilla_vs_vanilla"].units == pytest.approx((-0.05, 0.05, -0.05))
+    assert m["gap_fixed_gate2_vs_vanilla_gated"].value == pytest.approx(0.25 / 3)
     # TC N_r=3 minus EC N_r=3: 0.10, 0.05, 0.15: mean 0.1, sd 0.05
     tc = m["gap_tc3_vs_ec3"]
     assert tc.value == pytest.approx(0.1) and tc.interval == pytest.approx((0.1 - T2 * 0.05 / math.sqrt(3),
@@ -864,3 +909,23 @@ def test_research_note_numbers_agree_with_the_configs():
     model_cfg = C.compose("mixture_of_recursions/isoflop", "cpu", "default").figure.run.module.model
     default = re.search(r"\*\*Default here: the paper's setting, `(\w+)` with \$\\lambda\$ = ([\d.]+)\*\*", text)
     assert default and (default.group(1), float(default.group(2))) == (model_cfg.aux_mode, model_cfg.aux_coef)
+
+
+def test_answer_lists_paper_claims_then_controls_as_computed():
+    import pandas as pd
+
+    from replicate.papers.mixture_of_recursions.analysis import answer_markdown
+
+    claims = pd.DataFrame([
+        {"id": "ctl", "kind": "control → a", "measured": 0.0123456, "interval": "[0.01, 0.02]", "n": 3,
+         "verdict": "replicated"},
+        {"id": "a", "kind": "paper", "measured": -0.5, "interval": "[-0.9, -0.1]", "n": 3, "verdict": "not_replicated"},
+        {"id": "b", "kind": "paper", "measured": float("nan"), "interval": "—", "n": 0, "verdict": "inconclusive"},
+    ]).set_index("id")
+    text = answer_markdown(claims)
+    paper, control = text.split("\n\n")
+    assert paper == ("**Paper claims (at the paper's setting):** `a` **not_replicated** (-0.5 [-0.9, -0.1], n = 3); "
+                     "`b` **inconclusive** (n/a —, n = 0).")
+    assert control == "**Controls (ours):** `ctl` **replicated** (0.01235 [0.01, 0.02], n = 3; qualifies `a`)."
+    assert answer_markdown(claims[claims.kind == "paper"]).startswith("**Paper claims") and "Controls" not in answer_markdown(
+        claims[claims.kind == "paper"])

@@ -36,6 +36,8 @@ def model_label(variant: str, n_rec: int, kv_share: bool = False, aux_mode: str 
     ``RANDOM_ROUTER_SUFFIX`` (it has no router for an auxiliary loss to train)."""
     if variant == "vanilla":
         return "vanilla"
+    if variant == "vanilla_gated":
+        return f"vanilla fixed-gate ({n_rec} groups)"
     name = {"recursive": "recursive", "recursive_gated": "recursive fixed-gate", "mor_ec": "MoR-EC",
             "mor_tc": "MoR-TC"}[variant]
     label = f"{name} N_r={n_rec}" + (" +KV share" if kv_share else "")
@@ -76,7 +78,7 @@ def run_table(runs: pd.DataFrame, budgets: list[float]) -> pd.DataFrame:
         ratios = [abs(flops / b - 1) for b in budgets]
         k = int(np.argmin(ratios))
         rows.append({"label": probe_label(p),
-                     "variant": p["variant"], "n_rec": int(p["n_rec"]) if p["variant"] != "vanilla" else 0,
+                     "variant": p["variant"], "n_rec": int(p["n_rec"]) if p["variant"] != "vanilla" else 0,  # vanilla_gated: its groups
                      "kv_share": bool(p["kv_share"]), "aux": aux_setting(p),
                      "rand_router": bool(p.get("rand_router", False)), "seed": run_seed(r),
                      "steps": r.steps, "params": r.params, "flops": flops,
@@ -261,3 +263,26 @@ def speedup_estimate(seconds_model, seconds_base, batch_model, batch_base,
         raise ValueError(f"speedup_estimate: {len(t_m)} and {len(t_b)} {unit} are not paired")
     return claims_lib.ratio_interval(np.asarray(batch_model, float) / t_m, np.asarray(batch_base, float) / t_b,
                                      unit=unit)
+
+
+# --------------------------------------------------------------------------- the answer, first
+
+
+def answer_markdown(claims: pd.DataFrame) -> str:
+    """The opening answer of a figure's notebook, from its judged claims table (``ctx.report``):
+    the paper claims first, then the controls (ours, each with the claim it qualifies), each as
+    its verdict, measured value, interval and number of units, exactly as computed."""
+    parts = []
+    for kind, title in (("paper", "Paper claims (at the paper's setting)"), ("control", "Controls (ours)")):
+        rows = claims[claims.kind.str.split(" ").str[0] == kind]
+        if rows.empty:
+            continue
+        items = []
+        for cid, row in rows.iterrows():
+            value = row.measured
+            shown = "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.4g}"
+            qualifies = row.kind.split("→", 1)[1].strip() if "→" in row.kind else ""
+            items.append(f"`{cid}` **{row.verdict}** ({shown} {row.interval}, n = {row.n}"
+                         + (f"; qualifies `{qualifies}`" if qualifies else "") + ")")
+        parts.append(f"**{title}:** " + "; ".join(items) + ".")
+    return "\n\n".join(parts)

@@ -85,6 +85,14 @@ class Decoder:
         if m.mor.variant == "vanilla":
             for i, block in enumerate(m.base.blocks):
                 h = self._run(block, i, h, all_rows)
+        elif m.mor.variant == "vanilla_gated":
+            h, i = self._run(m.first, 0, h, all_rows), 1
+            for group in m.gated_groups():
+                x = h
+                for block in group:
+                    x, i = self._run(block, i, x, all_rows), i + 1
+                h = h + m.mor.fixed_gate() * x
+            h = self._run(m.last, i, h, all_rows)
         else:
             h = self._run(m.first, 0, h, all_rows)
             h = self._recursions(h)

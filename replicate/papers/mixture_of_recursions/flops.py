@@ -16,8 +16,8 @@ per sequence of T tokens, only for the tokens active at each block application:
 
 Active tokens per recursion: expert-choice keeps ``max(1, floor(c_r T))``; token-choice is
 counted at the balanced split its balancing loss aims for (the same counts); the recursive
-models (plain and fixed-gate) run every token ``N_r`` times (the gate's elementwise scaling is
-not counted, like norms).
+models (plain and fixed-gate) run every token ``N_r`` times; the fixed-gate vanilla model counts
+as vanilla (the gate's elementwise scaling is not counted, like norms).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def active_counts(mor: MoRConfig, seq_len: int) -> list[int]:
 def forward_flops(lm: LMConfig, mor: MoRConfig, seq_len: int, counts: list[int] | None = None) -> float:
     """Forward FLOPs of one sequence of seq_len tokens."""
     head = 2 * seq_len * lm.d_model * lm.vocab_size
-    if mor.variant == "vanilla":
+    if mor.variant in ("vanilla", "vanilla_gated"):  # the gate's elementwise scaling is not counted
         return lm.n_layer * block_forward_flops(lm, seq_len) + head
     m = middle_layers(lm.n_layer, mor.n_rec)
     counts = counts if counts is not None else active_counts(mor, seq_len)

@@ -33,7 +33,9 @@ def isoflop_units(runs: pd.DataFrame, cfg) -> dict[str, pd.DataFrame]:
     read under the causal rule unless the key says top-k, with the paper's auxiliary loss unless
     the key says ``detached``; ``rand_router`` is MoR-EC with random scores in place of routers;
     ``equal_steps`` keys use the MoR-EC runs trained for vanilla's step count; ``pooled`` keys pool
-    N_r in {2, 3} as (N_r, seed) units and are shown, not judged (each N_r is its own claim)."""
+    N_r in {2, 3} as (N_r, seed) units and are shown, not judged (each N_r is its own claim).
+    ``vanilla_gated`` is vanilla with the fixed-gate update on its two groups of middle blocks
+    (equal FLOPs to vanilla): MoR-EC against it compares MoR with the same small residual scale."""
     table = run_table(runs, list(cfg.figure.measure.budgets))
     top = len(cfg.figure.measure.budgets) - 1
 
@@ -74,6 +76,9 @@ def isoflop_units(runs: pd.DataFrame, cfg) -> dict[str, pd.DataFrame]:
         "equal_steps_gain_ec_vs_fixed_gate": pooled(lambda n: (at("recursive_gated", n),
                                                                at("mor_ec", n, budget=OFF_BUDGET))),
         "gap_fixed_gate2_vs_vanilla": one(at("recursive_gated", 2), at("vanilla")),
+        "gap_ec2_vs_vanilla_gated_causal": one(ec2, at("vanilla_gated", 2)),
+        "gain_gated_vanilla_vs_vanilla": one(at("vanilla"), at("vanilla_gated", 2)),
+        "gap_fixed_gate2_vs_vanilla_gated": one(at("recursive_gated", 2), at("vanilla_gated", 2)),
     }
 
 

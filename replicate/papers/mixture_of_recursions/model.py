@@ -17,6 +17,13 @@ and one ablation of ours:
                ``w``. It separates the effect of that small residual-branch scale from the
                effect of routing (same unique parameters and FLOPs as ``recursive``). A variant
                rather than a new config key, so that no existing run's resolved config changes.
+``vanilla_gated``  control, not in the paper: vanilla's ``n_layer`` unique blocks with
+               recursive_gated's update and no sharing. The ``n_layer - 2`` middle blocks form
+               ``n_rec`` consecutive groups ``g_1..g_{N_r}`` of ``(n_layer - 2) / n_rec`` untied
+               blocks, each applied as ``h <- h + w g_i(h)`` with the same fixed gate
+               ``w = alpha / 2``; the first and last blocks are plain. It has vanilla's
+               parameters and FLOPs and MoR's small residual-branch scale, so MoR against it
+               compares routing with sharing to the same update without either.
 ``mor_ec``     Middle-Cycle + expert-choice routing (Sec. 2.2.1): one router per recursion step
                r = 0..n_rec-1, ``Linear(d -> 1)`` without bias, init N(0, 0.02), score
                ``w = alpha * sigmoid(logit)`` with alpha = 0.1. Step r keeps the top
@@ -108,7 +115,8 @@ from torch import nn
 
 from replicate.nn.transformer import Block, CausalLM, LMConfig, apply_rope, causal_mask, rope_angles
 
-VARIANTS = ("vanilla", "recursive", "recursive_gated", "mor_ec", "mor_tc")
+VARIANTS = ("vanilla", "vanilla_gated", "recursive", "recursive_gated", "mor_ec", "mor_tc")
+UNSHARED = ("vanilla", "vanilla_gated")  # every block application has its own block
 RULES = ("topk", "threshold")
 AUX_MODES = ("logits", "detached", "separate")
 
@@ -119,8 +127,8 @@ class MoRConfig:
 
     variant       one of VARIANTS
     n_rec         N_r, number of recursions of the middle group (ignored by vanilla)
-    alpha         expert-choice router scale (0.1 in the paper's configs); recursive_gated's
-                  fixed gate is alpha * sigmoid(0) = alpha / 2
+    alpha         expert-choice router scale (0.1 in the paper's configs); the fixed gate of
+                  recursive_gated and vanilla_gated is alpha * sigmoid(0) = alpha / 2
     kv_share      recursive KV sharing: recursions r >= 1 reuse recursion 0's K/V
     aux_coef      expert-choice BCE auxiliary loss coefficient (0.001 in the paper)
     aux_mode      which logits the BCE trains: logits | detached | separate (module docstring)
@@ -151,8 +159,8 @@ class MoRConfig:
             raise ValueError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
         if self.n_rec < 1:
             raise ValueError(f"model.n_rec={self.n_rec} must be >= 1")
-        if self.kv_share and self.variant == "vanilla":
-            raise ValueError("model.kv_share needs a recursive variant, not vanilla")
+        if self.kv_share and self.variant in UNSHARED:
+            raise ValueError(f"model.kv_share needs a recursive variant, not {self.variant}")
         if self.aux_mode not in AUX_MODES:
             raise ValueError(f"model.aux_mode={self.aux_mode!r}; expected one of {AUX_MODES}")
         if self.router_temp <= 0 or self.cap_warmup_steps < 0:
@@ -163,8 +171,9 @@ class MoRConfig:
             raise ValueError(f"model.ec_z_coef={self.ec_z_coef} must be >= 0")
 
     def fixed_gate(self) -> float | None:
-        """recursive_gated's gate w = alpha * sigmoid(0) (None for every other variant)."""
-        return self.alpha * 0.5 if self.variant == "recursive_gated" else None
+        """The fixed gate w = alpha * sigmoid(0) of recursive_gated and vanilla_gated (None for
+        every other variant)."""
+        return self.alpha * 0.5 if self.variant in ("recursive_gated", "vanilla_gated") else None
 
     def capacities(self, step: int | None = None) -> list[float]:
         """Expert-choice capacity of each recursion step: (N_r - r) / N_r; at training step
@@ -235,7 +244,7 @@ class RecursiveLM(nn.Module):
         super().__init__()
         self.cfg, self.mor = lm, mor
         self.base = CausalLM(lm)  # embeddings, blocks (the first n_unique used), final norm, head
-        if mor.variant == "vanilla":
+        if mor.variant in UNSHARED:
             return
         m = middle_layers(lm.n_layer, mor.n_rec)
         del self.base.blocks[m + 2:]  # keep first, m middle, last: unique parameters only
@@ -262,10 +271,16 @@ class RecursiveLM(nn.Module):
     def middle(self) -> list[Block]:
         return list(self.base.blocks[1:-1])
 
+    def gated_groups(self) -> list[list[Block]]:
+        """vanilla_gated's middle blocks in their ``n_rec`` consecutive groups."""
+        blocks = list(self.base.blocks[1:-1])
+        size = middle_layers(self.cfg.n_layer, self.mor.n_rec)
+        return [blocks[i:i + size] for i in range(0, len(blocks), size)]
+
     def layer_schedule(self) -> list[tuple[int, int]]:
         """(recursion, unique block index) of every block application, in order; the first
         and last blocks are recursion -1."""
-        if self.mor.variant == "vanilla":
+        if self.mor.variant in UNSHARED:
             return [(-1, i) for i in range(self.cfg.n_layer)]
         m = len(self.middle)
         inner = [(r, 1 + j) for r in range(self.mor.n_rec) for j in range(m)]
@@ -297,6 +312,14 @@ class RecursiveLM(nn.Module):
         if self.mor.variant == "vanilla":
             for block in self.base.blocks:
                 h = block(h)
+        elif self.mor.variant == "vanilla_gated":
+            h = self.first(h)
+            for group in self.gated_groups():
+                x = h
+                for block in group:
+                    x = block(x)
+                h = h + self.mor.fixed_gate() * x
+            h = self.last(h)
         else:
             h = self.first(h)
             h = self._recursions(h, rule, routing, step)
@@ -471,5 +494,5 @@ def lm_config_for(model: dict) -> tuple[LMConfig, MoRConfig]:
     mor = MoRConfig(**{k: v for k, v in model.items() if k in mor_keys})
     lm = LMConfig.from_dict({k: v for k, v in model.items() if k not in mor_keys})
     if mor.variant != "vanilla":
-        middle_layers(lm.n_layer, mor.n_rec)
+        middle_layers(lm.n_layer, mor.n_rec)  # vanilla_gated's groups divide the middle blocks too
     return lm, mor

@@ -100,7 +100,7 @@ def byte_depths(depths: torch.Tensor, inputs: torch.Tensor, n_rec: int) -> tuple
 @torch.no_grad()
 def probe(model: RecursiveLM, batches) -> dict:
     model.eval()
-    n_rec = model.mor.n_rec if model.mor.variant != "vanilla" else 0
+    n_rec = model.mor.n_rec if model.mor.variant not in ("vanilla", "vanilla_gated") else 0  # no routed depth
     runs = {rule: run_rule(model, batches, rule) for rule in RULES}
     out = {"nll": {rule: runs[rule][0] for rule in RULES},
            "depth_share": {rule: depth_share(runs[rule][1], n_rec) for rule in RULES}}
