@@ -85,6 +85,7 @@ rule figure:
         runs=lambda w: plan.run_metrics(f"{w.paper}/{w.figure}", plan.seeds_decision(checkpoints.seeds, w)),
         notebook="notebooks/{paper}/{figure}.ipynb",
         code=lambda w: plan.paper_code(w.paper),
+        configs=lambda w: plan.figure_configs(f"{w.paper}/{w.figure}"),
     output:
         # the png goes into `snakemake --report`, one category per paper (caption: report/figure.rst)
         report(plan.figure_outputs("{paper}/{figure}")[0], caption="report/figure.rst",

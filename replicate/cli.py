@@ -11,6 +11,8 @@
     new-paper <name> [figure=<figure>]     scaffold a paper: package, figure config, notebook, test
     clean [--yes]                          run folders under <out>/runs/ no figure config asks for
                                            (listed with sizes; deleted only with --yes)
+    store                                  the run-store files the figures read, to commit with them
+                                           (`python -m replicate store | xargs git add`)
 
 Every command takes ``hardware=<auto|cpu|gpu> scale=<smoke|default|full> out=<dir>``; ``run``
 also takes Hydra overrides of the figure (``figure.run.trainer.max_steps=50``). Errors a user can
@@ -152,6 +154,14 @@ def cmd_clean(args, options, overrides):
     print(clean.clean(options["out"], delete=args.yes))
 
 
+def cmd_store(args, options, overrides):
+    from replicate import store
+
+    if overrides:
+        raise C.ConfigError(f"store takes only out=<dir>, got {' '.join(overrides)}")
+    print("\n".join(str(path) for path in store.shipped_run_files(options["out"])))
+
+
 def cmd_plan(args, options, overrides):
     from replicate import plan
 
@@ -160,7 +170,7 @@ def cmd_plan(args, options, overrides):
 
 COMMANDS = {"list": cmd_list, "plan": cmd_plan, "run": cmd_run, "notebook": cmd_notebook, "seeds": cmd_seeds,
             "scorecard": cmd_scorecard, "report": cmd_report, "new-paper": cmd_new_paper,
-            "clean": cmd_clean}
+            "clean": cmd_clean, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ names the key and the file it came from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -512,13 +513,15 @@ PLAN_CACHE_FORMAT = "1"
 @dataclass(frozen=True)
 class ComposedFigure:
     """What a plan needs of one composed figure, as plain data (one file of the plan cache):
-    the figure block resolved, its :func:`config_sha256`, and every sweep point's resolved run
-    config (:func:`run_config`) with its :func:`run_hash`, in point order."""
+    the figure block resolved, its :func:`config_sha256`, every sweep point's resolved run
+    config (:func:`run_config`) with its :func:`run_hash`, in point order, and the config files
+    it was composed from (relative to configs/)."""
 
     figure: dict
     config_sha256: str
     runs: list
     run_hashes: list
+    sources: list = field(default_factory=list)
 
     @classmethod
     def of(cls, cfg: DictConfig) -> "ComposedFigure":
@@ -539,10 +542,10 @@ def composed(figure: str, hardware: str, scale: str, out: str | Path) -> Compose
     path = Path(out) / PLAN_CACHE / f"{hardware}-{scale}" / f"{figure}.json"
     entry = _read_entry(path)
     if entry is not None and entry.get("key") == _cache_key(entry.get("sources", []), hardware, scale):
-        return ComposedFigure(**{k: entry[k] for k in ("figure", "config_sha256", "runs", "run_hashes")})
+        return ComposedFigure(**{k: entry[k] for k in ("figure", "config_sha256", "runs", "run_hashes", "sources")})
     cfg, sources = _compose(figure, hardware, scale, (), with_sources=True)
-    result = ComposedFigure.of(cfg)
-    entry = {"key": _cache_key(sources, hardware, scale), "sources": sources, **vars(result)}
+    result = dataclasses.replace(ComposedFigure.of(cfg), sources=list(sources))
+    entry = {"key": _cache_key(sources, hardware, scale), **vars(result)}
     # cached only when plain JSON round-trips it exactly (e.g. no int keys) and its files alone
     # decide it (a resolver such as ${oc.env:HOME} reads what no key covers)
     if json.loads(json.dumps(entry)) == entry and not any(

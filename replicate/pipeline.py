@@ -61,7 +61,12 @@ class Plan:
 
     @classmethod
     def for_snakemake(cls, config: dict) -> "Plan":
-        """The Snakefile's plan; a bad ``--config`` value is one line on stderr and exit status 2."""
+        """The Snakefile's plan; a bad ``--config`` value is one line on stderr and exit status 2.
+        The checkout's tracked files are first dated by their commits (replicate/store.py), so
+        the shipped figures and runs are judged by the history that made them."""
+        from replicate import store
+
+        store.date_by_history()
         try:
             return cls(hardware=config.get("hardware", "auto"), scale=config.get("scale", "default"),
                        out=str(config.get("out", ".")))
@@ -105,6 +110,12 @@ class Plan:
 
     def figure_outputs(self, figure: str) -> list[str]:
         return [self.path("figures", f"{figure}{s}") for s in (*FIGURE_SUFFIXES, PAGE_SUFFIX)]
+
+    def figure_configs(self, figure: str) -> list[str]:
+        """The config files the figure is composed from: inputs of its job, so an edit to one
+        (its claims, a shared part) reruns the figure even where Snakemake has no record of its
+        params (a fresh clone's shipped figures)."""
+        return [str(C.CONFIG_DIR.relative_to(C.REPO_ROOT) / source) for source in self.figures[self.require(figure)].sources]
 
     def figure_sha256(self, figure: str) -> str:
         """Hash of the figure's resolved config: a Snakemake param, so an edit reruns the figure."""

@@ -1,0 +1,114 @@
+"""The shipped results of a clone, dated by the history that made them.
+
+A clone ships every figure (``figures/``) and, for the runs those figures read, the run store's
+results: each run's ``metrics.json`` and resolved ``config.yaml`` under ``runs/<paper>/<hash>/``
+(checkpoints are not shipped). Snakemake decides what to rerun by modification times, and git
+writes a fresh clone's files at checkout time in path order: ``figures/`` before ``notebooks/``
+and ``replicate/``, so every figure would look older than its notebook and be re-executed.
+
+:func:`date_by_history` gives each tracked file the time of the last commit that changed it, so
+Snakemake's rule reads what the history says: a figure committed after its notebook, code and
+configs is up to date; a figure whose paper code was committed after it is not, and neither is a
+run whose training code changed since. A run's files are dated no later than the first figure
+that read them (the figure's json names each run and the sha256 of the metrics.json it read, so
+the date is only moved for the exact file the figure used): results committed after their figure
+still count as what the figure was made from.
+
+Files that differ from ``HEAD`` (a user's edits) and untracked files keep their own times. The
+dating is done once per ``HEAD`` (its commit is recorded in ``<repo>/.replicate/dated``); a copy
+without git history is left as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from replicate import config as C
+
+STAMP = Path(".replicate") / "dated"
+
+
+def date_by_history(repo: Path = C.REPO_ROOT) -> int:
+    """Date the tracked, unmodified files of ``repo`` by their last commit (see the module
+    docstring); return how many files were dated (0 when already done for this ``HEAD``)."""
+    head = _git(repo, "rev-parse", "HEAD")
+    stamp = repo / STAMP
+    if head is None or (stamp.is_file() and stamp.read_text().strip() == head.strip()):
+        return 0
+    edited = set((_git(repo, "diff", "--name-only", "HEAD") or "").splitlines())
+    dates = {name: when for name, when in last_commit_times(repo).items() if name not in edited}
+    dates.update(run_dates_capped_by_figures(repo, dates))
+    dated = 0
+    for name, when in dates.items():
+        path = repo / name
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (when, when))
+            dated += 1
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(head)
+    return dated
+
+
+def last_commit_times(repo: Path) -> dict[str, int]:
+    """``{tracked path: unix time of the newest commit on HEAD that changed it}``."""
+    log = _git(repo, "log", "--format=%x00%ct", "--name-only", "--no-renames", "HEAD") or ""
+    times: dict[str, int] = {}
+    for block in log.split("\0")[1:]:
+        lines = block.strip().splitlines()
+        for name in lines[1:]:
+            times.setdefault(name, int(lines[0]))  # newest first: keep the first time seen
+    return times
+
+
+def run_dates_capped_by_figures(repo: Path, dates: dict[str, int]) -> dict[str, int]:
+    """For each run a dated figure json names with the sha256 of its metrics.json, the run's
+    dated files moved back to the figure's date when they were committed after it."""
+    capped: dict[str, int] = {}
+    for name, when in dates.items():
+        if not (name.startswith("figures/") and name.endswith(".json")):
+            continue
+        paper = Path(name).parent.name
+        for run in _figure_runs(repo / name):
+            folder = f"runs/{paper}/{run.get('run')}"
+            metrics = repo / folder / "metrics.json"
+            if not (metrics.is_file() and f"{folder}/metrics.json" in dates
+                    and hashlib.sha256(metrics.read_bytes()).hexdigest() == run.get("metrics_sha256")):
+                continue
+            for part in ("metrics.json", "config.yaml"):
+                key = f"{folder}/{part}"
+                if key in dates:
+                    capped[key] = min(capped.get(key, dates[key]), when)
+    return capped
+
+
+def shipped_run_files(out: str | Path = ".") -> list[Path]:
+    """The run-store files to commit with the figures under ``out``: ``metrics.json`` and
+    ``config.yaml`` of every run a figure json names, when the file there is the one it read."""
+    files = []
+    for figure in sorted(Path(out, "figures").glob("*/*.json")):
+        for run in _figure_runs(figure):
+            folder = Path(out, "runs", figure.parent.name, str(run.get("run")))
+            metrics = folder / "metrics.json"
+            if metrics.is_file() and hashlib.sha256(metrics.read_bytes()).hexdigest() == run.get("metrics_sha256"):
+                files += [metrics] + [folder / "config.yaml"] * (folder / "config.yaml").is_file()
+    return sorted(set(files))
+
+
+def _figure_runs(path: Path) -> list[dict]:
+    try:
+        runs = json.loads(path.read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        return []  # not a figure's claims json
+    return [run for run in runs if isinstance(run, dict)]
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    except OSError:
+        return None  # no git on this machine
+    return done.stdout if done.returncode == 0 else None
