@@ -46,6 +46,7 @@ class FigureContext:
         self.train_missing = train_missing
         self._runs: pd.DataFrame | None = None
         self.seed_decision: dict | None = None  # set by runs() under a two-stage seed design
+        self._layout: list[str] = []  # what save() found unreadable in the figures (plotting.layout_problems)
         plotting.set_theme()
 
     @property
@@ -81,6 +82,12 @@ class FigureContext:
         return self._runs
 
     def save(self, fig) -> list[Path]:
+        """Write the figure (.png, .pdf); what a reader could not read of it (plotting.layout_problems)
+        is printed and recorded in the json under ``layout``."""
+        problems = plotting.layout_problems(fig)
+        for problem in problems:
+            print(f"layout: {problem}")
+        self._layout += problems
         return plotting.save(fig, self.figure_dir / f"{self.figure.name}.png")
 
     def report(self, measurements: Mapping[str, Any]) -> pd.DataFrame:
@@ -105,6 +112,7 @@ class FigureContext:
             "config_sha256": C.config_sha256(self.cfg),
             "environment": describe(),
             "data": self._data_provenance(),
+            "layout": self._layout,
             "measurements": dict(measurements),
             "claims": [c.to_dict() for c in judged],
             **({"seeds": self.seed_decision} if self.seed_decision is not None else {}),

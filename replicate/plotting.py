@@ -1,11 +1,16 @@
-"""One look for every figure: a seaborn theme, a palette per method, and save(fig, path)."""
+"""One look for every figure: a seaborn theme, a palette per method, save(fig, path), and
+layout_problems(fig): what matplotlib can tell of a figure a reader cannot read (tick labels or
+text labels drawn over each other, a legend drawn over data)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
+from matplotlib.transforms import Bbox
 
 PALETTE = "colorblind"
 
@@ -32,3 +37,53 @@ def save(fig: plt.Figure, path: str | Path) -> list[Path]:
         fig.savefig(target, bbox_inches="tight")
         written.append(target)
     return written
+
+
+OVERLAP_PX = 1.0  # labels may touch; an overlap deeper than this (in pixels, both ways) is reported
+
+
+def layout_problems(fig: plt.Figure) -> list[str]:
+    """One line per unreadable spot of the drawn figure: tick labels of one axis overlapping each
+    other, annotation/text labels of one panel overlapping each other, or a legend box that
+    covers a plotted point (of a line or a scatter) of its panel."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    problems = []
+    for k, ax in enumerate(fig.axes):
+        name = f"panel {k + 1}" + (f" '{ax.get_title()}'" if ax.get_title() else "")
+        for what, texts in (("x tick labels", ax.get_xticklabels()), ("y tick labels", ax.get_yticklabels()),
+                            ("text labels", ax.texts)):
+            pairs = _overlapping(texts, renderer)
+            if pairs:
+                problems.append(f"{name}: {len(pairs)} pair(s) of {what} overlap, e.g. '{pairs[0][0]}' and '{pairs[0][1]}'")
+        legend = ax.get_legend()
+        if legend is not None and legend.get_visible():
+            covered = _points_under(legend.get_window_extent(renderer), ax)
+            if covered:
+                problems.append(f"{name}: the legend covers {covered} plotted point(s)")
+    return problems
+
+
+def _overlapping(texts, renderer) -> list[tuple[str, str]]:
+    shown = [(t.get_text(), t.get_window_extent(renderer)) for t in texts
+             if t.get_visible() and t.get_text().strip()]
+    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(shown, 2) if _overlap(box_a, box_b)]
+
+
+def _overlap(a: Bbox, b: Bbox) -> bool:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width > OVERLAP_PX and height > OVERLAP_PX
+
+
+def _points_under(box: Bbox, ax) -> int:
+    """How many data points of the panel's lines and scatters lie inside ``box`` (display units)."""
+    points = [line.get_xydata() for line in ax.get_lines() if line.get_visible() and len(line.get_xydata())]
+    points += [c.get_offsets() for c in ax.collections if c.get_visible() and len(c.get_offsets())
+               and c.get_offset_transform() == ax.transData]
+    if not points:
+        return 0
+    xy = ax.transData.transform(np.concatenate([np.asarray(p, dtype=float) for p in points]))
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    inside = (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+    return int(inside.sum())

@@ -90,6 +90,14 @@ def test_each_executed_notebook_opens_with_its_answer_and_hides_its_code(built):
         assert f'figure_dir = "{built / "figures"}' not in params and "/." not in params, params
 
 
+def test_every_figure_is_readable_as_drawn(built):
+    """No tick labels or text labels drawn over each other and no legend over data, in any panel
+    of any figure (plotting.layout_problems, recorded by the notebook in the json's ``layout``)."""
+    problems = {figure: json.loads((built / "figures" / f"{figure}.json").read_text())["layout"]
+                for figure in C.list_figures()}
+    assert {figure: found for figure, found in problems.items() if found} == {}
+
+
 def test_every_run_metrics_json_is_strict(built):
     for path in (built / "runs").glob("*/*/metrics.json"):
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} is not strict JSON: {c}"))
