@@ -37,6 +37,9 @@ if set(config) - set(yaml.safe_load(CONFIG_SCHEMA.read_text())["properties"]):
         fail(f"--config: {reason} (the keys are hardware, scale and out)")
 
 plan = Plan.for_snakemake(config)  # a bad --config value: one line, exit 2
+# each figure's report caption (title, source, regime), read by report/figure.rst: kept here,
+# not as a job param, so the report shows it once
+config["captions"] = {figure: plan.caption(figure) for figure in plan.figures}
 
 report: "report/workflow.rst"
 
@@ -93,7 +96,6 @@ rule figure:
         plan.figure_outputs("{paper}/{figure}")[1:],
     params:
         config_sha256=lambda w: plan.figure_sha256(f"{w.paper}/{w.figure}"),
-        caption=lambda w: plan.caption(f"{w.paper}/{w.figure}"),
         hardware=plan.hardware,
         scale=plan.scale,
         out=lambda w: plan.out,  # a function: the out dir is a prefix of outputs, not a file

@@ -120,6 +120,7 @@ def test_the_snakemake_report_holds_every_figure(built):
         names = report.namelist()
         page = report.read(next(n for n in names if n.endswith(".html"))).decode()
     figures = C.list_figures()
+    assert "caption=" not in page  # the caption is shown once, as the caption, not again as a job param
     assert sorted(n.rsplit("/", 1)[-1] for n in names if n.endswith(".png")) == sorted(
         f"{f.split('/')[1]}.png" for f in figures)
     for figure in figures:  # captioned with the title and the paper's arXiv id, under its paper
