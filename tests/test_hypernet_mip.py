@@ -220,19 +220,19 @@ def test_setting_is_merged_over_the_base_and_unknown_keys_fail():
 def test_pipeline_run_is_deterministic_and_records_probes(tmp_path):
     cfg = C.compose("hypernet_mip/convergence", "cpu", "smoke", ["figure.run.trainer.max_steps=6",
                                                                  "figure.run.trainer.val_check_interval=3"])
-    run_cfg = C.run_config(cfg, 2)  # noise regime, MIP, seeds 0 and 1 side by side
-    assert run_cfg.run.module.variant == "mip" and list(run_cfg.run.module.seeds) == [0, 1]
+    run_cfg = C.run_config(cfg, 1)  # noise regime, MIP, seeds 0, 1 and 100 side by side
+    assert run_cfg.run.module.variant == "mip" and list(run_cfg.run.module.seeds) == [0, 1, 100]
     a = runs.read_metrics(runs.ensure(run_cfg, tmp_path / "a"))
     b = runs.read_metrics(runs.ensure(run_cfg, tmp_path / "b"))
     assert a["status"] == "finished" and a["steps"] == 6 and [v["step"] for v in a["val"]] == [3, 6]
     for key in ("train", "val", "probes"):
         assert a[key] == b[key], key
     p = a["probes"]
-    assert [s["seed"] for s in p["per_seed"]] == [0, 1]
+    assert [s["seed"] for s in p["per_seed"]] == [0, 1, 100]
     for s in p["per_seed"]:
         assert len(s["val_loss_by_gamma"]) == len(p["gammas"]) == len(s["theta_norm"])
         assert [v["step"] for v in s["val"]] == [3, 6] and s["status"] == "finished"
-    assert a["val"][-1]["val_loss"] == pytest.approx(sum(s["final_val_loss"] for s in p["per_seed"]) / 2)
+    assert a["val"][-1]["val_loss"] == pytest.approx(sum(s["final_val_loss"] for s in p["per_seed"]) / 3)
     assert p["effective"]["variant"] == "mip" and p["primary_params"] == 13130
     assert a["data"]["source"] == "digits" and len(a["data"]["sha256"]) == 64
 
@@ -256,80 +256,6 @@ def test_primary_module_baseline_trains_the_same_functional_network():
 
 
 # --------------------------------------------------------------------------- claim estimates
-
-
-def _runs_frame(rows):
-    """A stand-in for ``expand_seeds``'s rows: (variant, seed, val curve, final loss, status) per run and seed."""
-    import pandas as pd
-
-    return pd.DataFrame([{"run_dir": f"run{i}", "regime": "noise", "variant": v, "seed": s, "status": st,
-                          "final_val_loss": f, "val": [{"step": 10 * (j + 1), "val_loss": x} for j, x in enumerate(c)]}
-                         for i, (v, s, c, f, st) in enumerate(rows)])
-
-
-def _table():
-    from replicate.papers.hypernet_mip.analysis import seed_table
-
-    rows = [  # default reaches loss 1.0 at step 40, 30, never (censored 50); MIP at 10, 20, 10
-        ("default", 0, [2, 2, 2, 1.0, 0.9], 0.9, "finished"),
-        ("default", 1, [2, 2, 1.0, 0.8, 0.8], 0.8, "finished"),
-        ("default", 2, [2, 2, 2, 2, 2], 2.0, "finished"),
-        ("mip", 0, [1.0, 0.5, 0.5, 0.5, 0.4], 0.4, "finished"),
-        ("mip", 1, [2, 1.0, 0.6, 0.6, 0.6], 0.6, "finished"),
-        ("mip", 2, [0.9, 0.9, 0.9, 0.9, 0.9], 0.9, "finished"),
-    ]
-    return seed_table(_runs_frame(rows), {"noise": 1.0}, 50)
-
-
-def test_seed_table_censors_runs_that_never_reach_the_threshold():
-    t = _table()
-    assert t.steps_censored.tolist() == [40, 30, 50, 10, 20, 10]
-    assert t.reached.tolist() == [True, True, False, True, True, True]
-    from replicate.papers.hypernet_mip.analysis import reached_fraction
-
-    assert reached_fraction(t, "noise", "default") == pytest.approx(2 / 3)
-    assert reached_fraction(t, "noise", "mip") == 1.0
-
-
-def test_steps_ratio_is_the_geometric_mean_of_per_seed_ratios_with_a_t_interval_on_logs():
-    from scipy import stats
-
-    from replicate.papers.hypernet_mip.analysis import steps_ratio
-
-    est = steps_ratio(_table(), "noise")
-    logs = np.log([40 / 10, 30 / 20, 50 / 10])  # default ÷ MIP per seed (seed 2 censored at 50)
-    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
-    assert est.value == pytest.approx(30 ** (1 / 3)) and est.n == 3
-    assert est.interval == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
-    assert est.units == pytest.approx((4.0, 1.5, 5.0))
-    assert math.isnan(steps_ratio(_table(), "noise", "encoding").value)  # no encoding run: nothing paired
-
-
-def test_final_gain_is_the_mean_paired_difference_with_a_t_interval():
-    from scipy import stats
-
-    from replicate.papers.hypernet_mip.analysis import final_gain
-
-    est = final_gain(_table(), "noise")
-    diffs = [0.5, 0.2, 1.1]  # default - MIP per seed
-    mean, sd = sum(diffs) / 3, float(np.std(diffs, ddof=1))
-    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
-    assert est.value == pytest.approx(mean)
-    assert est.interval == pytest.approx((mean - half, mean + half))
-    assert est.units == pytest.approx(tuple(diffs))
-
-
-def test_final_gain_of_a_diverged_run_is_not_judged_as_finite():
-    from replicate import claims
-    from replicate.papers.hypernet_mip.analysis import final_gain, seed_table
-
-    rows = [("default", 0, [2.0], float("nan"), "diverged"), ("mip", 0, [1.0], 1.0, "finished"),
-            ("default", 1, [2.0], 2.0, "finished"), ("mip", 1, [1.0], 1.0, "finished")]
-    t = seed_table(_runs_frame(rows), 1.0, 10)
-    assert t.steps_censored.tolist() == [10, 10, 10, 10] and math.isinf(t.final[0])
-    est = final_gain(t, "noise")
-    assert est.interval is None
-    assert claims.judge(est.value if math.isfinite(est.value) else None, None, "> 0")[0] == "inconclusive"
 
 
 def test_cell_fraction_is_a_wilson_interval_over_cells():
@@ -453,52 +379,33 @@ def test_full_scale_reads_mnist_from_a_local_path_and_names_missing_files(tmp_pa
     assert run_cfg.run.data.source == "mnist" and run_cfg.run.data.download is False
     dm = instantiate(run_cfg.run.data, _convert_="all")
     dm.setup()
-    assert dm.image_shape == (1, 28, 28) and next(iter(dm.train_dataloader()))[0].shape[:2] == (5, 128)
+    assert dm.image_shape == (1, 28, 28) and next(iter(dm.train_dataloader()))[0].shape[:2] == (13, 128)  # 13 seeds
     missing = instantiate(C.run_config(C.compose("hypernet_mip/convergence", "cpu", "full",
                                                  [f"figure.run.data.path={tmp_path}"]), 0).run.data, _convert_="all")
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte"):
         missing.prepare_data()
 
 
-def test_cell_outcomes_use_seed_means_and_a_tie_tolerance():
-    import pandas as pd
-
-    from replicate.papers.hypernet_mip.analysis import cell_outcomes, gain_over_seeds
-
-    rows = []
-    # cell a: default 1.0, MIP 0.9 on average (win); b: 0.50 vs 0.49 (tie at 0.02); c: MIP diverges
-    for cell, d, mp in (("a", (1.0, 1.1, 0.9), (0.9, 1.0, 0.8)), ("b", (0.5,) * 3, (0.49,) * 3),
-                        ("c", (0.7,) * 3, (float("inf"),) * 3)):
-        for seed in range(3):
-            rows += [{"arch": cell, "variant": "default", "seed": seed, "final": d[seed], "steps": 100.0 * (seed + 1)},
-                     {"arch": cell, "variant": "mip", "seed": seed, "final": mp[seed],
-                      "steps": float("nan") if cell == "c" else 50.0}]
-    cells = cell_outcomes(pd.DataFrame(rows), tie=0.02, max_steps=600, keys=["arch"]).set_index("arch")
-    assert cells.gain["a"] == pytest.approx(0.1) and cells.gain["b"] == pytest.approx(0.01)
-    assert cells.mip_better.tolist() == [True, False, False] and cells.mip_worse.tolist() == [False, False, True]
-    assert cells.steps_default["a"] == 200 and cells.steps_mip["c"] == 600 and cells.mip_first.tolist() == [1, 1, 0]
-    est = gain_over_seeds(pd.DataFrame(rows), keys=["arch"])  # per seed mean over cells a, b (c: inf dropped)
-    assert est.n == 3 and est.units == pytest.approx(((0.1 + 0.01) / 2,) * 3)
-
-
 def test_expand_seeds_gives_one_row_per_run_and_seed(tmp_path):
-    from replicate.papers.hypernet_mip.analysis import expand_seeds, seed_table
+    from replicate.papers.hypernet_mip.analysis import curve_table, expand_seeds
 
     cfg = C.compose("hypernet_mip/convergence", "cpu", "smoke", ["figure.run.trainer.max_steps=4",
                                                                  "figure.run.trainer.val_check_interval=2"])
     point = [i for i, p in enumerate(C.points(cfg)) if p["module.variant"] == "default"
-             and p["module.setting"] == {"hyper": {"init": "scaled"}}][0]
-    runs.ensure(C.run_config(cfg, point), tmp_path)
+             and p["module.setting"] == {"optim": {"lr": 1.0e-3}}][0]
+    run_cfg = C.run_config(cfg, point)
+    runs.ensure(run_cfg, tmp_path)
     import pandas as pd
 
-    frame = pd.DataFrame([{"point": point, "variant": "default", "setting": {"hyper": {"init": "scaled"}},
-                           "run_dir": str(runs.run_dir(tmp_path, C.run_config(cfg, point))),
-                           **runs.read_metrics(runs.run_dir(tmp_path, C.run_config(cfg, point)))}])
+    frame = pd.DataFrame([{"point": point, "variant": "default", "setting": {"optim": {"lr": 1.0e-3}},
+                           "seeds": [0, 1, 100], "run_dir": str(runs.run_dir(tmp_path, run_cfg)),
+                           **runs.read_metrics(runs.run_dir(tmp_path, run_cfg))}])
     per_seed = expand_seeds(frame, cfg)
-    assert per_seed.seed.tolist() == [0, 1] and set(per_seed.variant) == {"default_scaled"}
-    assert [len(v) for v in per_seed.val] == [2, 2] and per_seed.val[0] != per_seed.val[1]
-    t = seed_table(per_seed, 9.0, 4)
-    assert t.reached.all() and t.regime.tolist() == ["noise", "noise"]
+    assert per_seed.seed.tolist() == [0, 1, 100] and set(per_seed.variant) == {"default"}
+    assert [len(v) for v in per_seed.val] == [2, 2, 2] and per_seed.val[0] != per_seed.val[1]
+    t = curve_table(per_seed, [9.0, 8.0], 4)
+    assert t.reached.all() and t.regime.tolist() == ["noise"] * 3 and t.lr.tolist() == [1.0e-3] * 3
+    assert t.steps_censored.tolist() == [(2.0, 2.0)] * 3  # already below both at the first validation
 
 
 def test_a_resumed_run_continues_every_seed_exactly(tmp_path):
@@ -508,7 +415,7 @@ def test_a_resumed_run_continues_every_seed_exactly(tmp_path):
 
     over = ["figure.run.trainer.val_check_interval=2", "figure.run.trainer.log_every_n_steps=1"]
     whole, half = (C.run_config(C.compose("hypernet_mip/convergence", "cpu", "smoke",
-                                          [f"figure.run.trainer.max_steps={n}", *over]), 2) for n in (4, 2))
+                                          [f"figure.run.trainer.max_steps={n}", *over]), 1) for n in (4, 2))
     a = train.fit(whole, tmp_path / "a")
     train.fit(half, tmp_path / "half")
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
@@ -559,86 +466,6 @@ def _mip_runs(spec, threshold):
     return pd.DataFrame(rows)
 
 
-SCALED = {"hyper": {"init": "scaled"}}
-ONEBLOCK = {"hyper": {"init": "oneblock"}}
-L2 = {"task": {"kind": "l2"}, "primary": {"hidden": [64]}}
-CONVERGENCE = [  # steps to the threshold and final loss, seeds 0, 1, 2
-    ("default", {}, [(40, 0.9), (80, 0.8), (20, 1.0)]),
-    ("encoding", {}, [(20, 0.9), (40, 0.9), (20, 0.9)]),
-    ("residual", {}, [(20, 0.9), (20, 0.9), (20, 0.9)]),
-    ("mip", {}, [(10, 0.8), (20, 0.75), (10, 0.85)]),
-    ("default", SCALED, [(30, 0.9), (60, 0.9), (20, 0.9)]),
-    ("encoding", SCALED, [(10, 0.9), (30, 0.9), (10, 0.9)]),
-    ("default", ONEBLOCK, [(80, 1.0), (80, 1.0), (40, 1.0)]),
-    ("default", L2, [(30, 0.3), (30, 0.3), (30, 0.3)]),
-    ("mip", L2, [(10, 0.3), (30, 0.3), (None, 0.5)]),
-]
-
-
-def _log_t(ratios):
-    from scipy import stats
-
-    logs = np.log(ratios)
-    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
-    return math.exp(logs.mean()), (math.exp(logs.mean() - half), math.exp(logs.mean() + half))
-
-
-def test_convergence_measures_pair_seeds_by_config_values():
-    cfg, keys = _figure("convergence")  # thresholds: noise 1.0, l2 0.35; budget 600 steps
-    runs_table = _mip_runs(CONVERGENCE, {"noise": 1.0, "l2": 0.35})
-    m = measures.convergence(runs_table, cfg)
-    assert keys <= set(m)
-    for key, ratios in (("default_over_mip_noise", (4, 4, 2)), ("default_scaled_over_mip_noise", (3, 3, 2)),
-                        ("default_scaled_over_encoding_scaled_noise", (3, 2, 2)),
-                        ("default_over_default_scaled_noise", (4 / 3, 4 / 3, 1)),
-                        ("default_over_encoding_noise", (2, 2, 1)), ("default_over_residual_noise", (2, 4, 1)),
-                        ("default_oneblock_over_default_noise", (2, 1, 2)),
-                        ("default_over_mip_l2", (3, 1, 30 / 600))):
-        est, (value, interval) = m[f"steps_ratio_{key}"], _log_t(ratios)
-        assert est.units == pytest.approx(ratios) and est.value == pytest.approx(value), key
-        assert est.interval == pytest.approx(interval) and est.interval[0] <= est.value <= est.interval[1], key
-    gain = m["final_gain_noise"]
-    assert gain.units == pytest.approx((0.1, 0.05, 0.15)) and gain.value == pytest.approx(0.1)
-    assert m["mip_reached_frac_noise"] == 1.0 and m["mip_reached_frac_l2"] == pytest.approx(2 / 3)
-    assert m["steps_mip_l2"] == pytest.approx((10 + 30 + 600) / 3) and m["runs_never_reaching_l2"] == 1
-    shuffled = measures.convergence(runs_table.iloc[::-1].reset_index(drop=True), cfg)
-    assert shuffled["steps_ratio_default_over_mip_noise"].units == m["steps_ratio_default_over_mip_noise"].units
-    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
-    assert verdicts["mip_faster_l2"] == "inconclusive"  # a MIP seed never reached the threshold
-    # a smaller sweep (no residual run): every key still comes back, NaN where a variant did not run
-    smaller = measures.convergence(_mip_runs([r for r in CONVERGENCE if r[0] != "residual"],
-                                             {"noise": 1.0, "l2": 0.35}), cfg)
-    assert keys <= set(smaller) and math.isnan(smaller["steps_ratio_default_over_residual_noise"].value)
-    assert math.isnan(smaller["residual_reached_frac_noise"])
-
-
-ABLATIONS = [  # one cell per setting: per seed (steps to loss 1.0 or None, final loss)
-    ("default", {}, [(100, 1.0), (100, 1.3), (100, 0.9)]),
-    ("mip", {}, [(50, 0.8), (50, 0.9), (50, 0.7)]),
-    ("default", {"optim": {"name": "sgd", "lr": 1.0e-2}}, [(None, 2.0)] * 3),
-    ("mip", {"optim": {"name": "sgd", "lr": 1.0e-2}}, [(None, 2.0)] * 3),
-    ("default", {"hyper": {"norm": "layer"}}, [(20, 0.5)] * 3),
-    ("mip", {"hyper": {"norm": "layer"}}, [(40, 0.6)] * 3),
-]
-
-
-def test_ablation_measures_judge_cells_on_seed_means():
-    cfg, keys = _figure("ablations")  # threshold 1.0, tie 0.02
-    m = measures.ablations(_mip_runs(ABLATIONS, 1.0), cfg)
-    assert keys <= set(m)
-    # base: gain 1.0667 - 0.8 (MIP better); SGD: 0 (tie); LayerNorm: -0.1 (MIP worse)
-    better = m["frac_cells_mip_better"]
-    assert better.value == pytest.approx(1 / 3) and better.n == 3 and "Wilson" in better.method
-    assert better.interval == pytest.approx(claims_lib.proportion(1, 3, unit="cells").interval)
-    assert (m["n_cells_mip_better"], m["n_cells_tie"], m["n_cells_mip_worse"]) == (1, 1, 1)
-    # threshold reached in the base cell (MIP first) and the LayerNorm cell (MIP later); SGD never
-    assert m["frac_cells_mip_first"].value == pytest.approx(0.5) and m["n_cells_reaching_threshold"] == 2
-    gain = m["mean_gain_over_seeds"]  # per seed mean over cells of default - MIP
-    assert gain.units == pytest.approx(((0.2 - 0.1) / 3, (0.4 - 0.1) / 3, (0.2 - 0.1) / 3))
-    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
-    assert verdicts["mip_reaches_threshold_first"] == "inconclusive"  # 2 cells reach it, 3 required
-
-
 TINY = ("figure.run.module.hyper.hidden=[8]", "figure.run.module.primary.hidden=[4]",
         "figure.measure.init_seeds=3", "figure.measure.gammas=[0.1,0.3,1.0]",
         "figure.measure.input_dims=[1,2]", "figure.measure.random_gammas=3")
@@ -658,3 +485,329 @@ def test_proportionality_measures_are_slopes_per_init_seed():
     assert flat.units == pytest.approx(tuple(abs(u) for u in flat.units)) and flat.n == 3
     assert abs(m["slope_delta_mip"].value) < 0.5  # constant-norm encoding: the term does not scale
     assert measures.proportionality(pd.DataFrame(), cfg)["slope_delta_mip"].units == m["slope_delta_mip"].units
+
+
+# --------------------------------------------------------------------------- hyperlight's init rule
+
+
+def _hyperlight_initialize_weight(weight, nonlinearity):
+    """JJGO/hyperlight hyperlight/hypernet/initialization.py ``initialize_weight`` with its default
+    distribution ``kaiming_normal_fanout``, transcribed: the class name lower-cased, LeakyReLU ->
+    leaky_relu, SiLU/GELU borrow leaky_relu, then ``kaiming_normal_(mode="fan_out")``."""
+    name = nonlinearity.lower()
+    name = {"leakyrelu": "leaky_relu", "silu": "leaky_relu", "gelu": "leaky_relu"}.get(name, name)
+    nn.init.kaiming_normal_(weight, nonlinearity=name, mode="fan_out")
+
+
+HYPERLIGHT_NAMES = {"leakyrelu": "LeakyReLU", "relu": "ReLU", "tanh": "Tanh", "gelu": "GELU"}
+NOISE_MLP = dict(arch="mlp", in_shape=(1, 8, 8), hidden=(64, 64, 64))     # the figures' primary net
+NOISE_CNN = dict(arch="cnn", in_shape=(1, 8, 8), channels=(8, 16))       # the ablations' CNN cell
+L2_MLP = dict(arch="mlp", in_shape=(1, 8, 8), hidden=(64,))               # the L2 regime's primary net
+R2 = math.sqrt(2)
+# hand-computed: std = gain / sqrt(rows of the block) = gain / sqrt(numel of the predicted tensor);
+# gain sqrt(2) for LeakyReLU (kaiming_normal_'s default a = 0), ReLU and GELU (-> leaky_relu), 5/3 for Tanh
+EXPECTED_STDS = {
+    ("mlp", "leakyrelu"): {"fc0.weight": R2 / 64, "fc0.bias": R2 / 8, "fc1.weight": R2 / 64, "fc1.bias": R2 / 8,
+                           "fc2.weight": R2 / 64, "fc2.bias": R2 / 8, "fc3.weight": R2 / math.sqrt(640),
+                           "fc3.bias": R2 / math.sqrt(10)},
+    ("mlp", "tanh"): {"fc0.weight": 5 / 3 / 64, "fc0.bias": 5 / 3 / 8, "fc1.weight": 5 / 3 / 64, "fc1.bias": 5 / 3 / 8,
+                      "fc2.weight": 5 / 3 / 64, "fc2.bias": 5 / 3 / 8, "fc3.weight": 5 / 3 / math.sqrt(640),
+                      "fc3.bias": 5 / 3 / math.sqrt(10)},
+    ("cnn", "leakyrelu"): {"conv0.weight": 1 / 6, "conv0.bias": 0.5, "conv1.weight": 1 / 24, "conv1.bias": R2 / 4,
+                           "fc.weight": 1 / math.sqrt(1280), "fc.bias": R2 / math.sqrt(10)},
+    ("l2", "leakyrelu"): {"fc0.weight": R2 / 64, "fc0.bias": R2 / 8, "fc1.weight": R2 / math.sqrt(640),
+                          "fc1.bias": R2 / math.sqrt(10)},
+}
+EXPECTED_STDS[("mlp", "relu")] = EXPECTED_STDS[("mlp", "gelu")] = EXPECTED_STDS[("mlp", "leakyrelu")]
+
+
+@pytest.mark.parametrize("primary,activation", [("mlp", "leakyrelu"), ("mlp", "relu"), ("mlp", "tanh"),
+                                                ("mlp", "gelu"), ("cnn", "leakyrelu"), ("l2", "leakyrelu")])
+@pytest.mark.parametrize("variant", ["default", "mip"])
+def test_default_init_matches_hyperlights_rule_for_every_output_tensor(primary, activation, variant):
+    spec = PrimaryNet(**{"mlp": NOISE_MLP, "cnn": NOISE_CNN, "l2": L2_MLP}[primary])
+    expected = EXPECTED_STDS[(primary, activation)]
+    assert set(expected) == set(spec.shapes)  # every predicted tensor has a hand-computed std
+    torch.manual_seed(0)
+    m = HyperModel(spec, variant, hidden=(128, 128), activation=activation)  # init: hyperlight (the default)
+    h = m.hyper
+    assert h.block_stds() == pytest.approx(expected, rel=1e-12)
+    gain = {"tanh": 5 / 3}.get(activation, R2)
+    for layer in (h.body[0], h.body[2]):  # hidden layers: Kaiming fan-out = out features (128), zero biases
+        assert layer.weight.std().item() == pytest.approx(gain / math.sqrt(128), rel=0.3 if layer.in_features < 4 else 0.05)
+        assert torch.count_nonzero(layer.bias) == 0
+    for name, shape, rows in h.block_slices():  # the drawn rows have their tensor's std
+        block = h.out.weight[rows]
+        assert block.shape == (math.prod(shape), 128)
+        assert block.std().item() == pytest.approx(expected[name], rel=0.1 if block.numel() < 5000 else 0.03), name
+    # the same draws as hyperlight's own rule applied to each layer and each block in turn
+    h2 = HyperNet(h.input_dim, h.n_out, hidden=(128, 128), activation=activation,
+                  encoding=h.encoding, blocks=h.blocks)
+    state = torch.random.get_rng_state()
+    h2.reset_parameters()
+    mine = [p.detach().clone() for p in h2.parameters()]
+    torch.random.set_rng_state(state)
+    with torch.no_grad():
+        for layer in (h2.body[0], h2.body[2]):
+            _hyperlight_initialize_weight(layer.weight, HYPERLIGHT_NAMES[activation])
+            layer.bias.zero_()
+        for _, _, rows in h2.block_slices():  # HyperNet._init_output_split: one block of rows per tensor
+            _hyperlight_initialize_weight(h2.out.weight[rows], HYPERLIGHT_NAMES[activation])
+        h2.out.bias.zero_()
+    for a, b in zip(mine, h2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- claim estimates
+
+
+def test_curve_stats_area_final_window_and_plateau_drop():
+    from replicate.papers.hypernet_mip.analysis import curve_stats
+
+    val = [{"step": s, "val_loss": v} for s, v in ((25, 2.0), (50, 1.0), (75, 0.8), (100, 0.6))]
+    out = curve_stats(val, 100, 0.25)
+    assert out["auc"] == pytest.approx((1.5 + 0.9 + 0.7) * 25 / 75)  # trapezoids over 25..100
+    assert out["final"] == pytest.approx(0.6) and out["plateau_drop"] == pytest.approx(0.8 - 0.6)
+    out = curve_stats(val, 100, 0.5)  # last half (50, 100]: 0.8, 0.6; before it (0, 50]: 2.0, 1.0
+    assert out["final"] == pytest.approx(0.7) and out["plateau_drop"] == pytest.approx(1.5 - 0.7)
+    bad = curve_stats(val[:2] + [{"step": 75, "val_loss": float("nan")}], 100)
+    assert math.isinf(bad["auc"]) and math.isinf(bad["final"])
+
+
+def _table_rows(spec):
+    """A curve_table-like frame from (regime, variant, lr, seed, auc, final, steps tuple)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"regime": r, "variant": v, "lr": lr, "seed": s, "status": "finished", "auc": a,
+                          "final": f, "plateau_drop": 0.0, "steps": st, "steps_censored": st,
+                          "reached": True} for r, v, lr, s, a, f, st in spec])
+
+
+def test_lr_selection_reads_only_the_selection_seeds():
+    from replicate.papers.hypernet_mip.analysis import evaluation_rows, lr_selection
+
+    spec = [("noise", "default", lr, s, a, 0.0, (1.0,)) for lr, aucs in
+            ((1e-3, (1.0, 1.2)), (3e-3, (0.9, 1.0)), (1e-2, (1.0, 1.1))) for s, a in zip((100, 101), aucs)]
+    spec += [("noise", "default", 1e-3, s, 0.1, 0.5, (1.0,)) for s in (0, 1)]  # evaluation seeds: never read
+    t = _table_rows(spec)
+    out = lr_selection(t, "noise", "default", 1e-3, [100, 101])
+    assert out["best_lr"] == 3e-3 and out["interior"] == 1.0
+    assert out["rel_gap"] == pytest.approx(1.1 / 0.95 - 1)
+    assert lr_selection(t, "noise", "default", 3e-3, [100, 101])["rel_gap"] == 0.0
+    edge = lr_selection(t[t.lr != 1e-2], "noise", "default", 3e-3, [100, 101])
+    assert math.isnan(edge["interior"])  # two rates cannot bracket
+    edge = lr_selection(t[t.lr != 1e-3], "noise", "default", 3e-3, [100, 101])
+    assert edge["best_lr"] == 3e-3
+    t.loc[(t.lr == 3e-3) & (t.seed == 100), "auc"] = math.inf  # a diverged selection seed disqualifies its lr
+    assert lr_selection(t, "noise", "default", 1e-3, [100, 101])["best_lr"] == 1e-2
+    ev = evaluation_rows(t, "noise", "default", 1e-3, [100, 101])
+    assert list(ev.index) == [0, 1] and (ev.final == 0.5).all()
+
+
+def test_speedup_curve_is_the_per_seed_geometric_mean_over_thresholds():
+    from replicate.papers.hypernet_mip.analysis import evaluation_rows, paired_gain, speedup_curve
+
+    base = {0: (40, 100), 1: (30, 90), 2: (60, 200)}
+    var = {0: (10, 50), 1: (15, 45), 2: (20, 200), 3: (5, 5)}  # seed 3 has no default: not paired
+    t = _table_rows([("noise", "default", 1e-3, s, 1.0, 1.0 + 0.1 * s, st) for s, st in base.items()]
+                    + [("noise", "mip", 1e-3, s, 1.0, 0.9, st) for s, st in var.items()])
+    d, m = (evaluation_rows(t, "noise", v, 1e-3, []) for v in ("default", "mip"))
+    overall, per_thr = speedup_curve(d, m)
+    for est, ratios in zip(per_thr, ((4, 2, 3), (2, 2, 1))):
+        value, interval = _log_t(ratios)
+        assert est.units == pytest.approx(ratios) and est.value == pytest.approx(value)
+        assert est.interval == pytest.approx(interval)
+    per_seed = (math.sqrt(8), 2.0, math.sqrt(3))
+    value, interval = _log_t(per_seed)
+    assert overall.units == pytest.approx(per_seed) and overall.value == pytest.approx(value)
+    assert overall.interval == pytest.approx(interval) and overall.estimator["name"] == "t_log_mean"
+    gain = paired_gain(d, m)
+    assert gain.units == pytest.approx((0.1, 0.2, 0.3)) and gain.value == pytest.approx(0.2)
+
+
+def _log_t(ratios):
+    from scipy import stats
+
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    return math.exp(logs.mean()), (math.exp(logs.mean() - half), math.exp(logs.mean() + half))
+
+
+def _cells_table(gains, steps=None):
+    """An ablation_table-like frame: per cell (arch) and seed, default final 1.0 and MIP 1.0 - gain."""
+    import pandas as pd
+
+    rows = []
+    for cell, per_seed in gains.items():
+        for seed, g in enumerate(per_seed):
+            sd, sm = (steps or {}).get(cell, (100.0, 50.0))
+            rows += [{"arch": cell, "variant": "default", "seed": seed, "final": 1.0, "steps1": sd,
+                      "steps_censored": (300.0,), "diverged": False},
+                     {"arch": cell, "variant": "mip", "seed": seed, "final": 1.0 - g, "steps1": sm,
+                      "steps_censored": (300.0,), "diverged": False}]
+    return pd.DataFrame(rows)
+
+
+def test_a_consistent_reversal_in_one_cell_decides_the_universal_claim():
+    from replicate import claims
+    from replicate.papers.hypernet_mip.analysis import cell_outcomes, weakest_cell
+
+    gains = {"a": (0.3, 0.4, 0.5, 0.35), "b": (-0.2, -0.25, -0.3, -0.22), "c": (0.1, -0.1, 0.05, -0.05)}
+    cells = cell_outcomes(_cells_table(gains), 300, keys=["arch"], level=1 - 0.05 / 3).set_index("arch")
+    assert cells.status.tolist() == ["MIP better", "MIP worse", "unresolved"]
+    assert cells.gain["a"] == pytest.approx(0.3875) and cells.loss_mip["b"] == pytest.approx(1.2425)
+    assert cells.sim_est["a"].estimator["level"] == pytest.approx(1 - 0.05 / 3)
+    assert cells.sim_lo["a"] < cells.gain_lo["a"]  # the simultaneous interval is wider
+    assert cells.speedup.tolist() == pytest.approx([2.0, 2.0, 2.0])
+    rules = ("> 0.02", "> 0")
+
+    def verdict(which):
+        ests = [cells.sim_est[c] for c in which]
+        k = weakest_cell(ests, 0.02)
+        return which[k], claims.judge(ests[k].value, ests[k].interval, *rules)[0]
+
+    assert verdict(["a", "b", "c"]) == ("b", "not_replicated")   # one reversal is a counterexample
+    assert verdict(["a", "c"]) == ("c", "undecided")             # the widest doubt decides
+    assert verdict(["a"]) == ("a", "replicated")
+    # hand-made intervals reach the other verdicts through the same rule
+    est = lambda lo, hi: claims.Estimate((lo + hi) / 2, (lo, hi), 10)  # noqa: E731
+    k = weakest_cell([est(0.3, 0.5), est(0.005, 0.2)], 0.02)
+    assert k == 1 and claims.judge(0.1, (0.005, 0.2), *rules)[0] == "partial"
+    k = weakest_cell([est(-1.0, 2.0), est(-0.3, -0.1)], 0.02)
+    assert k == 1  # a reversed cell is chosen even when another cell's interval reaches lower
+
+
+def test_tuned_lr_gain_compares_each_variant_at_its_own_best_lr():
+    import pandas as pd
+
+    from replicate.papers.hypernet_mip.analysis import CELL_KEYS, tuned_lr_gain
+
+    base = {"optimizer": "adam", "lr": 1e-3, "activation": "leakyrelu", "input_dim": 1, "norm": "none", "arch": "mlp"}
+    finals = {("default", 1e-3): (1.0, 1.1), ("default", 3e-3): (0.8, 0.9), ("default", 1e-2): (0.95, 1.0),
+              ("mip", 1e-3): (0.7, 0.75), ("mip", 3e-3): (0.6, 0.7), ("mip", 1e-2): (0.9, 0.9)}
+    rows = [{**base, "lr": lr, "variant": v, "seed": s, "final": f} for (v, lr), fs in finals.items()
+            for s, f in enumerate(fs)]
+    rows.append({**base, "activation": "relu", "variant": "mip", "seed": 0, "final": 0.0})  # another block
+    out = tuned_lr_gain(pd.DataFrame(rows), "adam", base, CELL_KEYS)
+    assert out["best_lr_default"] == 3e-3 and out["best_lr_mip"] == 3e-3
+    assert out["interior_default"] == 1.0 and out["interior_mip"] == 1.0
+    assert out["gain"].units == pytest.approx((0.2, 0.2)) and out["gain"].value == pytest.approx(0.2)
+    out = tuned_lr_gain(pd.DataFrame([r for r in rows if r["lr"] != 1e-2]), "adam", base, CELL_KEYS)
+    assert math.isnan(out["interior_mip"])
+
+
+# --------------------------------------------------------------------------- measures on synthetic runs
+
+
+def _linear(rate, floor, max_steps, every):
+    """Validation every ``every`` steps of a loss falling linearly from 2.0 at ``rate`` per step to
+    ``floor``: it crosses a threshold t above the floor at step (2 - t) / rate exactly."""
+    return [{"step": s, "val_loss": max(floor, 2.0 - rate * s)} for s in range(every, max_steps + 1, every)]
+
+
+def _synthetic_runs(spec, max_steps, every):
+    """A stand-in for ``ctx.runs()``: one run per (variant, setting, {seed: (rate, floor)})."""
+    rows = []
+    for variant, setting, seeds in spec:
+        per_seed = [{"seed": s, "status": "finished", "val": _linear(r, f, max_steps, every),
+                     "final_val_loss": _linear(r, f, max_steps, every)[-1]["val_loss"]} for s, (r, f) in seeds.items()]
+        rows.append({"variant": variant, "setting": setting, "seeds": list(seeds), "run_dir": f"run-{len(rows)}",
+                     "status": "finished", "probes": {"per_seed": per_seed}})
+    return pd.DataFrame(rows)
+
+
+def _convergence_spec(cfg, mip_rates, default_rates):
+    """Every run of the default-scale sweep: the claim rate of each variant learns fastest on the
+    selection seeds; evaluation seeds get the given rates (default) and MIP's per seed, and floors
+    0.5 below the lowest threshold (MIP's 0.03 lower), so each crossing lies on a straight segment."""
+    m = cfg.figure.measure
+    sel = list(m.selection_seeds)
+    spec = []
+    for regime in ("noise", "l2"):
+        low = min(m.thresholds[regime]) - 0.5
+        floors = (low, low - 0.03)
+        task = {} if regime == "noise" else {"task": {"kind": "l2"}, "primary": {"hidden": [64]}}
+        for v in ("default", "encoding", "residual", "mip"):
+            claim = float(m.lr[regime][v])
+            for lr in (claim / 3, claim, claim * 3):
+                seeds = {s: (0.004 if lr == claim else 0.003, 0.7) for s in sel}
+                if lr == claim:
+                    n = 10 if v in ("default", "mip") else 5
+                    rates = default_rates if v == "default" else (mip_rates if v == "mip" else default_rates)
+                    seeds = {**{s: (rates[s], floors[0] if v == "default" else floors[1]) for s in range(n)}, **seeds}
+                spec.append((v, {**task, "optim": {"lr": lr}}, seeds))
+    return spec
+
+
+def test_convergence_measures_read_each_variant_at_its_own_lr():
+    cfg, keys = _figure("convergence")
+    default_rates = [0.004 + 0.0001 * s for s in range(10)]
+    mip_rates = [2 * r if s % 2 else 3 * r for s, r in enumerate(default_rates)]  # per seed 3x or 2x faster
+    runs_table = _synthetic_runs(_convergence_spec(cfg, mip_rates, default_rates), 1000, 25)
+    m = measures.convergence(runs_table, cfg)
+    assert keys <= set(m)
+    per_seed = tuple(3.0 if s % 2 == 0 else 2.0 for s in range(10))
+    for regime in ("noise", "l2"):
+        est, (value, interval) = m[f"speedup_mip_{regime}"], _log_t(per_seed)
+        assert est.units == pytest.approx(per_seed) and est.value == pytest.approx(value), regime
+        assert est.interval == pytest.approx(interval)
+        for t in cfg.figure.measure.thresholds[regime]:
+            assert m[f"speedup_mip_{regime}_{measures.threshold_key(t)}"].units == pytest.approx(per_seed, rel=1e-9)
+        assert m[f"speedup_encoding_{regime}"].units == pytest.approx((1.0,) * 5)  # encoding runs like the default
+        gain = m[f"final_gain_{regime}"]
+        assert gain.n == 10 and gain.value == pytest.approx(0.03) and gain.units == pytest.approx((0.03,) * 10)
+        assert 0 <= m[f"default_plateau_drop_{regime}"] < 0.02  # flat (noise) or nearly (l2) over the last half
+        for v in ("default", "encoding", "residual", "mip"):
+            assert m[f"{v}_lr_rel_gap_{regime}"] == 0.0 and m[f"{v}_lr_interior_{regime}"] == 1.0
+        assert m[f"n_seeds_default_{regime}"] == 10 and m[f"n_seeds_encoding_{regime}"] == 5
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["mip_faster_noise"] == "replicated" and verdicts["mip_lower_final_loss_noise"] == "replicated"
+    assert verdicts["encoding_alone_faster_noise"] == "not_replicated"  # exactly 1x: excluded from > 1
+    # the selection seeds are never read: giving them absurd curves changes no claim number
+    spec = _convergence_spec(cfg, mip_rates, default_rates)
+    shuffled = measures.convergence(_synthetic_runs(spec[::-1], 1000, 25), cfg)
+    assert shuffled["speedup_mip_noise"].units == m["speedup_mip_noise"].units
+    # a rate that is not the validation choice makes every claim reading it inconclusive
+    for v, setting, seeds in spec:
+        if v == "mip" and setting["optim"]["lr"] == 3 * float(cfg.figure.measure.lr.noise.mip) and "task" not in setting:
+            seeds.update({s: (0.006, 0.7) for s in cfg.figure.measure.selection_seeds})
+    m2 = measures.convergence(_synthetic_runs(spec, 1000, 25), cfg)
+    assert m2["mip_best_lr_noise"] == pytest.approx(3e-3) and m2["mip_lr_rel_gap_noise"] > 0.02
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m2)}
+    assert verdicts["mip_faster_noise"] == "inconclusive" and verdicts["mip_faster_l2"] == "replicated"
+    # a default still falling in its last quarter: the final-loss claim is not judged
+    slow = _convergence_spec(cfg, mip_rates, [0.0014] * 10)
+    m3 = measures.convergence(_synthetic_runs(slow, 1000, 25), cfg)
+    assert m3["default_plateau_drop_noise"] > 0.02
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m3)}
+    assert verdicts["mip_lower_final_loss_noise"] == "inconclusive"
+    # a smaller sweep (no residual run): every key still comes back, NaN where a variant did not run
+    smaller = measures.convergence(runs_table[runs_table.variant != "residual"].reset_index(drop=True), cfg)
+    assert keys <= set(smaller) and math.isnan(smaller["speedup_residual_noise"].value)
+    assert math.isnan(smaller["residual_reached_frac_noise"])
+
+
+def test_ablation_measures_name_the_weakest_cell():
+    cfg, keys = _figure("ablations")  # threshold 1.2, tie 0.02, 300 steps validated every 50
+    seeds = range(10)
+    base = {s: (0.004, 0.9) for s in seeds}
+    spec = [("default", {}, base), ("mip", {}, {s: (0.008, 0.8 - 0.005 * s) for s in seeds}),
+            ("default", {"hyper": {"norm": "layer"}}, {s: (0.008, 0.7) for s in seeds}),          # MIP worse here
+            ("mip", {"hyper": {"norm": "layer"}}, {s: (0.006, 0.8 + 0.002 * s) for s in seeds}),
+            ("default", {"optim": {"name": "sgd", "lr": 1.0e-2}}, {s: (0.0, 2.3) for s in seeds}),  # never learns
+            ("mip", {"optim": {"name": "sgd", "lr": 1.0e-2}}, {s: (0.004, 0.9) for s in seeds})]
+    m = measures.ablations(_synthetic_runs(spec, 300, 50), cfg)
+    assert keys <= set(m)
+    assert (m["n_cells"], m["n_cells_mip_better"], m["n_cells_mip_worse"]) == (3, 2, 1)
+    worst = m["gain_weakest_cell"]  # the LayerNorm cell: default 0.7, MIP 0.8 + 0.002 s (both at their floor)
+    assert worst.units == pytest.approx(tuple(-0.1 - 0.002 * s for s in seeds))
+    assert worst.estimator["level"] == pytest.approx(1 - 0.05 / 3)
+    speed = m["speedup_weakest_cell"]  # LayerNorm: loss 1.2 at step 100 (default) and 133.3 (MIP)
+    assert speed.units == pytest.approx((0.75,) * 10)
+    verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
+    assert verdicts["mip_better_every_cell"] == "not_replicated"
+    assert verdicts["mip_faster_every_cell"] == "not_replicated"
+    assert verdicts["mip_better_at_tuned_sgd_lr"] == "inconclusive"  # one SGD rate: no bracket
+    gain = m["mean_gain_over_seeds"]  # per seed mean over the three cells
+    # per seed: base 0.95 (mean of 1.0 and 0.9 in the last quarter) - (0.8 - 0.005 s); LayerNorm; SGD 2.3 - 0.95
+    assert gain.units == pytest.approx(tuple(((0.15 + 0.005 * s) + (-0.1 - 0.002 * s) + 1.35) / 3 for s in seeds))
