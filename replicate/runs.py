@@ -335,13 +335,29 @@ def load_module(directory: str | Path):
     checkpoint = directory / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         kept = run_cfg.run.trainer.get("keep_checkpoints", "last")
-        raise FileNotFoundError(f"run {directory} has no checkpoint (its trainer.keep_checkpoints is {kept}): "
-                                "set run.trainer.keep_checkpoints: last in the figure's scale block and "
-                                "delete the run directory to retrain it")
+        if kept == "none":
+            raise FileNotFoundError(f"run {directory} has no checkpoint (its trainer.keep_checkpoints is {kept}): "
+                                    "set run.trainer.keep_checkpoints: last in the figure's scale block and "
+                                    "delete the run directory to retrain it")
+        restore_weights(directory, run_cfg)
     module = instantiate(run_cfg.run.module, _convert_="all")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     return module.eval()
+
+
+def restore_weights(directory: Path, run_cfg: DictConfig) -> None:
+    """Train again a finished run whose checkpoint is not here (a clone ships each run's metrics
+    and config, not its weights): the same config and code give the same weights on the same
+    machine (deterministic training); its metrics.json is rewritten from the new run."""
+    from replicate.train import fit, prepare
+
+    print(f"run {directory}: its weights are not here (the run store ships results, not "
+          "checkpoints): training it again", file=sys.stderr, flush=True)
+    prepared = prepare(run_cfg)
+    with RunLock(directory):
+        if not (directory / "checkpoints" / "last.ckpt").is_file():
+            write_json_atomic(directory / METRICS, fit(run_cfg, directory, prepared, run_code_sha256(run_cfg)))
 
 
 def load_datamodule(directory: str | Path):

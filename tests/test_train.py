@@ -166,6 +166,17 @@ def test_a_checkpoint_at_max_steps_without_metrics_is_retrained_not_resumed(tmp_
     assert after["val"] == before["val"] and math.isfinite(after["step_seconds"])
 
 
+def test_a_shipped_run_without_its_checkpoint_is_trained_again_when_a_notebook_needs_its_weights(tmp_path, capsys):
+    directory = runs.ensure(smoke_run(), tmp_path)
+    weights = runs.load_module(directory).state_dict()
+    metrics = runs.read_metrics(directory)
+    shutil.rmtree(directory / "checkpoints")  # what a clone has: metrics.json and config.yaml
+    again = runs.load_module(directory).state_dict()
+    assert "training it again" in capsys.readouterr().err
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert runs.read_metrics(directory)["val"] == metrics["val"]
+
+
 def test_zero_max_steps_is_refused_before_a_run_folder_exists(tmp_path):
     with pytest.raises(C.ConfigError, match="max_steps must be a positive integer, got 0"):
         runs.ensure(smoke_run(max_steps=0), tmp_path)
