@@ -3,6 +3,7 @@ of a figure's runs, and the Pareto panel (frontiers picked on validation, drawn 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -11,7 +12,8 @@ from replicate.papers.hourglass_mlp.analysis import BASELINES, per_shape, val_fr
 from replicate.papers.hourglass_mlp.pareto import shape_table
 from replicate.plotting import PALETTE
 
-__all__ = ["BASELINES", "COLORS", "LABELS", "param_axis", "pareto_panel", "run_table", "selected_shapes"]
+__all__ = ["BASELINES", "COLORS", "LABELS", "curve_panel", "param_axis", "pareto_panel", "photo_panel", "run_table",
+           "selected_shapes"]
 
 LABELS = {"hourglass": "Hourglass (fixed $W_{in}$)", "hourglass_trained": "Hourglass (trained $W_{in}$)",
           "conventional": "conventional", "conventional_head": "conventional + head"}
@@ -38,11 +40,13 @@ def selected_shapes(runs: pd.DataFrame) -> pd.DataFrame:
     return per_shape(run_table(runs))
 
 
-def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True) -> None:
+def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True, lines: dict | None = None) -> None:
     """Every shape faint (test PSNR at its selected lr); each family's frontier bold: the shapes
     picked on validation PSNR, drawn at their test PSNR (a step: the pick within each budget).
     ``total``: the fixed-lift Hourglass frontier is drawn again, thin and dashed with hollow
-    markers, at its *total* parameters (trainable + the fixed lift's d_x d_z)."""
+    markers, at its *total* parameters (trainable + the fixed lift's d_x d_z). ``lines``:
+    ``{label: PSNR}`` of baselines drawn as horizontal lines (the degraded input, a classical
+    filter). The legend sits outside the axes, below them, so it hides no line."""
     for key in keys:
         rows = table[table.key == key]
         if rows.empty:
@@ -57,10 +61,44 @@ def pareto_panel(ax, table: pd.DataFrame, keys, total: bool = True) -> None:
             ax.step(at, best["test_psnr"], where="post", color=COLORS[key], lw=1, ls="--",
                     label=f"{LABELS[key]} at total parameters (incl. fixed lift)")
             ax.scatter(at, best["test_psnr"], s=30, facecolor="none", edgecolor=COLORS[key], lw=1, zorder=3)
+    for (label, value), style in zip((lines or {}).items(), (":", "-.", "--")):
+        ax.axhline(value, color="0.35", ls=style, lw=1.3, label=f"{label} ({value:.2f} dB)")
     param_axis(ax)
     ax.set(xlabel="trainable parameters" + (" (dashed, hollow: Hourglass at trainable + fixed lift $d_x d_z$)" if total else ""),
            ylabel="test PSNR (dB)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
+def curve_panel(ax, curve, label: str = "frontier gap (dB)") -> None:
+    """A per-seed statistic at every validation check (records ``{step, seed, value}``), one line
+    per seed and their mean, with T/2 and T marked (the convergence precondition compares them)."""
+    frame = pd.DataFrame(curve)
+    if frame.empty:
+        return
+    for seed, rows in frame.groupby("seed"):
+        ax.plot(rows["step"], rows["value"], "o-", ms=3, lw=1, alpha=0.6, label=f"seed {seed}")
+    mean = frame.groupby("step")["value"].mean()
+    ax.plot(mean.index, mean.to_numpy(), color="k", lw=2, label="mean over seeds")
+    steps = sorted(frame["step"].unique())
+    half = steps[int(np.argmin(np.abs(np.asarray(steps, float) - steps[-1] / 2)))]
+    for step, name in ((half, "T/2"), (steps[-1], "T")):
+        ax.axvline(step, color="0.6", ls=":", lw=1)
+        ax.annotate(name, (step, 0.02), xycoords=("data", "axes fraction"), ha="right", va="bottom", fontsize=8,
+                    xytext=(-2, 0), textcoords="offset points", color="0.4")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(xlabel="training step", ylabel=label)
+    ax.legend(fontsize=8, loc="best")
+
+
+def photo_panel(ax, units, names, label: str) -> None:
+    """One point per held-out photo (its value, mean over seeds) and their mean."""
+    y = np.arange(len(names))
+    ax.scatter(units, y, color="k", zorder=3)
+    ax.axvline(float(np.mean(units)), color="C3", lw=1.5, label=f"mean over photos {np.mean(units):+.2f}")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(y, [n.rsplit(".", 1)[0] for n in names])
+    ax.set(xlabel=label)
+    ax.legend(fontsize=8, loc="best")
 
 
 def data_label(data: dict) -> str:
@@ -80,6 +118,6 @@ def data_markdown(data: dict) -> str:
                 f"download; colour converted with {data['grey']}). Training patches are cut on the fly from "
                 f"{len(ph['train'])} photos ({', '.join(ph['train'])}); validation: {data['n_val_selection']} fixed "
                 f"patches of {', '.join(ph['val'])}; test: {data['n_test']} fixed patches of {', '.join(ph['test'])} "
-                "(whole photos held out; sha256 of every file in the json's `data`).")
+                "(equal numbers per photo; whole photos held out; sha256 of every file in the json's `data`).")
     return (f"**Data.** {data_label(data)} (source `{data.get('source')}`): {data.get('n_val_selection')} validation "
             f"and {data.get('n_test')} test images from the held-out split.")
