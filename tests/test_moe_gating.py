@@ -258,6 +258,7 @@ def test_em_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     cfg = C.compose("moe_gating/topk_exact", "cpu", "smoke")
     base = OmegaConf.to_container(C.run_config(cfg, 0))
     base["run"]["module"]["em"]["tol"] = 0.0  # never stop early
+    base["run"]["module"]["em"]["max_iter"] = 6  # a run stopped at 4 steps is interrupted, not finished
 
     def run(steps, directory):
         c = OmegaConf.create(base)
@@ -266,8 +267,9 @@ def test_em_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
         return fit(c, directory)
 
     whole = run(6, tmp_path / "whole")
-    run(4, tmp_path / "resumed")
+    interrupted = run(4, tmp_path / "resumed")
     resumed = run(6, tmp_path / "resumed")
+    assert interrupted["probes"]["finished"] is False and whole["probes"]["finished"] is True
     assert whole["steps"] == resumed["steps"] == 6
     assert whole["probes"]["per_fit"]["ll_fit"] == resumed["probes"]["per_fit"]["ll_fit"]
     assert whole["final_val_loss"] == resumed["final_val_loss"]
@@ -471,20 +473,23 @@ def test_an_expert_the_topk_gate_never_selects_is_reported():
 
 
 # --------------------------------------------------------------------------- measures (one function per figure)
-WINDOW_NS = (200, 800)   # the smoke scale's window; n = 100 lies outside it
+WINDOW_NS = (200, 400, 800)   # the smoke scale's window; n = 100 lies outside it
 
 
-def _run(probes: dict, slopes, metrics, ll_gap=None, converged=None, never_selected=None, steps=7) -> dict:
+def _run(probes: dict, slopes, metrics, ll_gap=None, converged=None, never_selected=None, steps=7,
+         ll_ref=None) -> dict:
     """One row of a runs table: replicate r's error of metric k at n is (k+1)(r+1) n^slopes[r]
-    inside the window and 1e6 at n = 100 (outside it, so a slope that read it would be wrong)."""
+    inside the window and 1e6 at n = 100 (outside it, so a slope that read it would be wrong).
+    The fit's log-likelihood is 0; ``ll_ref`` is its refit from the truth (default: also 0)."""
     rows = [(r, n) for r in range(len(slopes)) for n in (100, *WINDOW_NS)]
     per_fit = {"replicate": [r for r, _ in rows], "n": [n for _, n in rows],
                "ll_truth": list(ll_gap or [-1.0] * len(rows)), "ll_fit": [0.0] * len(rows),
+               "ll_ref_truth": list(ll_ref or [0.0] * len(rows)),
                "converged": list(converged or [True] * len(rows)),
                "never_selected": list(never_selected or [0] * len(rows))}
     for k, metric in enumerate(metrics):
         per_fit[metric] = [(k + 1) * (r + 1) * n ** slopes[r] if n > 100 else 1e6 for r, n in rows]
-    return {"probes": {**probes, "per_fit": per_fit, "tol": 1e-6}, "steps": steps}
+    return {"probes": {**probes, "per_fit": per_fit, "tol": 1e-6, "finished": True}, "steps": steps}
 
 
 def _claim_keys(cfg) -> set[str]:
@@ -521,14 +526,15 @@ def test_topk_exact_measures_key_settings_by_config_value_not_sweep_order():
 
     cfg = C.compose("moe_gating/topk_exact", "cpu", "smoke")
     metrics = measures.TOPK_EXACT_METRICS
-    near = lambda rate: {"kind": "truth", "rate": rate, "scale": 0.1}  # noqa: E731
-    rows = [  # the fixed-noise control first: a positional mapping would swap two claims
-        _run({"truth": TEMPLATE, "init": near(0.0)}, [-0.3, -0.3, -0.3], metrics, ll_gap=[-1.0] * 8 + [2.0]),
-        _run({"truth": TEMPLATE, "init": near(0.083)}, [-0.4, -0.5, -0.6], metrics),
-        _run({"truth": {"name": "d2_paper_rank"}, "init": {"kind": "data", "rate": 0.083}}, [-0.5] * 3, metrics,
-             never_selected=[0] * 8 + [2]),
+    near = {"kind": "truth", "rate": 0.083, "scale": 0.1}
+    d2_metrics = (*metrics, "hellinger_fine")
+    rows = [
+        _run({"truth": {"name": "d2_paper_rank"}, "init": {"kind": "data", "rate": 0.083}}, [-0.5] * 3, d2_metrics,
+             never_selected=[0] * 11 + [2]),
+        _run({"truth": TEMPLATE, "init": near}, [-0.4, -0.5, -0.6], metrics, ll_gap=[-1.0] * 11 + [2.0]),
+        # the refit from the truth beats fit 1 by 0.4 nats (inside mle_tol 0.5) and fit 2 by 0.7 (outside)
         _run({"truth": {"name": "generic_jump"}, "init": {"kind": "data", "rate": 0.083}}, [-0.45, -0.55, -0.5],
-             metrics, converged=[True] * 8 + [False], steps=11),
+             metrics, converged=[True] * 11 + [False], steps=11, ll_ref=[0.0, 0.4, 0.7] + [-3.0] * 9),
     ]
     m = measures.topk_exact(pd.DataFrame(rows), cfg)
     _assert_every_claim_reads_a_measurement(cfg, m)
@@ -537,21 +543,30 @@ def test_topk_exact_measures_key_settings_by_config_value_not_sweep_order():
     assert shrinking.value == pytest.approx(-0.5)
     assert shrinking.interval == pytest.approx((-0.5 - _t_half([-0.4, -0.5, -0.6]), -0.5 + _t_half([-0.4, -0.5, -0.6])))
     assert m["slope_hellinger_shrinking"].value == pytest.approx(-0.5)    # the multiplier (k+1) leaves slopes alone
-    assert m["slope_voronoi_fixed"].value == pytest.approx(-0.3)
-    assert m["slope_voronoi_fixed"].interval == pytest.approx((-0.3, -0.3))
     assert m["slope_voronoi_generic_jump"].value == pytest.approx(-0.5)
     assert m["slope_hellinger_d2_paper_rank"].value == pytest.approx(-0.5)
-    assert (m["fits_below_truth_fixed"], m["fits_below_truth_shrinking"]) == (1, 0)
+    # pure power laws: the last sliding window has the whole window's slope
+    assert m["window_drift_voronoi_shrinking"].value == pytest.approx(0.0, abs=1e-12)
+    assert m["window_drift_bound_voronoi_shrinking"] == pytest.approx(0.0, abs=1e-12)
+    # the finer quadrature (another multiplier, the same slopes) moves the Hellinger rate by 0
+    assert m["hellinger_quadrature_shift_d2_paper_rank"] == pytest.approx(0.0, abs=1e-12)
+    assert "hellinger_quadrature_shift_shrinking" not in m
+    assert (m["fits_below_truth_shrinking"], m["fits_below_truth_generic_jump"]) == (1, 0)
+    assert (m["off_mle_generic_jump"], m["off_mle_shrinking"]) == (1, 0)
+    assert m["max_mle_gap_generic_jump"] == pytest.approx(0.7)
     assert (m["unconverged_generic_jump"], m["never_selected_d2_paper_rank"]) == (1, 2)
-    assert m["iteration_cap_share_generic_jump"].value == pytest.approx(1 / 9)
+    assert m["iteration_cap_share_generic_jump"].value == pytest.approx(1 / 12)
     assert m["em_steps_generic_jump"] == 11 and m["fits"] == 36 and m["max_ll_gap"] == pytest.approx(2.0)
     # the same runs in another order give the same measurements
     again = measures.topk_exact(pd.DataFrame(rows[::-1]), cfg)
-    assert again["slope_voronoi_fixed"].value == pytest.approx(-0.3)
     assert again["slope_voronoi_shrinking"].units == pytest.approx(shrinking.units)
+    assert again["off_mle_generic_jump"] == 1
     # two runs the measures cannot tell apart are an error, not a silent overwrite
     with pytest.raises(ValueError, match="setting 'shrinking'"):
         measures.topk_exact(pd.DataFrame([rows[1], rows[1]]), cfg)
+    # a run that stopped before its estimator finished: every fit counts as unconverged
+    unfinished = {**rows[1], "probes": {**rows[1]["probes"], "finished": False}}
+    assert measures.topk_exact(pd.DataFrame([unfinished]), cfg)["unconverged_shrinking"] == 12
 
 
 def test_topk_overspecified_measures_by_hand():
@@ -562,20 +577,25 @@ def test_topk_overspecified_measures_by_hand():
     cfg = C.compose("moe_gating/topk_overspecified", "cpu", "smoke")
     metrics = measures.OVERSPECIFIED_METRICS
     init = {"kind": "truth", "rate": 0.083}
-    rows = [_run({"top_k": 2, "truth": TEMPLATE, "init": init}, [0.3, 0.4, 0.5], metrics, ll_gap=[5.0] * 9),
+    rows = [_run({"top_k": 2, "truth": {"name": "dense"}, "init": init}, [0.0, 0.01, -0.01], metrics,
+                 ll_gap=[5.0] * 12, converged=[True] * 11 + [False]),
             _run({"top_k": 3, "truth": TEMPLATE, "init": init}, [-0.05, -0.125, -0.2], metrics)]
     m = measures.topk_overspecified(pd.DataFrame(rows), cfg)
     _assert_every_claim_reads_a_measurement(cfg, m)
-    split = m["slope_split_w1_top3"]
+    split = m["slope_split_w1_template_top3"]
     assert split.value == pytest.approx(-0.125) and split.n == 3
-    assert m["split_w1_interval_covers_predicted_top3"] == 1     # -1/8 is the interval's centre
-    assert m["split_w1_interval_covers_predicted_top2"] == 0     # 0.4 +- 0.248 excludes -1/8
-    assert (m["fits_below_truth_top3"], m["fits_below_truth_top2"]) == (0, 9)
+    assert m["slope_hellinger_dense_top2"].value == pytest.approx(0.0)
+    assert (m["fits_below_truth_template_top3"], m["fits_below_truth_dense_top2"]) == (0, 12)
+    assert (m["unconverged_template_top3"], m["unconverged_dense_top2"]) == (0, 1)
     hellinger_top3 = np.mean([(r + 1) * 800 ** s for r, s in enumerate([-0.05, -0.125, -0.2])])
-    assert m["hellinger_at_largest_n_top3"] == pytest.approx(hellinger_top3)
-    voronoi = [2 * (r + 1) * n ** s if n > 100 else 1e6 for r, s in enumerate([0.3, 0.4, 0.5])
-               for n in (100, 200, 800)]
-    assert m["median_voronoi_top2"] == pytest.approx(np.median(voronoi))
+    assert m["hellinger_at_largest_n_template_top3"] == pytest.approx(hellinger_top3)
+    voronoi = [2 * (r + 1) * n ** s if n > 100 else 1e6 for r, s in enumerate([0.0, 0.01, -0.01])
+               for n in (100, *WINDOW_NS)]
+    assert m["median_voronoi_dense_top2"] == pytest.approx(np.median(voronoi))
+    judged = {c.id: c.verdict for c in __import__("replicate").claims.evaluate(
+        OmegaConf.to_container(cfg.figure.claims), m)}
+    assert judged["split_cell_slow"] == "undecided"        # -0.125 +- 0.19 reaches both 0+ and the bar
+    assert judged["density_fails_condition_violated"] == "inconclusive"   # a fit at the cap
 
 
 def test_temperature_vs_activation_measures_pair_the_two_init_schedules():
@@ -590,12 +610,13 @@ def test_temperature_vs_activation_measures_pair_the_two_init_schedules():
     rows = [_run({"truth": truth("activation"), "init": init(0.0)}, [-0.5, -0.4, -0.6], metrics),
             _run({"truth": truth("temperature"), "init": init(0.0)}, [-0.3, -0.3, -0.3], metrics),
             _run({"truth": truth("temperature"), "init": init(0.083)}, [-0.4, -0.5, -0.6], metrics,
-                 ll_gap=[-1.0] * 8 + [0.5]),
+                 ll_gap=[-1.0] * 11 + [0.5]),
             _run({"truth": truth("activation"), "init": init(0.083)}, [-0.5, -0.4, -0.6], metrics)]
     m = measures.temperature_vs_activation(pd.DataFrame(rows), cfg)
     _assert_every_claim_reads_a_measurement(cfg, m)
     assert m["slope_temperature_gate_identified_shrinking"].value == pytest.approx(-0.5)
     assert m["slope_temperature_gate_identified_fixed"].value == pytest.approx(-0.3)
+    assert m["window_drift_bound_activation_gate_raw_shrinking"] == pytest.approx(0.0, abs=1e-12)
     # paired per-replicate differences -0.1, -0.2, -0.3: mean -0.2 with a t interval over them
     effect = m["init_effect_temperature_identified"]
     assert effect.value == pytest.approx(-0.2)
@@ -606,3 +627,126 @@ def test_temperature_vs_activation_measures_pair_the_two_init_schedules():
     assert m["init_effect_activation_raw"].value == pytest.approx(0.0)
     assert (m["fits_below_truth_temperature_shrinking"], m["fits_below_truth_temperature_fixed"]) == (1, 0)
     assert m["median_ll_gap_activation_fixed"] == pytest.approx(-1.0)
+    # the shipped design runs the shrinking schedule only: no paired schedule keys then
+    only = measures.temperature_vs_activation(pd.DataFrame([rows[2], rows[3]]), cfg)
+    _assert_every_claim_reads_a_measurement(cfg, only)
+    assert not any(k.startswith("init_effect_") for k in only)
+
+
+# --------------------------------------------------------------------------- every claim can reach every verdict
+# Hand-made intervals per (replicated, partial) rule pair of the MoE claims: each reaches one verdict.
+VERDICT_INTERVALS = {
+    ("in [-0.65, -0.35]", "in [-0.8, -0.25]"): {"replicated": (-0.55, -0.45), "partial": (-0.34, -0.26),
+                                                "not_replicated": (-0.2, -0.1), "undecided": (-0.6, -0.1)},
+    ("in [-0.25, 0.0]", "in [-0.5, 0.0]"): {"replicated": (-0.2, -0.05), "partial": (-0.45, -0.3),
+                                            "not_replicated": (-0.9, -0.6), "undecided": (-0.7, -0.1)},
+    ("> -0.1", "> -0.3"): {"replicated": (-0.05, 0.05), "partial": (-0.25, -0.15),
+                           "not_replicated": (-0.6, -0.4), "undecided": (-0.5, 0.0)},
+    ("in [-0.65, -0.35]", "< -0.25"): {"replicated": (-0.5, -0.4), "partial": (-0.9, -0.7),
+                                       "not_replicated": (-0.2, 0.0), "undecided": (-0.5, -0.1)},
+}
+
+
+def _passing(rule: str) -> float:
+    from replicate import claims
+
+    op, a, b = claims.parse_rule(rule)
+    return {"<=": a, ">=": a, "<": a - 1, ">": a + 1, "in": (a + b) / 2}[op]
+
+
+def _failing(rule: str) -> float:
+    from replicate import claims
+
+    op, a, b = claims.parse_rule(rule)
+    return {"<=": a + 1, "<": a + 1, ">=": a - 1, ">": a - 1, "in": b + 1}[op]
+
+
+@pytest.mark.parametrize("figure", ["topk_exact", "topk_overspecified", "temperature_vs_activation"])
+def test_every_moe_claim_reaches_every_verdict_on_hand_made_intervals(figure):
+    from replicate import claims
+
+    cfg = C.compose(f"moe_gating/{figure}", "cpu", "default")
+    specs = OmegaConf.to_container(cfg.figure.claims)
+    for spec in specs:
+        spec = {**spec, "kind": "paper", "qualifies": None}   # judged alone (the verdict rules do not read the kind)
+        table = VERDICT_INTERVALS[(spec["replicated"], spec.get("partial"))]
+        requires = spec.get("requires") or {}
+        assert any(key.startswith("off_mle_") for key in requires), spec["id"]          # the MLE precondition
+        assert any(key.startswith("unconverged_") for key in requires), spec["id"]
+        assert any(key.startswith("window_drift_bound_") for key in requires), spec["id"]
+        ok = {key: _passing(rule) for key, rule in requires.items()}
+        for verdict, (lo, hi) in table.items():
+            m = {**ok, spec["measured"]: claims.Estimate((lo + hi) / 2, (lo, hi), 24)}
+            (claim,) = claims.evaluate([spec], m)
+            assert claim.verdict == verdict, (spec["id"], verdict, claim.reason)
+        for key, rule in requires.items():   # any one failed precondition: inconclusive, naming it
+            m = {**ok, key: _failing(rule), spec["measured"]: claims.Estimate(-0.5, (-0.55, -0.45), 24)}
+            (claim,) = claims.evaluate([spec], m)
+            assert claim.verdict == "inconclusive" and key in claim.reason, (spec["id"], key)
+
+
+# --------------------------------------------------------------------------- MLE precondition and sliding windows
+def test_off_mle_counts_fits_below_the_best_reference_and_every_fit_without_references():
+    import pandas as pd
+
+    from replicate.papers.moe_gating import analysis as A
+
+    frame = pd.DataFrame({"ll_fit": [0.0, 0.0, 5.0, 1.0], "ll_ref_truth": [0.3, 2.0, 1.0, float("nan")],
+                          "ll_ref_data": [-1.0, 0.0, 4.0, 1.6]})
+    refs = [c for c in frame.columns if c.startswith("ll_ref_")]
+    frame["mle_gap"] = frame[["ll_fit", *refs]].max(axis=1, skipna=True) - frame["ll_fit"]
+    assert frame["mle_gap"].tolist() == pytest.approx([0.3, 2.0, 0.0, 0.6])
+    assert A.off_mle(frame, 0.5) == 2           # 2.0 and 0.6 nats below the best
+    assert A.off_mle(frame, 0.1) == 3
+    assert A.off_mle(frame.drop(columns=refs), 0.5) == 4    # no references: the check was not run
+
+
+def test_sliding_windows_and_the_drift_of_the_last_window():
+    import pandas as pd
+
+    from replicate.papers.moe_gating import analysis as A
+
+    assert A.sliding_windows([800, 100, 200, 400, 200], 3) == [[100.0, 400.0], [200.0, 800.0]]
+    with pytest.raises(ValueError, match="sliding window"):
+        A.sliding_windows([100, 200], 3)
+    # each replicate: error n^-0.2 up to n = 400, then n^-0.8 (the rate steepens at the end)
+    ns = [100, 200, 400, 800, 1600]
+    rows = []
+    for r, c in enumerate([1.0, 2.0, 3.0]):
+        for n in ns:
+            err = c * n ** -0.2 if n <= 400 else c * 400 ** -0.2 * (n / 400) ** -0.8
+            rows.append({"replicate": r, "n": n, "err": err * (1 + 0.01 * r * (n == 1600))})
+    frame = pd.DataFrame(rows)
+    last = A.replicate_slopes(frame, "err", [400, 1600])
+    whole = A.replicate_slopes(frame, "err", [100, 1600])
+    drift = A.window_drift(frame, "err", [100, 1600], 3)
+    assert drift.value == pytest.approx(float(np.mean(last - whole)))
+    assert last[0] == pytest.approx(-0.8) and drift.value < -0.2        # the last window is steeper
+    assert A.drift_bound(drift) >= abs(drift.value)
+    assert A.drift_bound(drift) == pytest.approx(max(abs(drift.interval[0]), abs(drift.interval[1])))
+    flat = pd.DataFrame([{"replicate": r, "n": n, "err": (r + 1) * n ** -0.5} for r in range(3) for n in ns])
+    assert A.window_drift(flat, "err", [100, 1600], 3).value == pytest.approx(0.0, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- one driver for fit_moe and the figures
+def test_the_figures_module_and_fit_moe_run_the_same_estimator_and_record_references():
+    from replicate.papers.moe_gating import fit as F
+    from replicate.papers.moe_gating.problem import expand_truth
+
+    generic = dict(TOPK, w1=[-3.0, 3.0, 0.0], w0=[1.0, -1.0, 0.0], a=[2.0, -1.0, 0.5], b=[-1.0, 1.5, 0.0],
+                   sigma=[0.3, 0.3, 0.4])   # generic_jump: the density jumps at the switch
+    truth = Truth(**generic)
+    setting = dict(truth=generic, fitted={"gate": "topk", "top_k": 2, "atoms": [0, 1, 2]}, n_grid=[150],
+                   replicates=1, seed=3, init={"kind": "data", "n_starts": 2},
+                   em={"max_iter": 12, "screen_iters": 4, "smooth_min": 1e-2}, references=["truth"])
+    module = fit_module(BatchedEM(**setting), MoESimulation(generic, [150], 1, seed=3, max_steps=20), 20)
+    assert bool(module.finished) and int(module.loop_iterations) <= 12
+    data = simulate(truth, Design([150], 1, 3))
+    opts = F.FitOptions(max_iter=12, screen_iters=4, n_starts=2, smooth_min=1e-2)
+    direct = F.estimate(truth.spec, data["x"], data["y"], data["fit"], 1, 3, "data", opts, seed=3)
+    for key in M.PARAM_KEYS:   # the same stages (screen, loop, repair) give the same fit
+        torch.testing.assert_close(getattr(module, key), direct["params"][key])
+    from_truth = F.estimate(truth.spec, data["x"], data["y"], data["fit"], 1, 3, expand_truth(truth, [0, 1, 2], 1),
+                            opts, seed=3)
+    torch.testing.assert_close(module.ll_ref_truth, from_truth["ll"])
+    assert torch.isnan(module.ll_ref_data).all()     # not asked for

@@ -419,27 +419,88 @@ def never_selected(gate: M.Gate, p: dict, x, fit, n_fits: int) -> torch.Tensor:
     return chosen == 0
 
 
+class Estimator:
+    """The estimator's stages as a state machine that :func:`estimate` (hence :func:`fit_moe`) and
+    the figures' Lightning module (module.BatchedEM, one :meth:`advance` per training step)
+    both drive, so a figure's fit and a ``fit_moe`` fit of the same data are the same:
+
+    1. :meth:`begin`: starts (data-driven, or the given parameters) and, for data-driven starts,
+       the screening (module docstring, stages 1-2);
+    2. :meth:`advance`: one main-loop iteration for every fit (stage 3); once every fit has
+       converged or the loop has run ``opts.max_iter`` iterations, the same call runs the
+       basin hops (``opts.n_hops``) and the selection repair (stage 4) of a top-K gate and
+       marks the state ``finished``.
+
+    The state is a dict of tensors (the :class:`Fitter` state plus ``loop_iterations``,
+    ``extra_iterations`` (spent polishing after hops and repairs), ``screen_iterations`` and
+    ``finished``), so a checkpoint of it resumes exactly."""
+
+    def __init__(self, gate: M.Gate, x, y, fit, n_fits: int, k: int, init="data",
+                 opts: FitOptions = FitOptions(), seed=0):
+        self.gate, self.k, self.init, self.opts, self.seed = gate, k, init, opts, seed
+        self.fitter = Fitter(gate, x, y, fit, n_fits, opts)
+
+    def begin(self) -> dict:
+        f = self.fitter
+        screened = 0
+        if isinstance(self.init, str):
+            starts = data_starts(self.gate, f.x, f.y, f.bounds, self.k, self.opts.n_starts, self.seed)
+            p, temp = screen(self.gate, starts, f.x, f.y, f.bounds, self.opts.n_starts, self.opts)
+            screened = self.opts.screen_iters
+        else:
+            p, temp = {key: v.clone() for key, v in self.init.items()}, self.opts.smooth_near
+        state = f.initial_state(p, temp)
+        zero = torch.zeros((), dtype=torch.long, device=f.x.device)
+        state.update(loop_iterations=zero.clone(), extra_iterations=zero.clone(),
+                     screen_iterations=zero + screened, finished=torch.zeros((), dtype=torch.bool, device=f.x.device))
+        return state
+
+    def loop_done(self, state: dict) -> bool:
+        return bool(state["done"].all()) or int(state["loop_iterations"]) >= self.opts.max_iter
+
+    def advance(self, state: dict) -> dict:
+        """One main-loop iteration (none once the loop is done); finishes (hops, repair) when the
+        loop is done. A finished state is returned unchanged."""
+        if bool(state["finished"]):
+            return state
+        extra = {key: state[key] for key in ("loop_iterations", "extra_iterations", "screen_iterations", "finished")}
+        core = {key: v for key, v in state.items() if key not in extra}
+        if not self.loop_done(state):
+            core = self.fitter.step(core)
+            extra["loop_iterations"] = extra["loop_iterations"] + 1
+        if self.loop_done({**core, **extra}):
+            core, used = self.finish(core)
+            extra["extra_iterations"] = extra["extra_iterations"] + used
+            extra["finished"] = torch.ones_like(extra["finished"])
+        return {**core, **extra}
+
+    def finish(self, core: dict) -> tuple[dict, int]:
+        """Basin hops and the selection repair (top-K only); returns the state and the main-loop
+        iterations they spent."""
+        used = 0
+        if self.gate.sparse(self.k):
+            for hop in range(self.opts.n_hops):
+                core, it = hop_once(self.fitter, core, self.opts, (self.seed, hop))
+                used += it
+            core, it = repair(self.fitter, core, self.opts)
+            used += it
+        return core, used
+
+    def run(self) -> dict:
+        state = self.begin()
+        while not bool(state["finished"]):
+            state = self.advance(state)
+        return state
+
+
 def estimate(gate: M.Gate, x, y, fit, n_fits: int, k: int, init="data", opts: FitOptions = FitOptions(),
              seed=0) -> dict:
-    """The whole estimator on flat batched data; returns the final state plus ``iterations``,
-    ``screen_iterations`` and ``never_selected``."""
-    fitter = Fitter(gate, x, y, fit, n_fits, opts)
-    screened = 0
-    if isinstance(init, str):
-        starts = data_starts(gate, x, y, fitter.bounds, k, opts.n_starts, seed)
-        p, temp = screen(gate, starts, x, y, fitter.bounds, opts.n_starts, opts)
-        screened = opts.screen_iters
-    else:
-        p, temp = init, opts.smooth_near
-    state, it = fitter.run(fitter.initial_state(p, temp), opts.max_iter)
-    if gate.sparse(k):
-        for hop in range(opts.n_hops):
-            state, used = hop_once(fitter, state, opts, (seed, hop))
-            it += used
-        state, used = repair(fitter, state, opts)
-        it += used
-    state["iterations"] = screened + it
-    state["screen_iterations"] = screened
+    """The whole estimator (:class:`Estimator`) on flat batched data; returns the final state plus
+    ``iterations`` (screening + main loop + polishing after hops and repairs), ``screen_iterations``
+    and ``never_selected``."""
+    state = Estimator(gate, x, y, fit, n_fits, k, init, opts, seed).run()
+    state["iterations"] = int(state["screen_iterations"] + state["loop_iterations"] + state["extra_iterations"])
+    state["screen_iterations"] = int(state["screen_iterations"])
     state["never_selected"] = never_selected(gate, state["params"], x, fit, n_fits)
     return state
 
@@ -605,4 +666,4 @@ def loglik_of(params: dict, x, y, gate: str = "softmax", top_k=None, rank: str =
     return (M.loglik(spec, p, xt, yt, fit, r) / n).numpy()
 
 
-__all__ = ["FitOptions", "Fitter", "estimate", "fit_moe", "loglik_of", "replace"]
+__all__ = ["Estimator", "FitOptions", "Fitter", "estimate", "fit_moe", "loglik_of", "replace"]

@@ -3,11 +3,12 @@ all its replicates x sample sizes fitted at once.
 
 * ``MoESimulation`` (LightningDataModule): the simulated data of every fit, a pure function of
   the run seed (problem.py); each training "batch" is the whole data set (one EM iteration).
-* ``BatchedEM``: maximum likelihood by the estimator of fit.py (generalised EM; top-K adds a
-  compass search on the observed likelihood), one main-loop iteration per training step with
-  manual optimisation (a data-driven start, ``init.kind: data``, screens its starts in the first
-  step). The run stops early (``trainer.should_stop``) once every fit has converged (fit.py's
-  rule on the observed log-likelihood), else at ``trainer.max_steps``.
+* ``BatchedEM``: maximum likelihood by the estimator of fit.py (:class:`fit.Estimator`, the same
+  stages as ``fit_moe``: starts and screening in the first step, one main-loop iteration per
+  training step with manual optimisation, basin hops and the selection repair in the step that
+  ends the loop), then refits of the same data from the truth and/or the data (``references``)
+  whose log-likelihoods the MLE precondition reads. The run stops early
+  (``trainer.should_stop``) once the estimator has finished, else at ``trainer.max_steps``.
 * ``GradientMLE``: the same likelihood maximised by gradient steps (L-BFGS or Adam) over
   unconstrained parameters (log var, log tau); it exists to cross-check EM (tests).
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from replicate.papers.moe_gating import em, fit as F, metrics
 from replicate.papers.moe_gating import model as M
-from replicate.papers.moe_gating.problem import DTYPE, Design, Truth, initialise, simulate
+from replicate.papers.moe_gating.problem import DTYPE, Design, Truth, expand_truth, initialise, simulate
 
 
 # --------------------------------------------------------------------------- data
@@ -178,22 +179,43 @@ def _probe(module: _MoEFit, data: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- EM
-STATE_KEYS = ("gate_step", "h", "smooth", "best_ll", "ll", "ll_change", "done", "starved")
+STATE_KEYS = ("gate_step", "h", "smooth", "best_ll", "ll", "ll_change", "done", "starved",
+              "loop_iterations", "extra_iterations", "screen_iterations", "finished")
+REFERENCES = ("truth", "data")
 
 
 class BatchedEM(_MoEFit):
-    """The estimator of fit.py for every fit of the run at once; one main-loop iteration per
-    training step (a data-driven start screens its ``n_starts`` starts in the first step).
+    """The estimator of fit.py (:class:`fit.Estimator`, the stages ``fit_moe`` runs) for every fit
+    of the run at once: the first training step takes the starts (and screens data-driven ones),
+    every step is one main-loop iteration, and the step that ends the loop (every fit converged,
+    or ``em.max_iter`` iterations) runs the basin hops and the selection repair. The run then
+    stops (``trainer.should_stop``). A run that ``trainer.max_steps`` stops first records
+    ``finished: False`` in its probes, and its fits count as unconverged (analysis.fits_frame).
+
+    References (``references``: ``truth`` and/or ``data``): once the estimator has finished, the
+    same estimator is run again on the same data from the truth itself (expanded to the fitted
+    atoms, problem.expand_truth) and/or from ``init.n_starts`` data-driven starts, and their
+    observed log-likelihoods are recorded per fit (``ll_ref_<name>``; NaN when not run). The best
+    of the fit and its references is the best maximum found on that data; a fit more than a
+    tolerance below it is not the MLE (analysis.off_mle), whatever its start.
 
     Args (``run.module``): truth, fitted {gate, top_k, rank, atoms}, n_grid, replicates, seed (as
     the data), init {kind: near_truth | data, scale, rate (problem.initialise), n_starts},
-    em {tol, screen_iters, smooth0, smooth_decay, and em.EMOptions fields}, hellinger {nx, ny}."""
+    em {max_iter, tol, n_hops, n_repairs, screen_iters, smooth0, smooth_decay, and em.EMOptions
+    fields}, references, hellinger {nx, ny}, hellinger_check (a finer {nx, ny}: the Hellinger
+    distance is also computed on it, ``hellinger_fine``)."""
 
     def __init__(self, truth: dict, fitted: dict, n_grid: list[int], replicates: int, seed: int = 0,
-                 init: dict | None = None, em: dict | None = None, hellinger: dict | None = None):
+                 init: dict | None = None, em: dict | None = None, hellinger: dict | None = None,
+                 references: list[str] | None = None, hellinger_check: dict | None = None):
         super().__init__(truth, fitted, n_grid, replicates, seed, init, hellinger)
         self.opts = _fit_options(dict(em or {}), self.init)
         self.tol = self.opts.tol
+        self.references = list(references or [])
+        unknown = set(self.references) - set(REFERENCES)
+        if unknown:
+            raise ValueError(f"references: unknown {sorted(unknown)}; known: {', '.join(REFERENCES)}")
+        self.hellinger_check = dict(hellinger_check) if hellinger_check else None
         for key, value in self._start.items():
             self.register_buffer(key, value.clone())
             self.register_buffer(f"best_{key}", value.clone())  # the continuation's best hard point
@@ -206,8 +228,13 @@ class BatchedEM(_MoEFit):
         self.register_buffer("ll_change", torch.full((b,), float("inf"), dtype=DTYPE))
         self.register_buffer("done", torch.zeros(b, dtype=torch.bool))
         self.register_buffer("starved", torch.zeros(b, k, dtype=torch.bool))
+        for key in ("loop_iterations", "extra_iterations", "screen_iterations"):
+            self.register_buffer(key, torch.zeros((), dtype=torch.long))
+        self.register_buffer("finished", torch.zeros((), dtype=torch.bool))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
-        self._fitter: F.Fitter | None = None  # data caches, rebuilt after a resume
+        for name in REFERENCES:
+            self.register_buffer(f"ll_ref_{name}", torch.full((b,), float("nan"), dtype=DTYPE))
+        self._estimator: F.Estimator | None = None  # data caches, rebuilt after a resume
         # Lightning counts steps by optimizer steps: a no-op optimizer on a frozen scalar makes
         # one EM iteration one global step (max_steps, checkpoints and resume then work as usual)
         self.step_counter = nn.Parameter(torch.zeros((), dtype=DTYPE), requires_grad=False)
@@ -216,11 +243,11 @@ class BatchedEM(_MoEFit):
         return {key: getattr(self, key) for key in M.PARAM_KEYS}
 
     def converged(self) -> bool:
-        """Every fit converged (fit.py's rule on the observed log-likelihood)."""
-        return bool(self.done.all())
+        """The estimator has finished (loop ended, hops and repair done)."""
+        return bool(self.finished)
 
     def on_train_start(self):
-        # a run resumed from the checkpoint of a converged run stops without iterating again
+        # a run resumed from the checkpoint of a finished run stops without iterating again
         if self.converged():
             self.trainer.should_stop = True
 
@@ -235,20 +262,21 @@ class BatchedEM(_MoEFit):
         for key in STATE_KEYS:
             getattr(self, key).copy_(state[key])
 
+    def _make(self, x, y, fit, b, init) -> F.Estimator:
+        return F.Estimator(self.gate, x, y, fit, b, len(self.atoms), init, self.opts, self.design.seed)
+
     def training_step(self, batch, batch_idx):
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             x, y, fit, b = self._unpack(batch)
-            if self._fitter is None:
-                self._fitter = F.Fitter(self.gate, x, y, fit, b, self.opts)
+            if self._estimator is None:
+                start = "data" if self.data_init else {k: v.clone() for k, v in self._start.items()}
+                self._estimator = self._make(x, y, fit, b, start)
             if not bool(self.started):
-                p, temp = self.params(), self.opts.smooth_near
-                if self.data_init:
-                    starts = F.data_starts(self.gate, x, y, self._fitter.bounds, len(self.atoms),
-                                           self.opts.n_starts, self.design.seed)
-                    p, temp = F.screen(self.gate, starts, x, y, self._fitter.bounds, self.opts.n_starts, self.opts)
-                self._load(self._fitter.initial_state({k: v.clone() for k, v in p.items()}, temp))
+                self._load(self._estimator.begin())
                 self.started.fill_(True)
-            self._load(self._fitter.step(self._state()))
+            self._load(self._estimator.advance(self._state()))
+            if self.converged():
+                self._run_references(x, y, fit, b)
             self.optimizers().step()
             if self.converged():
                 self.trainer.should_stop = True
@@ -256,27 +284,53 @@ class BatchedEM(_MoEFit):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
+    def _run_references(self, x, y, fit, b) -> None:
+        """The estimator again on the same data from the truth and/or from the data (class docstring)."""
+        for name in self.references:
+            if name == "truth":
+                start = {k: v.to(x.device) for k, v in expand_truth(self.truth, self.atoms, b).items()}
+            else:
+                start = "data"
+            state = self._make(x, y, fit, b, start).run()
+            getattr(self, f"ll_ref_{name}").copy_(state["ll"])
+
     def configure_optimizers(self):
         return torch.optim.SGD([self.step_counter], lr=0.0)
 
     @torch.no_grad()
     def probe_metrics(self, datamodule) -> dict:
         out = super().probe_metrics(datamodule)
-        out["per_fit"]["ll_change"] = self.ll_change.abs().cpu().tolist()
-        out["per_fit"]["converged"] = self.done.cpu().tolist()
-        out["per_fit"]["starved"] = self.starved.sum(1).cpu().tolist()
+        per_fit = out["per_fit"]
+        per_fit["ll_change"] = self.ll_change.abs().cpu().tolist()
+        per_fit["converged"] = self.done.cpu().tolist()
+        per_fit["starved"] = self.starved.sum(1).cpu().tolist()
+        for name in self.references:
+            per_fit[f"ll_ref_{name}"] = getattr(self, f"ll_ref_{name}").cpu().tolist()
+        if self.hellinger_check:
+            p, truth = self.params(), self._truth_params()
+            if self.data_init:
+                p = metrics.align(p, truth, shift_invariant=self.gate.kind != "activation")
+            with torch.autocast(self.device.type, enabled=False):
+                per_fit["hellinger_fine"] = metrics.hellinger(self.gate, p, self.truth.spec, truth,
+                                                              **self.hellinger_check).cpu().tolist()
+            out["hellinger_check"] = dict(self.hellinger_check)
         out["converged_fraction"] = float(self.done.double().mean())
+        out["finished"] = bool(self.finished)
+        out["iterations"] = {"screen": int(self.screen_iterations), "loop": int(self.loop_iterations),
+                             "polish": int(self.extra_iterations), "max_iter": self.opts.max_iter}
+        out["references"] = list(self.references)
         out["tol"] = self.tol
         return out
 
 
 def _fit_options(options: dict, init: dict) -> F.FitOptions:
-    top = {k: options.pop(k) for k in ("tol", "screen_iters", "smooth0", "smooth_near", "smooth_decay",
-                                        "smooth_min") if k in options}
+    top = {k: options.pop(k) for k in ("max_iter", "tol", "n_hops", "n_repairs", "screen_iters", "smooth0",
+                                        "smooth_near", "smooth_decay", "smooth_min") if k in options}
     unknown = set(options) - set(em.EMOptions.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"em: unknown option(s) {sorted(unknown)}; known: tol, screen_iters, smooth0, "
-                         f"smooth_decay, {', '.join(em.EMOptions.__dataclass_fields__)}")
+        raise ValueError(f"em: unknown option(s) {sorted(unknown)}; known: max_iter, tol, n_hops, n_repairs, "
+                         f"screen_iters, smooth0, smooth_near, smooth_decay, smooth_min, "
+                         f"{', '.join(em.EMOptions.__dataclass_fields__)}")
     return F.FitOptions(em=em.EMOptions(**options), n_starts=int(init.get("n_starts", 4)), **top)
 
 

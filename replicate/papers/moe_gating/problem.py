@@ -139,7 +139,6 @@ def expand_truth(truth: Truth, atoms: list[int], n_fits: int) -> dict:
 def initialise(truth: Truth, atoms: list[int], design: Design, scale: float, rate: float) -> dict:
     """Truth (expanded to ``atoms``) plus noise of std ``scale * n^-rate``, one stream per fit."""
     p = expand_truth(truth, atoms, design.n_fits)
-    k = len(atoms)
     for fid, r, n in design.fits():
         g = generator("init", design.seed, r, n)
         std = scale * n ** (-rate)
