@@ -798,9 +798,15 @@ def test_shape_trend_measures_read_the_ladder_winners_per_seed_with_the_permutat
     assert m["fixed_minus_trained_db_all_shapes"].value == pytest.approx(-0.2)
     assert m["lift_shapes"] == 20 and m["lift_shapes_fixed_better"] == 0
     assert all(r["gain_db"] == pytest.approx(-0.2) for r in m["lift_gain_by_shape"])
-    assert m["lift_convergence_shift_over_seed_sd"] == math.inf  # equal seeds: sd 0, never counted as converged
+    assert m["lift_convergence_shift_over_seed_sd"] == 0.0  # the curves never move
     judged = {c.id: c for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
-    assert judged["fixed_lift_costs_little"].verdict == "inconclusive"
+    assert judged["fixed_lift_costs_little"].verdict == "partial"  # -0.2 dB on every photo: in [-0.3, -0.1)
+    # two seeds are below the trend claims' floor of 3 (a zero-width t interval is possible)
+    assert m["trend_seeds"] == 2 and judged["deeper_with_budget"].verdict == "inconclusive"
+    assert "trend_seeds" in judged["deeper_with_budget"].reason
+    three = measures.shape_trends(photo_runs({0: trend_rows(0), 1: trend_rows(1, deep_from=3), 2: trend_rows(2)}), cfg)
+    judged = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), three)}
+    assert judged["deeper_with_budget"] == "replicated"  # rho = sqrt(3)/2 on every seed, converged
 
 
 def test_a_short_ladder_makes_the_trend_claims_inconclusive():

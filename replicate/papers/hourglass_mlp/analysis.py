@@ -361,7 +361,10 @@ def convergence(table: pd.DataFrame, steps, statistic) -> dict:
     half = frame[frame.step == steps[half_index(steps)]]["value"].to_numpy(float)
     shift = float(abs(np.mean(last) - np.mean(half)))
     sd = float(np.std(last, ddof=1)) if len(last) > 1 else math.nan
-    ratio = shift / sd if sd and np.isfinite(sd) and sd > 0 else math.inf
+    if shift == 0:
+        ratio = 0.0  # did not move at all (a discrete statistic, e.g. a rank correlation)
+    else:
+        ratio = shift / sd if sd and np.isfinite(sd) and sd > 0 else math.inf
     return {"curve": curve, "shift": shift, "seed_sd": sd, "shift_over_sd": float(ratio)}
 
 

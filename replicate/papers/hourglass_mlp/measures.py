@@ -210,6 +210,7 @@ def shape_trends(runs: pd.DataFrame, cfg) -> dict:
     out["trend_convergence_shift_over_seed_sd"] = conv["shift_over_sd"]
     out["trend_convergence_shift"] = conv["shift"]
     out["seeds"] = len(seeds)
+    out["trend_seeds"] = len(seeds)  # a t interval over 2 seeds of a rank correlation can have zero width
     out["test_photos"] = len(probes["photos"]["test"])
     return out
 
