@@ -607,6 +607,8 @@ def validate_specs(specs: Sequence[Mapping[str, Any]], where: str = "claims") ->
             _parse_named(rule, f"{where}: claim '{cid}' requires.{key}")
         target = spec.get("qualifies")
         if spec.get("kind") == "control":
+            if not target and not any(s.get("kind") == "paper" for s in specs):
+                continue  # a figure of the suite's own (no paper claim): its controls stand alone
             if not target:
                 raise ValueError(f"{where}: control claim '{cid}' must name the paper claim it "
                                  "qualifies ('qualifies: <id>')")

@@ -245,9 +245,14 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+PAPERS = "replicate.papers"
+
+
 def _import_closure(modules: list[str], package: str) -> list[str]:
-    """The files of ``package`` that ``modules`` import, directly or through each other."""
+    """The files of ``package`` that ``modules`` import, directly or through each other, and of
+    any other paper package they import (a figure of one paper may use another's module)."""
     todo = [m for m in modules if m == package or m.startswith(package + ".")]
+    package = PAPERS if package.startswith(PAPERS + ".") else package
     seen: set[Path] = set()
     while todo:
         path = _module_file(todo.pop())

@@ -293,7 +293,6 @@ def test_evaluate_records_interval_n_method_rules_and_reason():
     ({"kind": "claim"}, "kind 'claim'"),
     ({"replicated": "at least 0.01"}, "claim 'x' replicated: bad claim rule 'at least 0.01'"),
     ({"requires": {"base": "big"}}, "requires.base: bad claim rule 'big'"),
-    ({"kind": "control"}, "must name the paper claim"),
     ({"kind": "control", "qualifies": "nope"}, "not a paper claim"),
     ({"qualifies": "x"}, "only control claims"),
 ])
@@ -302,6 +301,15 @@ def test_bad_specs_are_named(spec, message):
             "replicated": "> 0"}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
         claims.validate_specs([{**base, **spec}], where="fig.yaml")
+
+
+def test_controls_stand_alone_only_in_a_figure_without_paper_claims():
+    control = {"id": "c", "kind": "control", "statement": "s", "paper_value": "—", "measured": "m",
+               "replicated": "in [-0.02, 0.02]"}
+    claims.validate_specs([control, {**control, "id": "d"}], where="fig.yaml")  # the suite's own figure
+    paper = {"id": "x", "kind": "paper", "statement": "s", "paper_value": "p", "measured": "m", "replicated": "> 0"}
+    with pytest.raises(ValueError, match="claim 'c' must name the paper claim"):
+        claims.validate_specs([paper, control], where="fig.yaml")
 
 
 def test_rejudge_uses_the_given_rules():

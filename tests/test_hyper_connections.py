@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from omegaconf import OmegaConf
 
 from replicate import config as C
@@ -293,6 +294,51 @@ def test_identity_measures_on_a_hand_built_run_table():
     assert got["identity_ratio_shc_over_mhc"].value == pytest.approx(0.5 / 0.15)
     assert got["negative_share_shc"].value == pytest.approx(0.375)
     assert got["negative_share_polytope"].value == 0.0
+
+
+def test_gate_and_streams_measures_on_a_hand_built_run_table():
+    """Final losses by hand: (residual, none) 2.0/2.2, (residual, gate) 1.9/2.0, (mhc, none) 1.8/2.0,
+    (mhc, gate) 1.75/1.9 over seeds 0/1; a diverged gated mHC seed 2 drops seed 2 everywhere."""
+    base = hand_runs().set_index("seed", drop=False)
+    losses = {("residual", "none"): (2.0, 2.2, 2.1), ("residual", "headwise"): (1.9, 2.0, 2.0),
+              ("mhc", "none"): (1.8, 2.0, 1.9), ("mhc", "headwise"): (1.75, 1.9, float("nan"))}
+    rows = []
+    for (variant, gate), finals in losses.items():
+        for seed, final in enumerate(finals):
+            probes_ = {**base[base.probes.map(lambda p: p["variant"]) == variant].iloc[0]["probes"]}
+            rows.append({"seed": seed, "attention_gate": gate, "status": "diverged" if final != final else "finished",
+                         "wall_seconds": 1.0, "val": [{"step": 20, "val_loss": final}], "probes": probes_})
+    got = measures.gate_and_streams(pd.DataFrame(rows), CFG)
+    assert got["seeds_complete"] == 2
+    assert got["gate_gain_residual"].value == pytest.approx(0.15)  # 0.1, 0.2
+    assert got["gate_gain_mhc"].value == pytest.approx(0.075)  # 0.05, 0.1
+    assert got["streams_gain_gated"].value == pytest.approx(0.125)  # 0.15, 0.1
+    assert got["streams_gain_plain"].value == pytest.approx(0.2)
+    assert got["gate_streams_interaction"].value == pytest.approx(0.075) and got["gate_streams_interaction"].n == 2
+    assert list(got["gate_streams_interaction"].units) == pytest.approx([0.05, 0.1])
+
+
+def test_the_attention_gate_is_gated_attentions_headwise_gate_in_every_attention_layer():
+    from replicate.papers.gated_attention.model import HeadwiseGate
+
+    cfg = LMConfig(vocab_size=11, n_layer=2, d_model=16, n_head=2, max_len=8)
+    torch.manual_seed(0)
+    plain = HyperConnectedLM(cfg, ConnectionConfig(variant="mhc", streams=2))
+    torch.manual_seed(0)
+    gated = HyperConnectedLM(cfg, ConnectionConfig(variant="mhc", streams=2), attention_gate="headwise")
+    assert all(isinstance(b.attn.gate, HeadwiseGate) for b in gated.blocks)
+    assert all(b.attn.gate is None for b in plain.blocks)
+    for block in gated.blocks:  # a gate of sigmoid(0) = 1/2 halves every attention output
+        nn.init.zeros_(block.attn.gate.proj.weight)
+    shared = {k: v for k, v in gated.state_dict().items() if ".attn.gate." not in k}
+    assert shared.keys() == plain.state_dict().keys()
+    plain.load_state_dict(shared)
+    for block in plain.blocks:
+        block.attn.o_proj.weight.data.mul_(0.5)  # the same halving, on the output projection
+    idx = torch.randint(0, 11, (2, 8))
+    torch.testing.assert_close(gated(idx), plain(idx))
+    with pytest.raises(ValueError, match="attention_gate='value'"):
+        HyperConnectedLM(cfg, ConnectionConfig(variant="mhc", streams=2), attention_gate="value")
 
 
 def test_sinkhorn_on_random_logits_shrinks_with_iterations_and_grows_with_scale():

@@ -3,7 +3,8 @@
 Every number a claim reads is computed here, never in a notebook cell, so that each is
 unit-tested on hand-built runs (tests/test_hyper_connections.py). A figure's notebook reports
 what its function returns, called with ``ctx.runs()`` and the composed config (``measures.<figure>
-(runs, ctx.cfg, ...)``): :func:`stability`, :func:`loss`, :func:`exactness`, :func:`identity`;
+(runs, ctx.cfg, ...)``): :func:`stability`, :func:`loss`, :func:`exactness`, :func:`identity`,
+:func:`gate_and_streams`;
 :func:`run_table` (one row per run) is shared with the plots.
 
 Units: the training seeds (each seed: its own initialisation and batches; the variants of one
@@ -33,7 +34,8 @@ LABEL = {"residual": "residual", "hc": "HC", "mhc": "mHC", "mhc_lite": "mHC-lite
 def run_table(runs: pd.DataFrame, final_vals: int) -> pd.DataFrame:
     """One row per training run (``runs`` is ``FigureContext.runs()``).
 
-    Columns: ``variant``, ``seed``, ``status``, ``final_loss`` (mean of the last ``final_vals``
+    Columns: ``variant``, ``gate`` (the attention gate: ``none`` unless swept), ``seed``,
+    ``status``, ``final_loss`` (mean of the last ``final_vals``
     validation losses), ``seconds``; from the probes at the end of training: ``gain`` (the
     composite mapping's Amax gain through all layers, the larger of forward and backward),
     ``composite_ds_error``, ``composite_spectral_norm``, ``identity_distance`` and
@@ -46,7 +48,8 @@ def run_table(runs: pd.DataFrame, final_vals: int) -> pd.DataFrame:
         p = row.probes
         layers = p["layers"]
         rows.append({
-            "variant": p["variant"], "seed": row.seed, "status": row.status,
+            "variant": p["variant"], "gate": getattr(row, "attention_gate", "none"), "seed": row.seed,
+            "status": row.status,
             "final_loss": float(np.mean([v["val_loss"] for v in row.val[-final_vals:]])),
             "seconds": float(row.wall_seconds),
             "gain": max(layers["composite_gain_forward"][-1], layers["composite_gain_backward"][-1]),
@@ -255,3 +258,30 @@ def step_times(modules: dict, batch, steps: int, rounds: int) -> pd.DataFrame:
                 spent[name] += time.perf_counter() - t0
         rows.append({k: v / steps for k, v in spent.items()})
     return pd.DataFrame(rows[1:])
+
+
+def gate_and_streams(runs: pd.DataFrame, cfg) -> dict:
+    """Figure ``gate_and_streams`` (the suite's own): Gated Attention's head-wise gate and mHC's
+    streams in one LM, a 2 x 2 design paired by seed.
+
+    With L(variant, gate) a seed's final validation loss: ``gate_gain_residual`` = L(residual,
+    none) - L(residual, headwise); ``gate_gain_mhc`` = L(mhc, none) - L(mhc, headwise);
+    ``streams_gain_gated`` = L(residual, headwise) - L(mhc, headwise); ``streams_gain_plain`` =
+    L(residual, none) - L(mhc, none); ``gate_streams_interaction`` = gate_gain_residual -
+    gate_gain_mhc per seed (0 when the gains add; positive when the gate gains less with the
+    streams). Each a mean over the seeds whose four runs finished, with a t interval.
+    """
+    done = _finished(runs, cfg)
+    cells = {(v, g): done[(done["variant"] == v) & (done["gate"] == g)].set_index("seed")["final_loss"]
+             for v in ("residual", "mhc") for g in ("none", "headwise")}
+    seeds = sorted(set.intersection(*(set(c.index) for c in cells.values())))
+    res, res_g, mhc, mhc_g = (cells[k][seeds].to_numpy() for k in
+                              [("residual", "none"), ("residual", "headwise"), ("mhc", "none"), ("mhc", "headwise")])
+    return {
+        "gate_gain_residual": claims.paired_difference(res, res_g),
+        "gate_gain_mhc": claims.paired_difference(mhc, mhc_g),
+        "streams_gain_gated": claims.paired_difference(res_g, mhc_g),
+        "streams_gain_plain": claims.paired_difference(res, mhc),
+        "gate_streams_interaction": claims.paired_difference(res - res_g, mhc - mhc_g),
+        "seeds_complete": len(seeds),
+    }

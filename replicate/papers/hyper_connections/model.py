@@ -11,6 +11,11 @@ and does only the stream expansion, the width/depth mixing and the final reducti
   counts attention and FFN as separate layers too);
 * reduction: the streams are summed, h_L = sum_i x_{L,i} (HC Sec. 2), then ``norm_f`` and the head.
 
+``attention_gate`` installs a gate of Gated Attention (Qiu et al. 2025, arXiv 2505.06708, its G1
+gate Y' = Y ⊙ sigma(X W_theta) after SDPA; replicate/papers/gated_attention/model.py) in every
+attention layer, for the suite's cross-paper figure: ``none`` (the papers' models), ``headwise``
+or ``elementwise``. The gate reads the attention's own input, the normed mixed stream.
+
 With ``variant="residual"`` (one stream) the model computes exactly the shared ``CausalLM``'s
 function on the same weights: its state dict loads into it unchanged (a test checks both).
 """
@@ -23,7 +28,10 @@ import torch
 from torch import nn
 
 from replicate.nn.transformer import Block, LMConfig, init_normal_002, make_norm
+from replicate.papers.gated_attention.model import make_gate
 from replicate.papers.hyper_connections.connections import VARIANTS, StreamConnection, make_connection
+
+ATTENTION_GATES = ("none", "headwise", "elementwise")
 
 
 @dataclass
@@ -57,8 +65,10 @@ class ConnectionConfig:
 
 
 class HyperConnectedLM(nn.Module):
-    def __init__(self, cfg: LMConfig, connection: ConnectionConfig):
+    def __init__(self, cfg: LMConfig, connection: ConnectionConfig, attention_gate: str = "none"):
         super().__init__()
+        if attention_gate not in ATTENTION_GATES:
+            raise ValueError(f"attention_gate={attention_gate!r}; expected one of {ATTENTION_GATES}")
         self.cfg, self.connection = cfg, connection
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.pos == "learned" else None
@@ -74,6 +84,10 @@ class HyperConnectedLM(nn.Module):
             make_connection(connection.variant, connection.streams, cfg.d_model, k, connection.dynamic,
                             connection.sinkhorn_iters, connection.scale_init)
             for k in range(2 * cfg.n_layer))
+        for block in self.blocks:  # after the LM's init: the gate keeps Gated Attention's N(0, 0.02)
+            if attention_gate != "none":
+                hook, gate = make_gate(attention_gate, cfg)
+                setattr(block.attn, hook, gate)
 
     @property
     def streams(self) -> int:

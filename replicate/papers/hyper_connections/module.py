@@ -1,7 +1,7 @@
 """LightningModule of the Hyper-Connections family (HC, mHC, mHC-lite, KromHC, sHC; model.py).
 
-``HyperConnectionsLM(model: dict, connection: dict, optim: dict, probe: dict)`` takes plain dicts
-(Hydra ``instantiate`` with ``_convert_="all"``):
+``HyperConnectionsLM(model: dict, connection: dict, optim: dict, probe: dict, attention_gate: str)``
+takes plain dicts (Hydra ``instantiate`` with ``_convert_="all"``):
 
 model       every ``LMConfig`` field of the shared LM (replicate/nn/transformer.py)
 connection  every ``ConnectionConfig`` field: variant, streams, dynamic, sinkhorn_iters, scale_init
@@ -11,6 +11,8 @@ optim       lr, betas, eps, weight_decay, warmup_steps, max_steps, min_lr_ratio:
             parameter: the mappings' static parts are their biases)
 probe       batches (validation batches the final probes read), sinkhorn_iters (the iteration
             counts of the Sinkhorn-Knopp sweep)
+attention_gate  ``none``, or Gated Attention's ``headwise`` / ``elementwise`` gate in every
+            attention layer (model.py; the cross-paper figure)
 
 Loss: next-token cross-entropy over every position. Logs ``train_loss`` and ``val_loss``. At every
 validation after the sanity check, the composite mapping of the first validation batch is
@@ -55,12 +57,13 @@ def _merged(given: dict, defaults: dict, what: str) -> dict:
 
 
 class HyperConnectionsLM(L.LightningModule):
-    def __init__(self, model: dict, connection: dict, optim: dict | None = None, probe: dict | None = None):
+    def __init__(self, model: dict, connection: dict, optim: dict | None = None, probe: dict | None = None,
+                 attention_gate: str = "none"):
         super().__init__()
         self.save_hyperparameters()
         self.lm_config = LMConfig.from_dict(dict(model))
         self.connection_config = ConnectionConfig.from_dict(dict(connection))
-        self.model = HyperConnectedLM(self.lm_config, self.connection_config)
+        self.model = HyperConnectedLM(self.lm_config, self.connection_config, attention_gate)
         self.optim = _merged(optim or {}, OPTIM_DEFAULTS, "optim")
         self.optim["betas"] = tuple(self.optim["betas"])
         self.probe = _merged(probe or {}, PROBE_DEFAULTS, "probe")
