@@ -103,6 +103,14 @@ def copula_errors(est: np.ndarray, mi: np.ndarray, ksg_sq: np.ndarray) -> dict:
             "ksg_over_mist_copula_mi_low": float(ksg_sq[low].mean() / sq[low].mean())}
 
 
+def tuning_sets() -> dict:
+    """The datasets this ablation scores candidates on (the default, empty test-set salt: never
+    a figure's held-out set; tests/test_mist.py checks that none is byte-identical to one)."""
+    return {"in": evaluation_sets("in", [50, 100, 200], [1, 2, 4, 8], 1, unequal=[(2, 6)]),
+            "independent": independence_sets([200], [1, 2, 3, 4], 1),
+            "copula": copula_sets([50, 100, 200], [1, 2, 4], 2, mi_max=0.6, unequal=[(2, 4)])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1200)
@@ -111,11 +119,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, spec, optim = load_default()
-    held_in = evaluation_sets("in", [50, 100, 200], [1, 2, 4, 8], 1, unequal=[(2, 6)])
+    sets = tuning_sets()
+    held_in, indep, copula = sets["in"], sets["independent"], sets["copula"]
     mi = np.array([d.mi for d in held_in])
     strata = np.searchsorted([0.3, 1.0], mi, side="left")
-    indep = [d for d in independence_sets([200], [1, 2, 3, 4], 1)]
-    copula = copula_sets([50, 100, 200], [1, 2, 4], 2, mi_max=0.6, unequal=[(2, 4)])
     copula_mi = np.array([d.mi for d in copula])
     copula_low = copula_mi <= 0.3
     ksg_sq = (np.array([ksg(d.x, d.y) for d in copula]) - copula_mi) ** 2

@@ -334,13 +334,14 @@ def test_weighted_mse_by_hand_and_its_minimiser_shrinks_towards_zero():
 
 
 @pytest.mark.parametrize("scale", ["smoke", "default"])
-def test_every_mist_figure_reads_the_same_two_runs(scale):
-    """The runtime figure repeats the MSE sweep point; it must stay the error figures' run."""
+def test_every_mist_figure_reads_the_same_seeded_runs(scale):
+    """Five (smoke: two) seeds per objective; the runtime figure repeats the seed-0 MSE run."""
     from replicate.config import compose, run_configs, run_hash
 
     hashes = {figure: {run_hash(r) for r in run_configs(compose(f"mist/{figure}", "cpu", scale))}
               for figure in ("error_vs_n", "error_vs_dim", "calibration", "runtime")}
-    assert len(hashes["error_vs_n"]) == 2 and hashes["runtime"] < hashes["error_vs_n"]
+    assert len(hashes["error_vs_n"]) == (10 if scale == "default" else 4) and hashes["runtime"] < hashes["error_vs_n"]
+    assert len(hashes["runtime"]) == 1
     assert hashes["error_vs_dim"] == hashes["calibration"] == hashes["error_vs_n"]
 
 
@@ -527,16 +528,140 @@ def test_shipped_mist_is_no_worse_than_ksg_on_held_out_low_mi_copulas():
     assert mse_mist <= mse_ksg, (mse_mist, mse_ksg)
 
 
+# --------------------------------------------------------------------------- out-of-distribution families (ood.py)
+from replicate.papers.mist import ood  # noqa: E402
+
+
+def test_copula_log_densities_by_hand_and_normalised():
+    u, v, theta = 0.3, 0.6, 2.0
+    clayton = (1 + theta) * (u * v) ** (-theta - 1) * (u ** -theta + v ** -theta - 1) ** (-2 - 1 / theta)
+    assert ood.clayton_log_density(np.array([u]), np.array([v]), theta)[0] == pytest.approx(np.log(clayton))
+    s, t = -np.log(u), -np.log(v)
+    a = (s ** theta + t ** theta) ** (1 / theta)
+    gumbel = np.exp(-a) / (u * v) * (s * t) ** (theta - 1) * (s ** theta + t ** theta) ** (1 / theta - 2) * (a + theta - 1)
+    assert ood.gumbel_log_density(np.array([u]), np.array([v]), theta)[0] == pytest.approx(np.log(gumbel))
+    assert ood.gumbel_log_density(np.array([u]), np.array([v]), 1.0)[0] == pytest.approx(0.0, abs=1e-12)  # independence
+    grid = (np.arange(400) + 0.5) / 400
+    uu, vv = np.meshgrid(grid, grid)
+    for fn in (ood.clayton_log_density, ood.gumbel_log_density):
+        assert np.exp(fn(uu, vv, 1.5)).mean() == pytest.approx(1.0, abs=0.02)   # a density on [0, 1]^2
+
+
+def test_noisy_function_mi_matches_the_gaussian_channel():
+    """For g(x) = x the quadrature must give ½ log(1 + 1/σ²)."""
+    for sigma in (0.1, 0.5, 2.0):
+        assert ood.noisy_function_mi(lambda x: x, sigma) == pytest.approx(0.5 * np.log1p(sigma ** -2), abs=2e-3)
+
+
+@pytest.mark.parametrize("family", ood.OOD_FAMILIES)
+def test_ood_families_hit_the_target_mi_and_ksg_agrees_at_large_n(family):
+    rng = np.random.default_rng(3)
+    x, y, mi = ood.sample_ood(family, 20000, 1, 1, rng, 0.8)
+    assert mi == pytest.approx(0.8, abs=0.02 if family != "tcop1" else 0.05)
+    assert baselines.ksg(x, y) == pytest.approx(mi, abs=0.08)   # KSG is consistent at n = 20000
+    x, y, mi = ood.sample_ood(family, 50, 3, 2, rng, 1.0)
+    assert x.shape == (50, 3) and y.shape == (50, 2) and np.isfinite(x).all() and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("family", ["square", "sine"])
+def test_non_monotone_dependence_defeats_rank_correlation(family):
+    """A rank transform cannot turn these into a training family: at MI 1.5 nats CCA on normal
+    scores (a Gaussian-copula reading) sees a small fraction of it; Y = X² has rank correlation 0
+    (sin 2X is monotone on |x| < π/4, so its rank correlation is partial, about 0.57)."""
+    x, y, mi = ood.sample_ood(family, 4000, 1, 1, np.random.default_rng(0), 1.5)
+    rho = abs(stats.spearmanr(x[:, 0], y[:, 0])[0])
+    assert mi > 1.4 and baselines.cca_normal_scores(x, y) < 0.1 * mi
+    assert rho < (0.1 if family == "square" else 0.7)
+
+
+def test_clayton_and_gumbel_are_not_gaussian_copulas():
+    """Tail dependence a Gaussian copula lacks: Clayton's lower tail, Gumbel's upper tail."""
+    rng = np.random.default_rng(1)
+    for family, tail in (("clayton", "lower"), ("gumbel", "upper")):
+        theta, _ = ood.copula_theta(family, 0.6)
+        z = ood.sample_copula_pair(family, theta, 200_000, rng)
+        q = 0.01
+        lo = np.mean((z[:, 0] < stats.norm.ppf(q)) & (z[:, 1] < stats.norm.ppf(q))) / q
+        hi = np.mean((z[:, 0] > stats.norm.ppf(1 - q)) & (z[:, 1] > stats.norm.ppf(1 - q))) / q
+        assert (lo > 2 * hi) if tail == "lower" else (hi > 2 * lo), (family, lo, hi)
+
+
+# --------------------------------------------------------------------------- held-out test sets
+def _default_measure():
+    from omegaconf import OmegaConf
+
+    from replicate.config import compose
+
+    return OmegaConf.to_container(compose("mist/error_vs_n", "cpu", "default").figure.measure, resolve=True)
+
+
+def test_no_figure_test_set_is_byte_identical_to_a_tuning_set():
+    """Every dataset the architecture ablation scored candidates on (benchmarks/) differs from
+    every dataset of the figures' held-out splits (default scale)."""
+    import importlib.util
+    from pathlib import Path
+
+    from replicate.papers.mist.testsets import dataset_digest, figure_sets
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mist_architecture_ablation.py"
+    spec = importlib.util.spec_from_file_location("mist_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tuning = {dataset_digest(ds) for split in module.tuning_sets().values() for ds in split}
+    figure = [dataset_digest(ds) for split in figure_sets(_default_measure()).values() for ds in split]
+    assert len(tuning) > 400 and len(figure) > 1500
+    assert not tuning & set(figure)
+    # the salt is what separates them: the same cell without it is the tuning set's dataset
+    same = evaluation_sets("in", [50], [1], 1, families=["normal-dense-base"])[0]
+    salted = evaluation_sets("in", [50], [1], 1, families=["normal-dense-base"], salt="x")[0]
+    assert dataset_digest(same) in tuning and dataset_digest(salted) != dataset_digest(same)
+
+
+def test_figure_sets_cover_every_split_and_the_ood_design():
+    from replicate.papers.mist.testsets import figure_sets
+
+    sets = figure_sets(_default_measure())
+    assert list(sets) == ["in", "out", "ood_copula", "ood_nonmonotone", "ood_high_mi", "ood_large_n", "independent"]
+    assert all(2.0 <= ds.mi <= 4.0 + 1e-9 for ds in sets["ood_high_mi"])
+    assert min(ds.n for ds in sets["ood_large_n"]) > 200                       # above the trained range
+    assert {ds.family for ds in sets["ood_copula"]} == set(ood.OOD_COPULAS)
+    assert all(abs(ds.mi) < 1e-9 for ds in sets["independent"])
+    for split in ("in", "ood_nonmonotone"):                                    # >= 30 per MI stratum
+        strata = measures.mi_stratum([ds.mi for ds in sets[split]])
+        assert all((strata == s).sum() >= 30 for s in measures.STRATUM_NAMES), split
+
+
+def test_neural_subset_is_a_stratified_quarter():
+    from replicate.papers.mist.analysis import neural_subset
+
+    table = pd.DataFrame({"split": ["in"] * 8 + ["independent"] * 4, "n": [10] * 4 + [20] * 4 + [10] * 4,
+                          "mi": [0.4, 0.1, 0.3, 0.2, 1.0, 2.0, 0.5, 1.5, 0, 0, 0, 0]})
+    picked = neural_subset(table, 2)
+    assert list(picked) == [1, 2, 6, 7]   # per (split, n) in order of MI: every 2nd; independent skipped
+
+
+def test_cca_on_normal_scores_is_rank_invariant_and_shrinks_towards_zero():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 2))
+    y = 0.7 * x + 0.5 * rng.standard_normal((300, 2))
+    a = baselines.cca_normal_scores(x, y)
+    assert a == pytest.approx(baselines.cca_normal_scores(np.exp(x), y ** 3))
+    assert a <= baselines.gaussian_mi_estimate(baselines.normal_scores(x), baselines.normal_scores(y)) + 1e-9
+    assert baselines.cca_normal_scores(x, rng.standard_normal((300, 2))) < 0.03
+
+
+@pytest.mark.parametrize("name", ["mine", "nwj"])
+def test_mine_and_nwj_find_dependence_and_not_independence(name):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 1))
+    y = x + 0.5 * rng.standard_normal((200, 1))
+    dep = getattr(baselines, name)(x, y, steps=150)
+    ind = getattr(baselines, name)(x, rng.standard_normal((200, 1)), steps=150)
+    assert dep > 0.5 and ind < 0.15, (dep, ind)
+
+
 # --------------------------------------------------------------------------- claim numbers (measures.py)
 from replicate.papers.mist import measures  # noqa: E402
-
-
-def eval_table(mi, **estimates):
-    """A hand-made estimates table: one row per dataset."""
-    frame = pd.DataFrame({"split": "in", "n": 10, "d": 1, "mi": mi})
-    for name, values in estimates.items():
-        frame[name] = values
-    return frame
 
 
 def test_mi_strata_follow_the_issue_edges():
@@ -545,98 +670,58 @@ def test_mi_strata_follow_the_issue_edges():
     assert measures.stratum_label("mid") == "0.3 < MI <= 1"
 
 
-def test_mse_ratio_is_ksg_mse_over_mist_mse_with_an_interval_over_datasets():
-    t = eval_table([0.0] * 4, ksg=[1.0, 1.0, 2.0, 2.0], mist=[1.0, -1.0, 1.0, -1.0])
-    est = measures.mse_ratio(t, "ksg", "mist")  # (1 + 1 + 4 + 4) / 4 = 2.5 over 1
-    assert est.value == pytest.approx(2.5) and est.n == 4
-    # delta method on the log ratio: MIST's squared errors are all 1 (no variance), KSG's have
-    # variance 3, so se = sqrt(3 / 2.5^2 / 4), with t on 3 degrees of freedom
-    half = stats.t.ppf(0.975, 3) * np.sqrt(3 / 2.5**2 / 4)
-    assert est.interval == pytest.approx((2.5 * np.exp(-half), 2.5 * np.exp(half)))
-    assert "datasets" in est.method
+def test_seed_view_and_over_seeds():
+    table = pd.DataFrame({"mi": [0.0, 1.0], "ksg": [0.1, 0.9], "mist@0": [0.0, 1.0], "mist@1": [0.2, 0.8],
+                          "mist@shipped": [5.0, 5.0]})
+    assert measures.seeds(table) == [0, 1]
+    view = measures.seed_view(table, 1)
+    assert list(view["mist"]) == [0.2, 0.8] and "mist@0" not in view and "ksg" in view
+    est = measures.over_seeds([2.0, 8.0], log=True)
+    assert est.value == pytest.approx(4.0) and est.n == 2 and "seeds" in est.method and est.units == (2.0, 8.0)
+    assert measures.over_seeds([1.0]).interval is None
 
 
-def test_win_rate_is_a_wilson_share_of_datasets():
-    t = eval_table([0.0] * 4, mist=[0.1, 0.1, 0.1, 0.9], ksg=[0.5, 0.5, 0.5, 0.5])
-    est = measures.win_rate(t, "mist", "ksg")
-    assert est.value == 0.75 and est.n == 4
-    assert est.interval == pytest.approx((0.3006, 0.9544), abs=1e-3)  # Wilson, z = 1.96, by hand
+def test_best_baseline_is_the_smallest_ratio_on_each_baselines_own_datasets():
+    mi = np.array([0.1, 0.5, 1.0, 1.5] * 5)
+    t = pd.DataFrame({"mi": mi, "mist": mi + 0.1, "ksg": mi + 0.3, "cca_ns": mi + 0.2, "infonce": np.nan})
+    t.loc[:11, "infonce"] = t.loc[:11, "mi"] + 0.05        # 12 datasets: enough to count
+    ratios = measures.baseline_ratios(t)
+    assert ratios["ksg"] == pytest.approx(9.0) and ratios["cca_ns"] == pytest.approx(4.0)
+    assert ratios["infonce"] == pytest.approx(0.25)
+    assert measures.best_baseline_ratio(t) == (pytest.approx(0.25), "infonce")
+    t.loc[:, "infonce"] = np.nan
+    t.loc[:3, "infonce"] = t.loc[:3, "mi"]                  # 4 datasets: left out
+    assert measures.best_baseline_ratio(t) == (pytest.approx(4.0), "cca_ns")
 
 
-def test_frac_bins_won_counts_bins_and_bootstraps_datasets():
-    t = eval_table([0.0] * 8, mist=[0.1] * 4 + [1.0] * 4, ksg=[1.0] * 4 + [0.1] * 4)
-    t["n"] = [10] * 4 + [20] * 4
-    est = measures.frac_bins_won(t, "n", "mist", "ksg")  # MIST wins n = 10, loses n = 20
-    assert est.value == 0.5 and est.n == 8
-    assert est.interval is None and "too few for a bootstrap" in est.method   # 8 < 30 datasets
-    many = eval_table([0.0] * 40, mist=0.0, ksg=1.0)
-    many["n"] = [10, 20] * 20
-    est = measures.frac_bins_won(many, "n", "mist", "ksg")
-    assert est.value == 1.0 and est.interval == (1.0, 1.0) and est.n == 40
-    assert est.estimator["statistic"] == "replicate.papers.mist.measures:share_of_bins_won"
+def test_share_of_bins_beating_best_and_slope():
+    mi = np.array([0.5, 1.0, 0.5, 1.0])
+    t = pd.DataFrame({"mi": mi, "n": [10, 10, 20, 20], "mist": mi + [0.1, 0.1, 0.3, 0.3], "ksg": mi + 0.2})
+    assert measures.share_of_bins_beating_best(t, "n", min_datasets=1) == 0.5
+    assert measures.slope_of_log_ratio(t, "n") == pytest.approx((np.log(4 / 9) - np.log(4)) / 10)
 
 
-def test_log_ratio_slope_recovers_a_known_trend():
-    d = np.repeat([1, 2, 3], 12)
-    t = eval_table(np.zeros(36), mist=np.ones(36), ksg=np.sqrt(np.exp(0.5 * d)))  # log ratio = 0.5 d
-    t["d"] = d
-    est = measures.log_ratio_slope(t, "d", "ksg", "mist")
-    assert est.value == pytest.approx(0.5) and est.n == 36
-    assert est.interval[0] == pytest.approx(0.5) and est.interval[1] == pytest.approx(0.5)
+def test_interval_score_and_prior_quantiles_by_hand():
+    s = measures.interval_score([0.0, 0.0, 1.0], [1.0, 1.0, 2.0], [0.5, 1.5, 0.5], alpha=0.1)
+    assert list(s) == pytest.approx([1.0, 1.0 + 20 * 0.5, 1.0 + 20 * 0.5])
+    prior = {"zero": 0.15, "low": 0.25, "low_max": 0.3, "max": 2.0}
+    assert measures.prior_quantile(prior, 0.05) == 0.0
+    assert measures.prior_quantile(prior, 0.95) == pytest.approx(0.55 / 0.3, abs=1e-6)   # 0.4 + 0.3 m = 0.95
+    assert measures.prior_quantile(prior, 0.30) == pytest.approx(0.15 / (0.25 / 0.3 + 0.3), abs=1e-6)
 
 
-def test_stratified_comparison_splits_by_true_mi():
-    t = eval_table([0.1, 0.2, 0.5, 1.5], mist=[0.4, 0.5, 0.5, 1.5], ksg=[0.1, 0.2, 0.0, 0.5])
-    table = measures.stratified_comparison(t).set_index("stratum")
-    assert table.at["low", "datasets"] == 2 and table.at["low", "mse_mist"] == pytest.approx(0.09)
-    assert table.at["low", "ratio"].value == pytest.approx(0.0)
-    assert table.at["high", "mse_ksg"] == pytest.approx(1.0) and table.at["high", "win_rate"].value == 1.0
-    assert table.at["mid", "datasets"] == 1
-
-
-def test_independence_measures_by_hand():
-    t = eval_table([0.0] * 4, mist=[0.0, 0.1, 0.0, 0.1])
-    t["q_0.05"] = [0.0, 0.0, 0.2, 0.0]
-    est = measures.mean_estimate(t, "mist")
-    assert est.value == pytest.approx(0.05) and est.n == 4
-    rate = measures.false_dependence_rate(t)
-    assert rate.value == pytest.approx(0.25) and rate.n == 4
-
-
-def test_rank_correlation_flags_a_constant_estimator():
-    t = eval_table(np.linspace(0, 1, 20), good=np.linspace(0, 1, 20) ** 2, flat=np.full(20, 0.3))
-    assert measures.rank_correlation(t, "good").value == pytest.approx(1.0)
-    assert measures.rank_correlation(t, "flat").value == 0.0
-
-
-def test_nonfinite_estimates_counts_datasets():
-    t = eval_table([0.0] * 3, mist=[1.0, np.nan, 2.0], mist_qr=[1.0, 1.0, np.inf])
-    assert measures.nonfinite_estimates(t) == 2
-
-
-def test_calibration_error_and_coverage_by_hand():
-    t = eval_table([0.0, 1.0, 2.0, 3.0])
-    t["q_0.25"] = [0.5, 0.5, 0.5, 0.5]  # truth below in 1 of 4: empirical 0.25, error 0
-    t["q_0.75"] = [1.5, 1.5, 1.5, 1.5]  # truth below in 2 of 4: empirical 0.5, error 0.25
-    assert measures.calibration_error(t, (0.25, 0.75)).value == pytest.approx(0.125)
-    cover = measures.coverage_share(pd.Series([1.0, 0.0, np.nan, 1.0]))
-    assert cover.value == pytest.approx(2 / 3) and cover.n == 3
-    strata = measures.coverage_by_stratum(t, "q_0.25", "q_0.75").set_index("stratum")
-    assert strata.at["low", "truth below lo"] == 1.0 and strata.at["mid", "coverage"].value == 1.0
-    assert strata.at["high", "truth above hi"] == 1.0
-
-
-def test_coverage_gap_difference_by_hand():
-    est = measures.coverage_gap_difference([1, 0, 0, 0], [1, 1, 1, 1])  # |0.25 - 0.9| - |1 - 0.9|
-    assert est.value == pytest.approx(0.55) and est.n == 4
+def test_coverage_calibration_gap_and_false_dependence_by_hand():
+    t = pd.DataFrame({"mi": [0.0, 0.5, 1.0, 2.0], "q_0.05": [0.0, 0.6, 0.5, 0.1], "q_0.95": [0.1, 0.9, 1.5, 1.0]})
+    assert measures.coverage(t) == 0.5
+    assert measures.false_dependence_share(t) == 0.75
+    t2 = pd.DataFrame({"mi": [0.0, 1.0], **{f"q_{q:g}": [0.5, 0.5] for q in measures.TAU_GRID}})
+    assert measures.calibration_gap(t2) == pytest.approx(np.mean([abs(0.5 - q) for q in measures.TAU_GRID]))
 
 
 def test_speedup_is_a_geometric_mean_with_a_log_t_interval():
-    times = pd.DataFrame({"repeat": [0, 0, 1, 1], "method": ["slow", "fast"] * 2, "seconds": [2.0, 1.0, 8.0, 2.0]})
-    est = measures.speedup(times, "slow", "fast")  # ratios 2 and 4
-    assert est.value == pytest.approx(np.sqrt(8.0)) and est.n == 2
-    half = stats.t.ppf(0.975, 1) * np.std(np.log([2.0, 4.0]), ddof=1) / np.sqrt(2)
-    assert est.interval == pytest.approx((np.sqrt(8.0) * np.exp(-half), np.sqrt(8.0) * np.exp(half)))
+    times = pd.DataFrame({"repeat": [0, 0, 1, 1], "method": ["a", "b"] * 2, "seconds": [2.0, 1.0, 8.0, 1.0]})
+    est = measures.speedup(times, "a", "b")
+    assert est.value == pytest.approx(4.0) and est.units == pytest.approx((2.0, 8.0))
 
 
 def test_timing_repeats_warms_up_and_times_every_method_each_repeat():
@@ -682,105 +767,119 @@ def _judged(cfg, m):
     return {c.id: c for c in claims.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
 
 
-RUNS = pd.DataFrame({"objective": ["mse", "quantile"], "run_dir": ["unused/mse", "unused/quantile"]})
+RUNS = pd.DataFrame({"objective": ["mse", "quantile"], "seed": [0, 0], "run_dir": ["unused/mse", "unused/quantile"]})
+SPLITS = ("in", "out", "ood_copula", "ood_nonmonotone", "ood_high_mi", "ood_large_n")
 
 
-def _rows(split, mi, err_mist, err_ksg, n=(10, 20), d=1, dy=None, **extra):
-    """Datasets of one split: true MI ``mi``; MIST and KSG off by ``err_mist`` / ``err_ksg``."""
+def _rows(split, mi, err, err_ksg, n=(10, 20), d=1, dy=None, seeds=(0, 1, 2), spread=0.0, **extra):
+    """Datasets of one split: true MI ``mi``; every seed's MIST off by ``err`` (+ ``spread`` x seed),
+    KSG (and every other baseline but CCA on scores, which is off by 2 ``err_ksg``) by ``err_ksg``;
+    MIST-QR's median 2 MI, its quantiles MI + (τ - 0.5)."""
     mi = np.asarray(mi, dtype=float)
     frame = pd.DataFrame({"split": split, "family": "gauss", "n": np.resize(n, len(mi)), "d": d,
-                          "dy": d if dy is None else dy, "mi": mi, "mist": mi + err_mist, "mist_qr": mi * 2,
-                          "ksg": mi - err_ksg, "ksg_ranks": mi - err_ksg, "cca": mi, "infonce": np.nan,
-                          "q_0.05": 0.0})
+                          "dy": d if dy is None else dy, "mi": mi})
+    for b in measures.BASELINES:
+        frame[b] = mi + (2 * err_ksg if b == "cca_ns" else err_ksg)
+    for s in seeds:
+        frame[f"mist@{s}"] = mi + err + spread * s
+        frame[f"mist_qr@{s}"] = 2 * mi
+        for t in measures.TAU_GRID:
+            frame[f"q_{t:g}@{s}"] = mi + (t - 0.5)
     return frame.assign(**extra)
 
 
-def test_error_vs_n_measures_by_hand():
+def test_error_vs_n_measures_by_hand_and_every_verdict_is_reachable():
     from replicate.config import compose
 
     cfg = compose("mist/error_vs_n", "cpu", "smoke")
-    mi = [0.1, 0.2, 0.5, 1.5]   # strata low, low, mid, high (edges 0.3 and 1)
-    table = pd.concat([
-        _rows("in", mi, 0.1, 0.2), _rows("out", mi, 0.1, 0.3),
-        _rows("copula", mi, 0.1, 0.1, ksg_ranks=np.asarray(mi) - 0.05),
-        _rows("independent", [0.0] * 4, [0.02, 0.04, 0.5, 0.5], 0.0, n=(200, 200, 200, 50), d=[1, 4, 8, 1],
-              **{"q_0.05": [0.0, 0.1, 0.3, 0.3]}),
-    ], ignore_index=True)
-    m = measures.error_vs_n(RUNS, cfg, table)
+    mi = [0.1, 0.2, 0.5, 1.5] * 10      # strata low 20, mid 10, high 10
+    parts = [_rows(s, mi, 0.1, 0.2) for s in SPLITS]
+    parts.append(_rows("independent", [0.0] * 40, 0.02, 0.0))
+    m = measures.error_vs_n(RUNS, cfg, pd.concat(parts, ignore_index=True))
     judged = _judged(cfg, m)
-    assert m["mse_ratio_ksg_over_mist_in"].value == pytest.approx(4.0)        # 0.2^2 / 0.1^2
-    assert m["mse_ratio_ksg_over_mist_out"].value == pytest.approx(9.0)
-    assert m["mse_ratio_ksg_over_mist_copula"].value == pytest.approx(1.0)
-    assert m["mse_ratio_ksgranks_over_mist_copula_mi_low"].value == pytest.approx(0.25)
-    assert m["mse_ratio_ksg_over_mist_in_mi_low"].value == pytest.approx(4.0)
-    assert (m["datasets_in_mi_low"], m["datasets_in_mi_mid"], m["datasets_out_mi_high"]) == (2, 1, 1)
-    assert m["frac_n_bins_mist_beats_ksg_in"].value == 1.0 and m["win_rate_mist_over_ksg_out"].value == 1.0
-    assert m["datasets_n10_in"] == 2 and m["mse_ratio_ksg_over_mist_n20_out"].value == pytest.approx(9.0)
-    assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)   # MIST-QR's median is 2 MI
-    assert m["mse_ratio_ksg_over_mistqr_in"].value == pytest.approx(0.04 / np.mean(np.square(mi)))
-    # independent pairs: only n = 200 with d_x = d_y <= 4 count (the d = 8 and n = 50 rows do not)
-    assert m["datasets_independent_n200_d4"] == 2
-    assert m["mean_mist_independent_n200_d4"].value == pytest.approx(0.03)
-    assert m["false_dependence_rate_n200_d4"].value == pytest.approx(0.5)
-    assert m["false_dependence_rate_independent"].value == pytest.approx(0.75)
-    assert m["mist_nonfinite_estimates"] == 0
-    assert judged["mist_beats_ksg_in"].verdict == "replicated"      # zero spread: the interval is [4, 4]
-    assert judged["mist_beats_ksg_in_mi_low"].verdict == "inconclusive"   # 2 < 30 datasets
+    assert m["mse_ratio_best_over_mist_in"].value == pytest.approx(4.0)          # 0.2^2 / 0.1^2, every seed
+    assert m["best_baseline_in"] in measures.BASELINES and m["best_baseline_in"] != "cca_ns"
+    assert m["mse_ratio_ksg_over_mist_ood_copula_mi_low"].value == pytest.approx(4.0)
+    assert (m["datasets_in_mi_low"], m["datasets_in_mi_mid"], m["datasets_in_mi_high"]) == (20, 10, 10)
+    assert m["frac_n_bins_mist_beats_best_in"].value == 1.0 and m["seeds_mist"] == 3
+    assert m["mean_mist_independent"].value == pytest.approx(0.02)
+    assert m["false_dependence_rate_independent"].value == pytest.approx(0.0)  # q0.05 = -0.45 at MI 0
+    assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)
+    assert m["mse_ratio_best_over_mistqr_in"].value == pytest.approx(0.04 / np.mean(np.square(mi)))
+    assert judged["mist_beats_best_baseline_in"].verdict == "replicated"       # zero spread over seeds
+    assert judged["mist_beats_best_baseline_in_mi_low"].verdict == "inconclusive"   # 20 < 30 datasets
+    assert judged["mist_near_zero_on_independent_data"].verdict == "replicated"
+    # a MIST worse than the baselines on every seed: not replicated
+    m = measures.error_vs_n(RUNS, cfg, pd.concat([_rows(s, mi, 0.4, 0.2) for s in SPLITS], ignore_index=True)
+                            .pipe(lambda t: pd.concat([t, _rows("independent", [0.0] * 40, 0.2, 0.0)])))
+    judged = _judged(cfg, m)
+    assert judged["mist_beats_best_baseline_in"].verdict == "not_replicated"
+    assert judged["mist_near_zero_on_independent_data"].verdict == "not_replicated"
+    # seeds that disagree (one better, one worse): the interval spans 1, undecided
+    t = pd.concat([_rows(s, mi, 0.1, 0.2, seeds=(0,)) for s in SPLITS], ignore_index=True)
+    for s in SPLITS:
+        rows = t.split == s
+        t.loc[rows, "mist@1"] = t.loc[rows, "mi"] + 0.35
+    t = pd.concat([t, _rows("independent", [0.0] * 40, 0.07, 0.0, seeds=(0, 1))], ignore_index=True)
+    m = measures.error_vs_n(RUNS, cfg, t)
+    judged = _judged(cfg, m)
+    assert judged["mist_beats_best_baseline_in"].verdict == "undecided"
 
 
 def test_error_vs_dim_measures_by_hand():
     from replicate.config import compose
 
-    cfg = compose("mist/error_vs_dim", "cpu", "smoke")   # d_grid [1, 2], one unequal cell (1, 3)
-    mi = [0.1, 0.2, 0.5, 1.5]
+    cfg = compose("mist/error_vs_dim", "cpu", "smoke")
+    mi = [0.1, 0.2, 0.5, 1.5] * 10
     table = pd.concat([_rows("in", mi, 0.1, 0.2, d=1), _rows("in", mi, 0.1, 0.4, d=2),
                        _rows("in", mi, 0.1, 0.1, d=1, dy=3), _rows("out", mi, 0.1, 0.2, d=1),
-                       _rows("out", mi, 0.2, 0.1, d=2), _rows("copula", mi, 5.0, 0.0)], ignore_index=True)
+                       _rows("out", mi, 0.2, 0.1, d=2), _rows("ood_copula", mi, 0.1, 0.2, d=1),
+                       _rows("ood_nonmonotone", mi, 0.5, 0.1, d=1)], ignore_index=True)
     m = measures.error_vs_dim(RUNS, cfg, table)
     judged = _judged(cfg, m)
-    assert m["mse_ratio_ksg_over_mist_top_d_in"].value == pytest.approx(16.0)     # d = 2: 0.4^2 / 0.1^2
-    assert m["frac_d_bins_mist_beats_ksg_in"].value == 1.0
-    assert m["frac_d_bins_mist_beats_ksg_out"].value == 0.5                        # out loses d = 2
-    assert m["log_ratio_slope_per_d_in"].value == pytest.approx(np.log(16.0) - np.log(4.0))
-    assert m["mse_ratio_ksg_over_mist_unequal_in"].value == pytest.approx(1.0)
-    assert (m["datasets_unequal_in"], m["datasets_top2_d_in_mi_low"]) == (4, 4)   # MI <= 0.3 at d in {1, 2}
-    assert m["mse_ratio_ksg_over_mist_top2_d_in_mi_low"].value == pytest.approx((0.04 + 0.16) / 2 / 0.01)
-    assert m["mse_mist_d1_in"] == pytest.approx(0.01) and m["mse_ksg_d2_in"] == pytest.approx(0.16)
-    assert m["datasets_d1_in"] == 4 and m["mse_ratio_ksg_over_mist_d2_in"].value == pytest.approx(16.0)   # d = dy only
-    assert judged["mist_beats_ksg_top_d_in"].verdict == "replicated"
+    assert m["mse_ratio_best_over_mist_top_d_in"].value == pytest.approx(16.0)     # d = 2: 0.4^2 / 0.1^2
+    assert m["frac_d_bins_mist_beats_best_in"].value == 1.0
+    assert m["frac_d_bins_mist_beats_best_out"].value == 0.5                        # out loses d = 2
+    assert m["log_ratio_slope_ksg_per_d_in"].value == pytest.approx(np.log(16.0) - np.log(4.0))
+    assert m["mse_ratio_best_over_mist_unequal_in"].value == pytest.approx(1.0)
+    assert m["datasets_unequal_in"] == 40 and m["datasets_d1_in"] == 40
+    assert judged["mist_beats_best_baseline_top_d_in"].verdict == "replicated"
+    assert judged["mist_beats_best_baseline_every_d_ood_nonmonotone"].verdict == "not_replicated"
 
 
-def test_calibration_measures_by_hand():
+def test_calibration_measures_by_hand_and_the_prior_control():
     from replicate.config import compose
-    from replicate.papers.mist.analysis import TAU_GRID, coverage
 
     cfg = compose("mist/calibration", "cpu", "smoke")
-    mi = np.array([0.1, 0.2, 0.5, 1.5])
-    table = pd.concat([_rows("in", mi, 0.0, 0.0), _rows("out", mi, 0.0, 0.0), _rows("copula", mi, 0.0, 0.0),
-                       _rows("independent", [0.0] * 2, 0.0, 0.0, n=200, d=[1, 2])], ignore_index=True)
-    # the truth lies below q̂_τ exactly when τ >= 0.5; on the independent pairs q̂_0.05 is 0 and 0.2
-    anchor = table.mi + np.r_[[0.0] * 12, 0.45, 0.65]
-    for t in TAU_GRID:
-        table[f"q_{t:g}"] = anchor + (t - 0.5)
-    # a bootstrap interval on two datasets per split, both missing the truth
-    on_subset = table.index.isin([0, 1, 4, 5])
-    table["boot_lo"] = np.where(on_subset, table.mi + 1.0, np.nan)
+    mi = np.array([0.1, 0.2, 0.5, 1.5] * 10)
+    table = pd.concat([_rows(s, mi, 0.0, 0.0) for s in SPLITS]
+                      + [_rows("independent", [0.0] * 40, 0.0, 0.0)], ignore_index=True)
+    # the truth lies below q̂_τ exactly when τ >= 0.5; [q0.05, q0.95] = MI + [-0.45, 0.45] always covers
+    on_subset = table.index.isin(range(30))
+    table["boot_lo"] = np.where(on_subset, table.mi + 1.0, np.nan)      # a bootstrap interval missing the truth
     table["boot_hi"] = np.where(on_subset, table.mi + 2.0, np.nan)
-    table = table.assign(cover_qr=coverage(table, "q_0.05", "q_0.95"), cover_boot=coverage(table, "boot_lo", "boot_hi"),
-                         width_qr=table["q_0.95"] - table["q_0.05"], width_boot=table.boot_hi - table.boot_lo)
     m = measures.calibration(RUNS, cfg, table)
     judged = _judged(cfg, m)
-    assert m["coverage_qr_in"].value == 1.0 and m["coverage_boot_in"].value == 0.0
-    assert m["datasets_bootstrap_subset_in"] == 2
+    assert m["coverage_qr_in"].value == 1.0 and m["coverage_boot_in"] == 0.0
+    assert m["datasets_bootstrap_subset_in"] == 30
     assert m["coverage_gap_difference_boot_minus_qr_in"].value == pytest.approx(0.9 - 0.1)
-    gaps = [t if t < 0.5 else 1 - t for t in TAU_GRID]
+    gaps = [t if t < 0.5 else 1 - t for t in measures.TAU_GRID]
     assert m["calibration_error_in"].value == pytest.approx(np.mean(gaps))
-    assert m["width_qr_in"] == pytest.approx(0.9) and m["width_boot_out"] == pytest.approx(1.0)
+    lo, hi = m["prior_q05"], m["prior_q95"]
+    prior_score = measures.interval_score(np.full(40, lo), np.full(40, hi), mi).mean()
+    assert m["interval_score_ratio_prior_over_qr_in"].value == pytest.approx(prior_score / 0.9)
     assert m["crossing_rate"] == 0.0 and m["quantile_nonfinite_estimates"] == 0
-    assert m["qr_median_rank_correlation_in"].value == pytest.approx(1.0)
-    assert m["false_dependence_rate_n200_d4"].value == pytest.approx(0.5) and m["datasets_independent_n200_d4"] == 2
-    assert m["coverage_qr_in_mi_low"].value == 1.0
+    assert m["false_dependence_rate_independent"].value == 0.0
+    assert m["coverage_qr_n10_in"].value == 1.0
     assert judged["quantiles_do_not_cross"].verdict == "replicated"
+    assert judged["prior_interval_scores_worse"].verdict == "replicated"
+    assert judged["qr_coverage_near_nominal"].verdict == "not_replicated"     # 1.0 is outside [0.75, 0.98]
+    # a data-blind MIST-QR (the prior's own interval) cannot pass the control
+    for s in (0, 1, 2):
+        table[f"q_0.05@{s}"], table[f"q_0.95@{s}"] = lo, hi
+    m = measures.calibration(RUNS, cfg, table)
+    assert m["interval_score_ratio_prior_over_qr_in"].value == pytest.approx(1.0)
+    assert _judged(cfg, m)["prior_interval_scores_worse"].verdict in ("undecided", "not_replicated")
 
 
 def test_runtime_measures_by_hand():
@@ -788,7 +887,7 @@ def test_runtime_measures_by_hand():
 
     cfg = compose("mist/runtime", "cpu", "smoke")   # reference n = 40
     seconds = {"MIST (batched)": [0.01, 0.01], "MIST (one at a time)": [0.1, 0.2], "KSG (k=5)": [0.02, 0.01],
-               "InfoNCE (5 steps)": [1.0, 4.0]}
+               "CCA on normal scores": [0.01, 0.01], "InfoNCE (5 steps)": [1.0, 4.0]}
     timing = pd.DataFrame([{"n": n, "repeat": r, "method": k, "seconds": v[r] * (1 if n == 40 else 0.5)}
                            for n in (10, 40) for k, v in seconds.items() for r in range(2)])
     m = measures.runtime(RUNS, cfg, timing)
@@ -797,5 +896,6 @@ def test_runtime_measures_by_hand():
     assert m["speedup_infonce_over_mist_batched"].units == pytest.approx((100.0, 400.0))
     assert m["speedup_infonce_over_mist_single"].value == pytest.approx(np.sqrt(10.0 * 20.0))
     assert m["speedup_ksg_over_mist_batched"].value == pytest.approx(np.sqrt(2.0))
+    assert m["speedup_cca_over_mist_batched"].value == pytest.approx(1.0)
     assert m["seconds_InfoNCE (5 steps)_n10"] == pytest.approx(1.25)               # median of 0.5 and 2
-    assert judged["mist_faster_than_infonce"].n == 2
+    assert judged["mist_faster_than_infonce"].n == 2 and m["timing_repeats"] == 2

@@ -17,8 +17,7 @@ import torch
 from replicate.papers.mist import baselines
 from replicate.papers.mist.checkpoint import CHECKPOINT_DIR, export_net, git_commit, import_net, load_net  # noqa: F401
 from replicate.papers.mist.model import MISTNet
-from replicate.papers.mist.testsets import (EvalDataset, copula_sets, evaluation_sets,  # noqa: F401
-                                            independence_sets)
+from replicate.papers.mist.testsets import EvalDataset, figure_sets
 TAU_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -41,46 +40,83 @@ def predict(net: MISTNet, datasets: list[EvalDataset], tau=None, batch: int = 64
     return out
 
 
-def eval_datasets(spec: dict, mi_max: float, extra: dict | None = None) -> dict[str, list[EvalDataset]]:
-    """The in- and out-of-meta-distribution evaluation sets of a figure's ``measure.eval`` (plus
-    ``unequal`` (d_x, d_y) cells), and, from ``extra`` (``measure.copula`` / ``measure.independent``
-    when given), the external copula and independence splits."""
-    unequal = [tuple(p) for p in spec.get("unequal", [])]
-    sets = {split: evaluation_sets(split, spec["n_grid"], spec["d_grid"], spec["per_cell"], mi_max,
-                                   unequal=unequal) for split in ("in", "out")}
-    extra = extra or {}
-    if extra.get("copula"):
-        c = extra["copula"]
-        sets["copula"] = copula_sets(c["n_grid"], c["d_grid"], c["per_cell"], c["mi_max"],
-                                     [tuple(p) for p in c.get("unequal", [])])
-    if extra.get("independent"):
-        c = extra["independent"]
-        sets["independent"] = independence_sets(c["n_grid"], c["d_grid"], c["per_cell"],
-                                                [tuple(p) for p in c.get("unequal", [])])
-    return sets
+BASELINES = ("ksg", "ksg_ranks", "cca", "cca_ns", "infonce", "mine", "nwj")
+NEURAL = ("infonce", "mine", "nwj")
 
 
-def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict[str, MISTNet], ksg_k: int = 5,
+def baseline_columns(datasets: list[EvalDataset], ksg_k: int = 5) -> pd.DataFrame:
+    """Per dataset the classical baselines, each clipped at 0 as MIST is (MI >= 0; a projection
+    onto the support can only lower a squared error): KSG, KSG on normal scores (``ksg_ranks``),
+    the Gaussian closed form on the raw sample (``cca``) and on the Ledoit–Wolf-shrunk
+    normal-score correlation (``cca_ns``)."""
+    clip = lambda v: max(float(v), 0.0)
+    return pd.DataFrame({"ksg": [clip(baselines.ksg(ds.x, ds.y, ksg_k)) for ds in datasets],
+                         "ksg_ranks": [clip(baselines.ksg_normal_scores(ds.x, ds.y, ksg_k)) for ds in datasets],
+                         "cca": [clip(baselines.gaussian_mi_estimate(ds.x, ds.y)) for ds in datasets],
+                         "cca_ns": [baselines.cca_normal_scores(ds.x, ds.y) for ds in datasets]})
+
+
+def network_columns(datasets: list[EvalDataset], nets: dict, tau=TAU_GRID) -> pd.DataFrame:
+    """Per dataset and network, keyed ``(objective, label)`` (label: the meta-training seed, or
+    ``shipped``): ``mist@<label>`` for an MSE network, ``q_<τ>@<label>`` and its median
+    ``mist_qr@<label>`` for a quantile network."""
+    cols = {}
+    for (objective, label), net in sorted(nets.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        if objective == "mse":
+            cols[f"mist@{label}"] = predict(net, datasets)
+        else:
+            q = predict(net, datasets, tau=tau)
+            for j, t in enumerate(tau):
+                cols[f"q_{t:g}@{label}"] = q[:, j]
+            cols[f"mist_qr@{label}"] = q[:, list(tau).index(0.5)] if 0.5 in tau else predict(net, datasets, tau=(0.5,))[:, 0]
+    return pd.DataFrame(cols)
+
+
+def estimates_table(sets: dict[str, list[EvalDataset]], nets: dict, ksg_k: int = 5, neural: dict | None = None,
                     tau=TAU_GRID) -> pd.DataFrame:
-    """One row per evaluation dataset: split, family, n, d, true MI, the MIST estimate, MIST-QR's
-    quantiles ``q_<τ>`` (its median is ``mist_qr``), KSG, KSG on normal scores (``ksg_ranks``) and the
-    Gaussian (CCA) estimate."""
+    """One row per test dataset: split, family, n, d, dy, true MI, the baselines
+    (``baseline_columns``; InfoNCE, MINE and NWJ on ``neural_subset`` when ``neural`` is given,
+    NaN elsewhere) and every network's estimates (``network_columns``)."""
     rows = []
     for split, datasets in sets.items():
-        table = pd.DataFrame({"split": split, "family": [ds.family for ds in datasets],
-                              "n": [ds.n for ds in datasets], "d": [ds.d for ds in datasets],
-                              "dy": [ds.dy for ds in datasets], "mi": [ds.mi for ds in datasets]})
-        table["mist"] = predict(nets["mse"], datasets)
-        quantiles = predict(nets["quantile"], datasets, tau=tau)
-        for j, t in enumerate(tau):
-            table[f"q_{t:g}"] = quantiles[:, j]
-        table["mist_qr"] = (table["q_0.5"] if 0.5 in tau
-                            else predict(nets["quantile"], datasets, tau=(0.5,))[:, 0])
-        table["ksg"] = [baselines.ksg(ds.x, ds.y, ksg_k) for ds in datasets]
-        table["ksg_ranks"] = [baselines.ksg_normal_scores(ds.x, ds.y, ksg_k) for ds in datasets]
-        table["cca"] = [baselines.gaussian_mi_estimate(ds.x, ds.y) for ds in datasets]
-        rows.append(table)
-    return pd.concat(rows, ignore_index=True)
+        info = pd.DataFrame({"split": split, "family": [ds.family for ds in datasets],
+                             "n": [ds.n for ds in datasets], "d": [ds.d for ds in datasets],
+                             "dy": [ds.dy for ds in datasets], "mi": [ds.mi for ds in datasets]})
+        rows.append(pd.concat([info, baseline_columns(datasets, ksg_k), network_columns(datasets, nets, tau)], axis=1))
+    table = pd.concat(rows, ignore_index=True)
+    if neural:
+        table = add_neural(table, sets, neural)
+    return table
+
+
+def neural_subset(table: pd.DataFrame, every: int, skip=("independent",)) -> pd.Index:
+    """A stratified 1/``every`` of the datasets: within every (split, n) group, in order of true
+    MI, every ``every``-th dataset (so each sample size and the whole MI range are represented);
+    splits in ``skip`` are left out."""
+    picked = []
+    for _, g in table[~table.split.isin(skip)].groupby(["split", "n"], sort=True):
+        picked.extend(g.sort_values("mi", kind="stable").index[::every])
+    return pd.Index(sorted(picked))
+
+
+def dataset_of(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], row: int) -> EvalDataset:
+    """The evaluation dataset behind row ``row`` of an ``estimates_table`` (splits in order)."""
+    split = table.at[row, "split"]
+    return sets[split][row - int(np.flatnonzero(table.split.to_numpy() == split)[0])]
+
+
+def add_neural(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], spec: dict) -> pd.DataFrame:
+    """Columns ``infonce``, ``mine``, ``nwj`` (clipped at 0) on ``neural_subset`` (NaN elsewhere):
+    each estimate is a critic trained for ``spec["steps"]`` steps."""
+    table = table.copy()
+    for name in NEURAL:
+        table[name] = np.nan
+    for row in neural_subset(table, spec["every"]):
+        ds = dataset_of(table, sets, row)
+        for name in NEURAL:
+            value = baselines.neural_estimate(ds.x, ds.y, name, spec["steps"], spec["lr"], spec["hidden"], spec["embed"])
+            table.at[row, name] = max(value, 0.0)
+    return table
 
 
 def subset_per_bin(table: pd.DataFrame, per_bin: int, splits=("in", "out")) -> pd.Index:
@@ -92,31 +128,15 @@ def subset_per_bin(table: pd.DataFrame, per_bin: int, splits=("in", "out")) -> p
     return pd.Index(picked)
 
 
-def dataset_of(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], row: int) -> EvalDataset:
-    """The evaluation dataset behind row ``row`` of an ``estimates_table`` (splits in order)."""
-    split = table.at[row, "split"]
-    return sets[split][row - int(np.flatnonzero(table.split.to_numpy() == split)[0])]
-
-
-def add_infonce(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], spec: dict) -> pd.DataFrame:
-    """Column ``infonce`` on a per-bin subset (NaN elsewhere): neural estimators are slow."""
-    table = table.copy()
-    table["infonce"] = np.nan
-    for row in subset_per_bin(table, spec["per_bin"]):
-        ds = dataset_of(table, sets, row)
-        table.at[row, "infonce"] = baselines.infonce(ds.x, ds.y, spec["steps"], spec["lr"], spec["hidden"],
-                                                     spec["embed"])
-    return table
-
-
 def add_bootstrap(table: pd.DataFrame, sets: dict[str, list[EvalDataset]], spec: dict, ksg_k: int,
-                  seed: int = 0) -> pd.DataFrame:
-    """Columns ``boot_lo``/``boot_hi``: percentile bootstrap interval of KSG on a per-bin subset."""
+                  seed: int = 0, splits=("in",)) -> pd.DataFrame:
+    """Columns ``boot_lo``/``boot_hi``: percentile bootstrap interval of KSG on a per-(split, n, d)
+    subset of ``splits`` (NaN elsewhere)."""
     table = table.copy()
     table["boot_lo"] = table["boot_hi"] = np.nan
     rng = np.random.default_rng(seed)
     estimator = lambda x, y: baselines.ksg(x, y, ksg_k)
-    for row in subset_per_bin(table, spec["per_bin"]):
+    for row in subset_per_bin(table, spec["per_bin"], splits):
         ds = dataset_of(table, sets, row)
         lo, hi = baselines.bootstrap_interval(ds.x, ds.y, rng, spec["resamples"], spec["levels"], estimator)
         table.at[row, "boot_lo"], table.at[row, "boot_hi"] = lo, hi
@@ -166,12 +186,21 @@ def seconds_per_call(fn, repeats: int) -> float:
 
 
 # --------------------------------------------------------------------------- notebooks
-def trained_nets(runs: pd.DataFrame) -> dict[str, MISTNet]:
-    """{objective: trained network} from a figure's runs table (one run per objective)."""
-    return {r.objective: load_net(r.run_dir) for r in runs.itertuples()}
+def trained_nets(runs: pd.DataFrame) -> dict[tuple[str, int], MISTNet]:
+    """{(objective, seed): trained network} from a figure's runs table (every seed of every
+    objective)."""
+    seeds = runs["seed"] if "seed" in runs else pd.Series(0, index=runs.index)
+    return {(r.objective, int(s)): load_net(r.run_dir) for r, s in zip(runs.itertuples(), seeds)}
 
 
-CACHE_SOURCES = ("analysis.py", "testsets.py", "families.py", "data.py", "baselines.py", "model.py",
+def shipped_nets(folder: Path = CHECKPOINT_DIR) -> dict[tuple[str, str], MISTNet]:
+    """{(objective, "shipped"): network} of the checkpoints shipped with the package (one
+    meta-training each, the larger network; a reference beside the seeds, not a unit)."""
+    return {(p.stem, "shipped"): import_net(p) for p in (Path(folder) / "mse.pt", Path(folder) / "quantile.pt")
+            if p.is_file()}
+
+
+CACHE_SOURCES = ("analysis.py", "testsets.py", "ood.py", "families.py", "data.py", "baselines.py", "model.py",
                  "checkpoint.py")
 
 
@@ -213,28 +242,38 @@ def cache_folder(runs: pd.DataFrame) -> Path | None:
     return dirs[0].parents[2] / "cache" / "mist" if dirs else None
 
 
-def evaluate(runs: pd.DataFrame, measure: dict, mi_max: float, extra_splits: bool = False,
-             infonce: bool = False) -> tuple[pd.DataFrame, dict]:
-    """(estimates table, evaluation sets) of a figure's runs on its ``measure.eval`` sets (and the
-    copula and independence splits of ``measure`` when ``extra_splits``; the InfoNCE column when
-    ``infonce``). The table is cached (``cached``) so that the MIST notebooks compute it once."""
-    extra = {k: measure.get(k) for k in ("copula", "independent")} if extra_splits else None
-    sets = eval_datasets(measure["eval"], mi_max, extra)
-    key = cache_key("estimates", sorted(Path(d).name for d in runs.run_dir), measure["eval"], mi_max, extra,
-                    measure["ksg_k"], measure["infonce"] if infonce else None)
+def baselines_table(measure: dict, folder: Path | None) -> pd.DataFrame:
+    """The held-out datasets of ``measure`` (``testsets.figure_sets``) with every baseline's
+    estimate (``estimates_table`` without networks), cached under ``folder``: it depends on the
+    test sets and the code only, not on the trained networks."""
+    spec = {k: measure.get(k) for k in ("eval", "ood", "independent", "test_salt", "ksg_k", "neural")}
+    return cached(folder, cache_key("baselines-v2", spec),
+                  lambda: estimates_table(figure_sets(measure), {}, measure["ksg_k"], measure.get("neural")))
+
+
+def evaluate(runs: pd.DataFrame, measure: dict, shipped: bool = True) -> tuple[pd.DataFrame, dict]:
+    """(estimates table, test sets) of a figure's runs on every held-out split of ``measure``:
+    ``baselines_table`` and every network's columns (``network_columns``; with ``shipped``, the
+    shipped checkpoints' too), both cached so that the MIST notebooks compute them once."""
+    sets = figure_sets(measure)
+    folder = cache_folder(runs)
+    base = baselines_table(measure, folder)
+    spec = {k: measure.get(k) for k in ("eval", "ood", "independent", "test_salt")}
+    key = cache_key("networks-v2", sorted(Path(d).name for d in runs.run_dir), spec, shipped)
 
     def compute():
-        table = estimates_table(sets, trained_nets(runs), measure["ksg_k"])
-        return add_infonce(table, sets, measure["infonce"]) if infonce else table
+        nets = {**trained_nets(runs), **(shipped_nets() if shipped else {})}
+        return network_columns([ds for split in sets.values() for ds in split], nets)
 
-    return cached(cache_folder(runs), key, compute), sets
+    nets = cached(folder, key, compute)
+    return pd.concat([base.reset_index(drop=True), nets.reset_index(drop=True)], axis=1), sets
 
 
 def export_checkpoints(runs: pd.DataFrame, scale: str, folder: Path = CHECKPOINT_DIR) -> pd.DataFrame:
     """Write every run's network to ``folder/<objective>.pt`` with its provenance (config hash,
     git commit, trained ranges; the weights' sha256 is added on export); one row per file."""
     rows = []
-    for r in runs.itertuples():
+    for r in runs.drop_duplicates("objective").itertuples():
         net = load_net(r.run_dir)
         record = {**net.provenance, "scale": scale, "git_commit": git_commit()}
         path = export_net(net, Path(folder) / f"{r.objective}.pt", record)
