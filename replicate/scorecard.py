@@ -45,7 +45,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from replicate import claims as claims_lib
 from replicate import config as C
@@ -132,7 +131,7 @@ def collect(figures_dir: str | Path, root: str | Path | None = None, compose: bo
             if key not in record:
                 raise ScorecardError(f"{path}: missing '{key}' (not a figure's claims json?)")
         entry = Entry(record, path)
-        specs = _caption_and_config(entry, root, compose)
+        specs = _caption_and_config(entry, root, compose, out=Path(figures_dir).parent)
         if record.get("claim_contract") == claims_lib.CLAIM_CONTRACT:
             runs_dir = Path(figures_dir).parent / "runs" / entry.paper
             integrity.check(record, path, runs_dir if runs_dir.is_dir() else None)
@@ -285,11 +284,13 @@ def check_verdicts(record: dict, path: Path | str = "?", specs: dict[str, dict] 
                                  "(verdicts are computed by the notebook, never edited)")
 
 
-def _caption_and_config(entry: Entry, root: Path, compose: bool) -> dict[str, dict] | None:
+def _caption_and_config(entry: Entry, root: Path, compose: bool, out: Path) -> dict[str, dict] | None:
     """Title and regime from the figure's config; a config that changed makes the figure stale.
 
     Returns the config's claim specs by id when the config is unchanged (composed to the json's
     ``config_sha256``), else None: the verdicts are then checked against the json's own rules.
+    The config comes from the plan cache under ``out`` (composed only when a file it is
+    composed from changed).
     """
     path = root / "configs" / "figure" / entry.paper / f"{entry.name}.yaml"
     if not path.is_file():
@@ -299,18 +300,19 @@ def _caption_and_config(entry: Entry, root: Path, compose: bool) -> dict[str, di
     if not compose:
         return None
     try:
-        cfg = C.compose(entry.key, hardware=entry.record.get("hardware", "cpu"),
-                        scale=entry.record.get("scale", "default"))
+        composed = C.composed(entry.key, C.resolve_hardware_name(entry.record.get("hardware", "cpu")),
+                              entry.record.get("scale", "default"), out)
     except C.ConfigError as err:
         entry.stale.append(f"its figure config no longer composes: {err}")
         return None
-    entry.title, entry.regime = str(cfg.figure.title), str(cfg.figure.regime).strip()
-    if entry.record.get("config_sha256") != C.config_sha256(cfg):
+    figure = composed.figure
+    entry.title, entry.regime = str(figure["title"]), str(figure["regime"]).strip()
+    if entry.record.get("config_sha256") != composed.config_sha256:
         entry.stale.append(f"its figure config changed after it was made ({_rel(path, root)} "
                            f"now composes to another config_sha256 at scale "
                            f"{entry.record.get('scale')}, hardware {entry.record.get('hardware')})")
         return None
-    return {c["id"]: c for c in OmegaConf.to_container(cfg.figure.claims)}
+    return {c["id"]: c for c in figure["claims"]}
 
 
 def inputs(paper: str, figure: str, root: Path, with_config: bool = False) -> list[Path]:
