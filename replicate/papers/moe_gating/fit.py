@@ -16,7 +16,8 @@ Stages (every fit of a batch runs them at once, float64, on x's device):
    observed likelihood that moves switching boundaries (em.compass). A fit is **converged** when
    its observed log-likelihood changes by less than ``tol`` per point in an iteration and (top-K)
    the compass step is below ``h_min``; converged fits are frozen. ``max_iter`` caps the loop; a
-   fit that did not converge says so (``converged`` False).
+   fit that did not converge says so (``converged`` False). Converged fits are frozen and only
+   the points of the fits still running are computed (:meth:`Fitter.step`).
 4. Selection repair (top-K, :func:`repair`): the hard top-K likelihood has local maxima where a
    switching boundary is pinned between points: a point lies on the wrong side (an expert the
    gate switches off there explains it far better than the selected ones, a "cliff" of tens of
@@ -173,6 +174,7 @@ class Fitter:
         self.bounds = em.fit_bounds(fit, n_fits)
         self.features = em.expert_features(x, y)
         self.sizes = torch.bincount(fit, minlength=n_fits).to(x.dtype)
+        self._sub, self._sub_key = None, None  # the running fits' sub-batch (see step)
 
     def initial_state(self, p: dict, smooth=0.0) -> dict:
         """The state at parameters ``p``; a top-K gate starts its continuation at ``smooth``
@@ -190,6 +192,24 @@ class Fitter:
                 "starved": torch.zeros(*p["w0"].shape, dtype=torch.bool, device=self.x.device)}
 
     def step(self, state: dict) -> dict:
+        """One main-loop iteration for every fit not yet converged. Converged fits are frozen, so
+        only the points of the fits still running are computed: a sub-batch of them, rebuilt when
+        the set of running fits changes (every per-fit quantity depends on that fit's own points
+        only, so a running fit's iteration does not depend on which others run beside it)."""
+        active = ~state["done"]
+        if bool(active.all()) or not bool(active.any()):
+            return self._step(state)
+        idx = active.nonzero()[:, 0]
+        key = tuple(idx.tolist())
+        if self._sub_key != key:
+            rows = em.points_of(idx, self.bounds, self.x.device)
+            remap = torch.full((self.n_fits,), -1, dtype=torch.long, device=self.x.device)
+            remap[idx] = torch.arange(len(idx), device=self.x.device)
+            self._sub = Fitter(self.gate, self.x[rows], self.y[rows], remap[self.fit[rows]], len(idx), self.opts)
+            self._sub_key = key
+        return _put(state, idx, self._sub._step(_take(state, idx)))
+
+    def _step(self, state: dict) -> dict:
         gate, o = self.gate, self.opts
         active = ~state["done"]
         sparse = gate.sparse(state["params"]["w1"].shape[1])
@@ -236,6 +256,21 @@ class Fitter:
             state = self.step(state)
             it += 1
         return state, it
+
+
+def _take(state: dict, idx) -> dict:
+    return {k: (_take(v, idx) if isinstance(v, dict) else v[idx]) for k, v in state.items()}
+
+
+def _put(state: dict, idx, part: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out[k] = _put(v, idx, part[k])
+        else:
+            out[k] = v.clone()
+            out[k][idx] = part[k]
+    return out
 
 
 def hop_once(fitter: Fitter, state: dict, opts: FitOptions, key) -> tuple[dict, int]:
