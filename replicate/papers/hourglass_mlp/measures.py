@@ -12,7 +12,8 @@ per shape on validation, frontier picks on validation) and scores its picks on e
 a photo's value is the mean of its per-seed values; the claim's interval is a Student-t interval
 over photos (win shares: a Wilson interval over photos). The photo is the unit a different split
 would move; a seeds-as-units interval (photos averaged) is reported beside it. Trend claims: the
-seeds (each a full rerun of the ladder), t interval, with the exact permutation null of rho.
+ladder winners scored on each test photo, mean over seeds, t interval over photos; the seeds'
+validation winners and their exact permutation null beside them.
 
 Preconditions (``requires`` in the configs), judged on point values:
 
@@ -136,10 +137,12 @@ def _largest(frame: pd.DataFrame, budgets) -> pd.DataFrame:
 
 
 def shape_trends(runs: pd.DataFrame, cfg) -> dict:
-    """Trend claims on the iso-parameter ladder (Sec. 4 optimal shapes): per seed, the
-    allocation with the best validation PSNR at each budget, and the Spearman rho of its depth and
-    of its d_z and d_h ranks (within the budget) with the budget; t interval over seeds and the
-    exact permutation null. The lift claim (Sec. 3): at every Hourglass shape, fixed minus trained
+    """Trend claims on the iso-parameter ladder (Sec. 4 optimal shapes): on each seed (rates
+    picked on validation) and each test photo, the allocation with the best PSNR on that photo at
+    each budget, and the Spearman rho of its depth and of its d_z and d_h ranks (within the
+    budget) with the budget; a photo's value is the mean over seeds, t interval over photos.
+    Beside it: the same on each seed's validation winners (seeds as units) and their exact
+    permutation null. The lift claim (Sec. 3): at every Hourglass shape, fixed minus trained
     W_in (each at its own validation-picked rate), per test photo, mean over seeds; the claim is
     the mean over the largest budget's allocations (t interval over photos)."""
     table, grid, probes = _search(runs, cfg)
@@ -155,14 +158,37 @@ def shape_trends(runs: pd.DataFrame, cfg) -> dict:
         return np.asarray([A.spearman(winners[s, key]["budget"], winners[s, key][col]) if len(winners.get((s, key), [])) else math.nan
                            for s in seeds], float)
 
+    def photo_rho(key, dim):
+        """Per test photo: each seed's winners scored on that photo (rates picked on validation),
+        the rho of the winners' dimension with the budget, then the mean over seeds."""
+        col = "depth" if dim == "depth" else f"{dim}_rank"
+        per_seed = []
+        for s, rows in A.seed_tables(table).items():
+            shapes = A.family(A.select_rates(rows, "val_psnr"), key)
+            scores = np.stack([A.values(r, "test_photo_psnr") for _, r in shapes.iterrows()])
+            rhos = []
+            for p in range(scores.shape[1]):
+                w = A.ladder_winners(shapes.assign(_photo=scores[:, p]), budgets, dims[key], select="_photo")
+                rhos.append(A.spearman(w["budget"], w[col]) if len(w) else math.nan)
+            per_seed.append(rhos)
+        return np.mean(np.asarray(per_seed, float), axis=0)
+
+    photo = {(key, dim): photo_rho(key, dim) for key in dims for dim in dims[key]} if budgets else {}
     for dim in dims["hourglass"]:
-        out[f"rho_{dim}"] = claims.mean_interval(rho("hourglass", dim), unit="seeds")
+        out[f"rho_{dim}"] = claims.mean_interval(photo["hourglass", dim], unit="photos") if budgets else claims.mean_interval([math.nan] * 2, unit="photos")
+        out[f"rho_{dim}_seeds"] = claims.mean_interval(rho("hourglass", dim), unit="seeds")
         col = "depth" if dim == "depth" else f"{dim}_rank"
         out[f"rho_{dim}_null_p"] = [A.permutation_p(winners[s, "hourglass"]["budget"], winners[s, "hourglass"][col])
                                     if budgets else math.nan for s in seeds]
     for dim in dims["conventional"]:
-        out[f"rho_{dim}_conventional"] = claims.mean_interval(rho("conventional", dim), unit="seeds")
-        out[f"rho_{dim}_hourglass_minus_conventional"] = claims.paired_difference(
+        if budgets:
+            out[f"rho_{dim}_conventional"] = claims.mean_interval(photo["conventional", dim], unit="photos")
+            out[f"rho_{dim}_hourglass_minus_conventional"] = claims.paired_difference(
+                photo["hourglass", dim], photo["conventional", dim], unit="photos")
+        else:
+            out[f"rho_{dim}_conventional"] = claims.mean_interval([math.nan] * 2, unit="photos")
+            out[f"rho_{dim}_hourglass_minus_conventional"] = claims.mean_interval([math.nan] * 2, unit="photos")
+        out[f"rho_{dim}_hourglass_minus_conventional_seeds"] = claims.paired_difference(
             rho("hourglass", dim), rho("conventional", dim), unit="seeds")
     counts = [len(w) for w in winners.values()]
     out["ladder_budgets"] = int(min(counts)) if counts else 0
@@ -210,7 +236,6 @@ def shape_trends(runs: pd.DataFrame, cfg) -> dict:
     out["trend_convergence_shift_over_seed_sd"] = conv["shift_over_sd"]
     out["trend_convergence_shift"] = conv["shift"]
     out["seeds"] = len(seeds)
-    out["trend_seeds"] = len(seeds)  # a t interval over 2 seeds of a rank correlation can have zero width
     out["test_photos"] = len(probes["photos"]["test"])
     return out
 
