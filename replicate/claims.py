@@ -583,6 +583,7 @@ class Claim:
     mde: float | None = None
     mde_scale: str | None = None
     units_to_decide: int | None = None
+    units: list | None = None  # the measurement's per-unit values, beside its interval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -663,6 +664,7 @@ def evaluate(specs: Sequence[Mapping[str, Any]], measurements: Mapping[str, Any]
             rules={"replicated": spec["replicated"], "partial": spec.get("partial")},
             criterion=criterion_text(spec["replicated"], spec.get("partial")),
             verdict=verdict_, reason=reason, **power_summary(est, spec["replicated"], spec.get("partial")),
+            units=_plain(est.units) if est is not None else None,
         ))
     return claims
 

@@ -176,6 +176,8 @@ def check_measurements(record: dict, path: Path | str = "?") -> None:
         if not _same_interval(claim.get("interval"), interval):
             raise ScorecardError(f"{where}: interval {claim.get('interval')!r} is not its measurement "
                                  f"'{key}''s {interval!r} (edited json)")
+        if "units" in claim and isinstance(m, dict) and claim["units"] != m.get("units"):
+            raise ScorecardError(f"{where}: its units are not its measurement '{key}''s (edited json)")
 
 
 def _check_one(m: dict, where: str) -> None:

@@ -285,6 +285,7 @@ def test_evaluate_records_interval_n_method_rules_and_reason():
     assert first["rules"] == {"replicated": ">= 0.01", "partial": "> 0"} and first["source"] == "Table 1"
     assert first["criterion"] == "replicated if measured >= 0.01; smallest effect of interest > 0"
     assert first["mde"] == pytest.approx(claims.minimum_detectable_effect(gain)) and first["units_to_decide"] >= 2
+    assert first["units"] == pytest.approx([0.10, 0.12, 0.14]) and first["units"] == gain.to_dict()["units"]
     assert judged[1].qualifies == "gain" and judged[1].interval is None and judged[1].n == 1
     assert judged[2].measured is None and judged[2].n == 1
 

@@ -169,6 +169,7 @@ def test_an_edited_interval_is_refused(repo):
 
 @pytest.mark.parametrize("forge,message", [
     (lambda r: r["claims"][1].update(measured=0.04), "claim 'small_gain': measured 0.04 is not its measurement 'gain'"),
+    (lambda r: r["claims"][1]["units"].__setitem__(0, 99.0), "claim 'small_gain': its units are not its measurement 'gain''s"),
     (lambda r: r["measurements"]["gain"]["units"].__setitem__(0, 99.0), "measurement 'gain': value .* but its units give"),
     (lambda r: r["measurements"]["gain"].update(interval=[0.0, 0.03]), "measurement 'gain': interval .* but its units give"),
     (lambda r: r["measurements"]["gain"]["estimator"].update(name="magic"), "measurement .gain.: cannot recompute its interval"),
