@@ -105,7 +105,7 @@ class FigureContext:
             "source": {**OmegaConf.to_container(self.figure.source), "links": C.arxiv_links(self.figure)},
             "rerun": rerun_command(f"{self.figure.paper}/{self.figure.name}", self.cfg),
             "scale": self.cfg.scale.name, "hardware": self.cfg.hardware.name,
-            "git_commit": git_commit(), "started": self.started,
+            "git_commit": git_commit(self.figure.paper), "started": self.started,
             "wall_seconds": round(runs_wall + notebook_wall, 2),
             "runs_wall_seconds": round(runs_wall, 2), "notebook_wall_seconds": round(notebook_wall, 2),
             "runs": self._run_costs(),
@@ -155,17 +155,24 @@ def rerun_command(figure: str, cfg) -> str:
             f"--config scale={cfg.scale.name} hardware={cfg.hardware.name}")
 
 
-def git_commit() -> str:
-    """HEAD of the repo the configs come from, with ``-dirty`` when a tracked source file (anything
-    outside ``figures/``) differs from it."""
+def git_commit(paper: str | None = None) -> str:
+    """HEAD of the repo the configs come from, with ``-dirty`` when a tracked source file the
+    figure is made from differs from it: the shared core and build files, and with ``paper`` that
+    paper's package, configs and notebooks (without: every source). Outputs (``figures/``, the run
+    store ``runs/``), documentation, tests and benchmarks are not sources."""
     def git(*args):
         return subprocess.run(["git", "-C", str(C.REPO_ROOT), *args], capture_output=True, text=True)
 
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "unknown"
-    # figures/ holds outputs (rewritten while the pipeline runs): only sources make a run dirty
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures").stdout.strip()
+    if paper is None:
+        sources = [".", ":!figures", ":!runs", ":!docs", ":!tests", ":!benchmarks"]
+    else:
+        sources = ["replicate", ":!replicate/papers", f"replicate/papers/{paper}", "configs/config.yaml",
+                   "configs/hardware", "configs/scale", *(f"configs/{part}/{paper}" for part in ("figure", "training", "parts")),
+                   f"notebooks/{paper}", "Snakefile", "pyproject.toml", "requirements-lock.txt"]
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *sources).stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
