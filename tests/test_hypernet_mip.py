@@ -762,7 +762,7 @@ def test_convergence_measures_read_each_variant_at_its_own_lr():
         assert m[f"n_seeds_default_{regime}"] == 10 and m[f"n_seeds_encoding_{regime}"] == 5
     verdicts = {c.id: c.verdict for c in claims_lib.evaluate(OmegaConf.to_container(cfg.figure.claims), m)}
     assert verdicts["mip_faster_noise"] == "replicated" and verdicts["mip_lower_final_loss_noise"] == "replicated"
-    assert verdicts["encoding_alone_faster_noise"] == "not_replicated"  # exactly 1x: excluded from > 1
+    assert verdicts["encoding_alone_faster_l2"] == "not_replicated"  # exactly 1x: excluded from > 1
     # the selection seeds are never read: giving them absurd curves changes no claim number
     spec = _convergence_spec(cfg, mip_rates, default_rates)
     shuffled = measures.convergence(_synthetic_runs(spec[::-1], 1000, 25), cfg)
