@@ -65,14 +65,24 @@ def layout_problems(fig: plt.Figure) -> list[str]:
 
 
 def _overlapping(texts, renderer) -> list[tuple[str, str]]:
-    shown = [(t.get_text(), t.get_window_extent(renderer)) for t in texts
-             if t.get_visible() and t.get_text().strip()]
-    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(shown, 2) if _overlap(box_a, box_b)]
+    shown = [t for t in texts if t.get_visible() and t.get_text().strip()]
+    return [(a.get_text(), b.get_text()) for a, b in itertools.combinations(shown, 2) if _overlap(a, b, renderer)]
 
 
-def _overlap(a: Bbox, b: Bbox) -> bool:
-    width = min(a.x1, b.x1) - max(a.x0, b.x0)
-    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+def _overlap(a, b, renderer) -> bool:
+    """Whether two texts' glyph boxes overlap. Texts turned by the same slanted angle (rotated
+    tick labels) are parallel strips: they overlap when their centres are closer than a line
+    height across the strips (their axis-aligned extents overlap even when the glyphs do not)."""
+    box_a, box_b = a.get_window_extent(renderer), b.get_window_extent(renderer)
+    angle = a.get_rotation() % 180
+    if angle % 90 and b.get_rotation() % 180 == angle:
+        theta = np.deg2rad(angle)
+        across = np.array([-np.sin(theta), np.cos(theta)])
+        gap = abs(np.dot(np.subtract(box_a.get_points().mean(0), box_b.get_points().mean(0)), across))
+        height = max(a.get_fontsize(), b.get_fontsize()) * a.figure.dpi / 72
+        return gap < height - OVERLAP_PX
+    width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+    height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
     return width > OVERLAP_PX and height > OVERLAP_PX
 
 

@@ -37,6 +37,16 @@ def test_crowded_tick_labels_are_reported_once_per_axis_with_an_example():
     assert plotting.layout_problems(fig) == []
 
 
+def test_slanted_tick_labels_overlap_only_when_their_strips_do():
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.arange(5), np.arange(5))
+    ax.set_xticks(np.arange(5), ["baseline", "G1 headwise", "G1 elementwise", "G2 value", "input-indep."])
+    ax.tick_params(axis="x", labelrotation=30)  # boxes overlap, glyphs do not
+    assert plotting.layout_problems(fig) == []
+    ax.set_xticks(np.linspace(0, 0.2, 5), ax.get_xticklabels())  # labels 0.05 apart: glyphs collide
+    assert "x tick labels overlap" in plotting.layout_problems(fig)[0]
+
+
 def test_end_labels_drawn_over_each_other_are_reported():
     fig, ax = plt.subplots(figsize=(4, 3))
     ax.plot([0, 1], [1.0, 1.0])
