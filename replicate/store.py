@@ -6,7 +6,8 @@ results: each run's ``metrics.json`` and resolved ``config.yaml`` under ``runs/<
 writes a fresh clone's files at checkout time in path order: ``figures/`` before ``notebooks/``
 and ``replicate/``, so every figure would look older than its notebook and be re-executed.
 
-:func:`date_by_history` gives each tracked file the time of the last commit that changed it, so
+:func:`date_by_history` gives each tracked file the time of the last commit that changed it
+(never a later time than it has: a file edited and then committed keeps its edit time), so
 Snakemake's rule reads what the history says: a figure committed after its notebook, code and
 configs is up to date; a figure whose paper code was committed after it is not, and neither is a
 run whose training code changed since. A run's files are dated no later than the first figure
@@ -45,8 +46,8 @@ def date_by_history(repo: Path = C.REPO_ROOT) -> int:
     dated = 0
     for name, when in dates.items():
         path = repo / name
-        if path.is_file() and not path.is_symlink():
-            os.utime(path, (when, when))
+        if path.is_file() and not path.is_symlink() and path.stat().st_mtime > when:
+            os.utime(path, (when, when))  # only ever back: a file written before its commit keeps its time
             dated += 1
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(head)

@@ -71,6 +71,14 @@ def test_a_clone_is_dated_by_its_history_with_runs_no_later_than_the_figure_that
     assert mtime(history / "figures/toy/main.json") == 1
 
 
+def test_a_file_written_before_its_commit_keeps_its_time(history):
+    """Dating never moves a file forward: code edited, a run trained, then the code committed must
+    not look newer than the run."""
+    os.utime(history / "code.py", (T_CODE - 100, T_CODE - 100))
+    store.date_by_history(history)
+    assert mtime(history / "code.py") == T_CODE - 100
+
+
 def test_a_run_whose_metrics_differ_from_what_the_figure_read_keeps_its_commit_date(history):
     (history / "runs/toy/a/metrics.json").write_text(json.dumps({"loss": "other"}))
     git(history, "commit", "-q", "-am", "retrained", when=T_RUN + 600)
