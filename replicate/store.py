@@ -42,6 +42,7 @@ def date_by_history(repo: Path = C.REPO_ROOT) -> int:
         return 0
     edited = set((_git(repo, "diff", "--name-only", "HEAD") or "").splitlines())
     dates = {name: when for name, when in last_commit_times(repo).items() if name not in edited}
+    dates.update(figure_outputs_dated_together(dates))
     dates.update(run_dates_capped_by_figures(repo, dates))
     dated = 0
     for name, when in dates.items():
@@ -63,6 +64,22 @@ def last_commit_times(repo: Path) -> dict[str, int]:
         for name in lines[1:]:
             times.setdefault(name, int(lines[0]))  # newest first: keep the first time seen
     return times
+
+
+FIGURE_OUTPUTS = (".png", ".pdf", ".ipynb", ".html")  # written with the json, which records the execution
+
+
+def figure_outputs_dated_together(dates: dict[str, int]) -> dict[str, int]:
+    """A figure's outputs dated no earlier than its json: an execution that rewrote the json but
+    left a png byte-identical (so uncommitted again) made that png as much as the json."""
+    together = {}
+    for name, when in dates.items():
+        if name.startswith("figures/") and name.endswith(".json"):
+            for suffix in FIGURE_OUTPUTS:
+                sibling = name[:-len(".json")] + suffix
+                if sibling in dates and dates[sibling] < when:
+                    together[sibling] = when
+    return together
 
 
 def run_dates_capped_by_figures(repo: Path, dates: dict[str, int]) -> dict[str, int]:

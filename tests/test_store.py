@@ -79,6 +79,14 @@ def test_a_file_written_before_its_commit_keeps_its_time(history):
     assert mtime(history / "code.py") == T_CODE - 100
 
 
+def test_a_figure_output_left_unchanged_by_a_later_execution_is_dated_with_its_json(history):
+    (history / "figures/toy/main.png").write_bytes(b"png")
+    git(history, "add", "figures/toy/main.png")
+    git(history, "commit", "-q", "-m", "png", when=T_CODE + 1)  # older than the json's commit
+    store.date_by_history(history)
+    assert mtime(history / "figures/toy/main.png") == mtime(history / "figures/toy/main.json") == T_FIGURE
+
+
 def test_a_run_whose_metrics_differ_from_what_the_figure_read_keeps_its_commit_date(history):
     (history / "runs/toy/a/metrics.json").write_text(json.dumps({"loss": "other"}))
     git(history, "commit", "-q", "-am", "retrained", when=T_RUN + 600)
