@@ -69,16 +69,20 @@ def last_commit_times(repo: Path) -> dict[str, int]:
 FIGURE_OUTPUTS = (".png", ".pdf", ".ipynb", ".html")  # written with the json, which records the execution
 
 
+SCORECARD_OUTPUTS = ("figures/SCORECARD.md", "figures/index.html", "figures/SCORECARD.rst")  # rule scorecard
+
+
 def figure_outputs_dated_together(dates: dict[str, int]) -> dict[str, int]:
-    """A figure's outputs dated no earlier than its json: an execution that rewrote the json but
-    left a png byte-identical (so uncommitted again) made that png as much as the json."""
+    """The outputs of one job dated together, at the newest of them: a figure's outputs no earlier
+    than its json (an execution that rewrote the json but left a png byte-identical, so not
+    committed again, made that png as much as the json), and the scorecard's three files."""
+    groups = [[name[:-len(".json")] + suffix for suffix in (".json", *FIGURE_OUTPUTS)]
+              for name in dates if name.startswith("figures/") and name.endswith(".json")]
     together = {}
-    for name, when in dates.items():
-        if name.startswith("figures/") and name.endswith(".json"):
-            for suffix in FIGURE_OUTPUTS:
-                sibling = name[:-len(".json")] + suffix
-                if sibling in dates and dates[sibling] < when:
-                    together[sibling] = when
+    for group in [*groups, list(SCORECARD_OUTPUTS)]:
+        present = [name for name in group if name in dates]
+        newest = max((dates[name] for name in present), default=None)
+        together.update({name: newest for name in present if dates[name] < newest})
     return together
 
 
