@@ -22,13 +22,14 @@ without git history is left as it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
 from replicate import config as C
+from replicate.integrity import metrics_sha256
+from replicate.pipeline import FIGURE_SUFFIXES, PAGE_SUFFIX
 
 STAMP = Path(".replicate") / "dated"
 
@@ -66,9 +67,6 @@ def last_commit_times(repo: Path) -> dict[str, int]:
     return times
 
 
-FIGURE_OUTPUTS = (".png", ".pdf", ".ipynb", ".html")  # written with the json, which records the execution
-
-
 SCORECARD_OUTPUTS = ("figures/SCORECARD.md", "figures/index.html", "figures/SCORECARD.rst")  # rule scorecard
 
 
@@ -76,7 +74,7 @@ def figure_outputs_dated_together(dates: dict[str, int]) -> dict[str, int]:
     """The outputs of one job dated together, at the newest of them: a figure's outputs no earlier
     than its json (an execution that rewrote the json but left a png byte-identical, so not
     committed again, made that png as much as the json), and the scorecard's three files."""
-    groups = [[name[:-len(".json")] + suffix for suffix in (".json", *FIGURE_OUTPUTS)]
+    groups = [[name[:-len(".json")] + suffix for suffix in (*FIGURE_SUFFIXES, PAGE_SUFFIX)]
               for name in dates if name.startswith("figures/") and name.endswith(".json")]
     together = {}
     for group in [*groups, list(SCORECARD_OUTPUTS)]:
@@ -96,9 +94,7 @@ def run_dates_capped_by_figures(repo: Path, dates: dict[str, int]) -> dict[str, 
         paper = Path(name).parent.name
         for run in _figure_runs(repo / name):
             folder = f"runs/{paper}/{run.get('run')}"
-            metrics = repo / folder / "metrics.json"
-            if not (metrics.is_file() and f"{folder}/metrics.json" in dates
-                    and hashlib.sha256(metrics.read_bytes()).hexdigest() == run.get("metrics_sha256")):
+            if f"{folder}/metrics.json" not in dates or not _read_by(run, repo / folder):
                 continue
             for part in ("metrics.json", "config.yaml"):
                 key = f"{folder}/{part}"
@@ -114,10 +110,14 @@ def shipped_run_files(out: str | Path = ".") -> list[Path]:
     for figure in sorted(Path(out, "figures").glob("*/*.json")):
         for run in _figure_runs(figure):
             folder = Path(out, "runs", figure.parent.name, str(run.get("run")))
-            metrics = folder / "metrics.json"
-            if metrics.is_file() and hashlib.sha256(metrics.read_bytes()).hexdigest() == run.get("metrics_sha256"):
-                files += [metrics] + [folder / "config.yaml"] * (folder / "config.yaml").is_file()
+            if _read_by(run, folder):
+                files += [folder / "metrics.json"] + [folder / "config.yaml"] * (folder / "config.yaml").is_file()
     return sorted(set(files))
+
+
+def _read_by(run: dict, folder: Path) -> bool:
+    """Whether ``folder`` holds the metrics.json the figure's ``run`` entry says it read."""
+    return (folder / "metrics.json").is_file() and metrics_sha256(folder) == run.get("metrics_sha256")
 
 
 def _figure_runs(path: Path) -> list[dict]:
