@@ -61,13 +61,16 @@ class FigureContext:
         lines = [f"**{f.title}**", "", f.regime.strip(), "",
                  f"*Scale* `{self.cfg.scale.name}` ({self.cfg.scale.description}); "
                  f"*hardware* `{hw.name}` ({hw.accelerator}, {hw.precision}).",
-                 f"*Sweep*: {sweep} — {len(C.points(self.cfg))} training runs."]
+                 f"*Sweep*: {sweep} — {len(C.points(self.cfg))} training runs"
+                 + (" listed (the seeds line says how many were trained)." if self.seed_decision else ".")]
         if f.run is not None:
             trainers = [rc.run.trainer for rc in C.run_configs(self.cfg)] or [f.run.trainer]
             steps = sorted({t.max_steps for t in trainers})
             every = sorted({t.val_check_interval for t in trainers})
             shown = lambda xs: str(xs[0]) if len(xs) == 1 else f"{xs[0]}–{xs[-1]} (by run)"  # noqa: E731
             lines.append(f"*Training*: {shown(steps)} steps, validation every {shown(every)}.")
+        if self.seed_decision is not None:
+            lines.append(seed_decision_markdown(self.seed_decision))
         return "\n".join(lines)
 
     def runs(self) -> pd.DataFrame:
@@ -188,3 +191,15 @@ def claims_table(judged: list[claims_lib.Claim]) -> pd.DataFrame:
 
 def _interval_text(interval) -> str:
     return "—" if interval is None else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def seed_decision_markdown(decision: dict) -> str:
+    """One line on a two-stage seed design (replicate/seeds.py): the pilot, the seeds it chose and
+    the n each paper claim asked for (or why it did not ask)."""
+    asked = "; ".join(f"`{claim}` {entry['n']}" if entry.get("n") else f"`{claim}`: {entry['why']}"
+                      for claim, entry in decision["claims"].items())
+    cap = " (the cap: some claim asked for more)" if decision["max_reached"] else ""
+    return (f"*Seeds* (Stein's two-stage design): a pilot of {decision['pilot']} seeds, then "
+            f"{decision['n']} of the {decision['max']} listed{cap}. Seeds each paper claim asked for: {asked}. "
+            f"Every t interval uses the pilot's sd with {decision['pilot'] - 1} degrees of freedom.")
+

@@ -62,16 +62,26 @@ def policy(fig: DictConfig | Mapping) -> dict | None:
     return {"pilot": pilot, "half_width": float(half), "max": len(listed), "key": key, "seeds": listed}
 
 
+def _grids(fig: DictConfig | Mapping) -> list[dict]:
+    sweep = _plain(fig.get("sweep")) or {}
+    return sweep if isinstance(sweep, list) else [sweep]
+
+
 def seed_axis(fig: DictConfig | Mapping) -> tuple[str, list]:
-    """The sweep key whose last component is ``seed`` and its values (one grid only)."""
-    sweep, where = _plain(fig.get("sweep")) or {}, f"{fig['paper']}/{fig['name']}"
-    if not isinstance(sweep, dict):
-        raise ValueError(f"{where}: a two-stage seed design needs a single sweep grid")
-    keys = [k for k in sweep if k.rsplit(".", 1)[-1] == "seed"]
-    if len(keys) != 1:
-        raise ValueError(f"{where}: a two-stage seed design needs one `seed` axis in the sweep "
-                         f"(found {keys or 'none'})")
-    return keys[0], list(sweep[keys[0]])
+    """The sweep key whose last component is ``seed`` and its values: the same key and the same
+    list in every grid of the sweep (a list of grids, e.g. a baseline and its variants, shares
+    its seeds, so seed ``s`` of every grid is one paired unit)."""
+    where, axes = f"{fig['paper']}/{fig['name']}", []
+    for grid in _grids(fig):
+        keys = [k for k in grid if k.rsplit(".", 1)[-1] == "seed"]
+        if len(keys) != 1:
+            raise ValueError(f"{where}: a two-stage seed design needs one `seed` axis in each sweep grid "
+                             f"(found {keys or 'none'})")
+        axes.append((keys[0], list(grid[keys[0]])))
+    if not axes or any(axis != axes[0] for axis in axes):
+        raise ValueError(f"{where}: a two-stage seed design needs the same seed key and list in every "
+                         f"sweep grid (found {axes})")
+    return axes[0]
 
 
 def seed_of(run: Mapping, key: str) -> Any:
@@ -149,7 +159,9 @@ def with_seeds(cfg: DictConfig, seeds: list) -> DictConfig:
     key, _ = seed_axis(cfg.figure)
     out, readonly = cfg.copy(), OmegaConf.is_readonly(cfg)
     OmegaConf.set_readonly(out, False)
-    OmegaConf.update(out, f"figure.sweep.{key}", list(seeds), merge=False)
+    grids = out.figure.sweep if isinstance(out.figure.sweep, ListConfig) else [out.figure.sweep]
+    for grid in grids:
+        grid[key] = list(seeds)
     OmegaConf.set_readonly(out, readonly)
     return out
 

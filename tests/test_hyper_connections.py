@@ -273,6 +273,9 @@ def test_loss_measures_on_a_hand_built_run_table():
     assert got["loss_gain_equal_time_hc"].value == pytest.approx(0.15)
     assert got["loss_gain_equal_time_mhc"].value == pytest.approx(0.2 - 1.0)
     assert got["loss_gain_equal_time_kromhc"].value == pytest.approx(0.15)
+    pilot = measures.loss(hand_runs(), CFG)  # the seeds checkpoint: no step times measured
+    assert not {k for k in pilot if k.startswith(("speedup", "loss_gain_equal_time"))}
+    assert all(pilot[k].value == got[k].value for k in pilot if k.startswith("loss_"))
 
 
 def test_loss_at_step_interpolates_between_validations():

@@ -9,6 +9,7 @@ from scipy import stats
 
 from replicate import claims, seeds
 from replicate import config as C
+from replicate.notebook import seed_decision_markdown
 
 
 def figure(seeds_block=None, claims_list=None, seed_list=tuple(range(12))):
@@ -79,6 +80,35 @@ def test_with_seeds_keeps_every_run_config():
     assert len(C.points(fewer)) == len(C.points(cfg)) * 2 // len(listed)
 
 
+def test_the_notebook_states_the_decision_and_each_claims_n():
+    decision = {"pilot": 3, "max": 12, "n": 12, "seeds": list(range(12)), "max_reached": True,
+                "claims": {"gain": {"n": 12, "margin": 0.1, "scale": "linear"},
+                           "share": {"n": None, "why": "no smallest effect of interest to set a margin"}}}
+    line = seed_decision_markdown(decision)
+    assert "a pilot of 3 seeds, then 12 of the 12 listed (the cap: some claim asked for more)" in line
+    assert "`gain` 12; `share`: no smallest effect of interest" in line and "2 degrees of freedom" in line
+    assert "the cap" not in seed_decision_markdown({**decision, "n": 5, "max_reached": False})
+
+
+def test_a_sweep_of_several_grids_shares_one_seed_axis():
+    grids = [{"module.variant": ["base"], "module.streams": [1], "seed": [0, 1, 2, 3]},
+             {"module.variant": ["a", "b"], "seed": [0, 1, 2, 3]}]
+    cfg = OmegaConf.create({"figure": {"paper": "toy", "name": "demo", "sweep": grids}})
+    assert seeds.seed_axis(cfg.figure) == ("seed", [0, 1, 2, 3])
+    fewer = seeds.with_seeds(cfg, [0, 1])
+    assert [list(g["seed"]) for g in fewer.figure.sweep] == [[0, 1], [0, 1]]
+    assert [g["module.variant"] for g in fewer.figure.sweep] == [["base"], ["a", "b"]]
+    assert list(cfg.figure.sweep[0]["seed"]) == [0, 1, 2, 3]  # the original is untouched
+    uneven = OmegaConf.create({"figure": {"paper": "toy", "name": "demo",
+                                          "sweep": [grids[0], {**grids[1], "seed": [0, 1]}]}})
+    with pytest.raises(ValueError, match="same seed key and list in every sweep grid"):
+        seeds.seed_axis(uneven.figure)
+    unseeded = OmegaConf.create({"figure": {"paper": "toy", "name": "demo",
+                                            "sweep": [grids[0], {"module.variant": ["a"]}]}})
+    with pytest.raises(ValueError, match="one `seed` axis in each sweep grid"):
+        seeds.seed_axis(unseeded.figure)
+
+
 def test_the_plan_asks_for_the_pilot_then_the_decided_seeds(tmp_path):
     from types import SimpleNamespace
 
@@ -145,3 +175,5 @@ def test_a_two_stage_figure_runs_end_to_end_in_a_copy_of_the_repo(tmp_path):
     weight = record["measurements"]["weight_error"]
     assert weight["estimator"] == {"name": "stein_t_mean", "level": 0.95, "unit": "seeds", "pilot": 2}
     assert len(weight["units"]) == decision["n"]
+    executed = (tmp_path / "out/figures/twostage/main.ipynb").read_text()
+    assert "Stein's two-stage design): a pilot of 2 seeds, then" in executed
