@@ -733,3 +733,18 @@ def test_docs_and_notebook_prose_state_no_steps_seeds_or_lr_the_configs_lack():
              for kind, values in prose_numbers(text).items() for value in sorted(values)
              if not any(np.isclose(value, a) for a in allowed[kind])]
     assert not wrong, "numbers the configs do not have: " + "; ".join(wrong)
+
+
+def test_timed_turns_rotate_the_variant_order(monkeypatch):
+    """Each turn runs every variant once, the order rotated by one each turn; one row per turn."""
+    calls = []
+    monkeypatch.setattr(A, "_training_step", lambda rc: (lambda g=rc: calls.append(g) or 0.01))
+    monkeypatch.setattr("replicate.config.run_config", lambda cfg, point: ["none", "headwise", "elementwise"][point])
+    runs = pd.DataFrame({"gate": ["none", "headwise", "elementwise"], "point": [0, 1, 2]})
+    cfg = OmegaConf.create({"figure": {"measure": {"timing_rounds": 2, "timing_steps": 3}}})
+    turns = A.step_turns(runs, cfg, warmup=1)
+    assert list(turns.columns) == ["round", "none", "headwise", "elementwise"] and len(turns) == 6
+    assert turns["round"].tolist() == [0, 0, 0, 1, 1, 1]
+    timed = calls[3:]  # after one warm-up turn
+    assert timed[:9] == ["none", "headwise", "elementwise", "headwise", "elementwise", "none",
+                         "elementwise", "none", "headwise"]

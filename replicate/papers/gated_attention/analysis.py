@@ -465,9 +465,10 @@ def step_turns(runs: pd.DataFrame, cfg, gates: Sequence[str] = ("none", "headwis
                warmup: int = 5) -> pd.DataFrame:
     """Interleaved step times of ``gates`` (QK-norm off, the setting of the paper's overhead claim,
     Sec. 4.1), in this process on one thread: each turn runs one training step of every variant
-    in turn (:func:`_training_step`, each variant's config from its first run in ``runs``);
-    ``cfg.figure.measure.timing_rounds`` rounds of ``timing_steps`` turns after ``warmup`` turns.
-    One row per turn: ``round`` and one column of seconds per variant."""
+    in turn (:func:`_training_step`, each variant's config from its first run in ``runs``), the
+    order rotated by one variant each turn so that no variant always runs first or after the same
+    one; ``cfg.figure.measure.timing_rounds`` rounds of ``timing_steps`` turns after ``warmup``
+    turns. One row per turn: ``round`` and one column of seconds per variant."""
     import torch
 
     from replicate import config as C
@@ -481,8 +482,12 @@ def step_turns(runs: pd.DataFrame, cfg, gates: Sequence[str] = ("none", "headwis
         for _ in range(warmup):
             for step in steps.values():
                 step()
-        return pd.DataFrame([{"round": k, **{g: step() for g, step in steps.items()}}
-                             for k in range(measure.timing_rounds) for _ in range(measure.timing_steps)])
+        names, rows = list(steps), []
+        for k in range(measure.timing_rounds):
+            for t in range(measure.timing_steps):
+                order = names[t % len(names):] + names[:t % len(names)]
+                rows.append({"round": k, **{g: steps[g]() for g in order}})
+        return pd.DataFrame(rows, columns=["round", *names])
     finally:
         torch.set_num_threads(threads)
 
