@@ -366,10 +366,15 @@ def _check_target_keys(node: Any, where: str, path: Path) -> None:
 @functools.lru_cache(maxsize=None)
 def _init_parameters(target: str, path: Path) -> tuple[Optional[frozenset], frozenset]:
     """The keyword parameters of ``target``'s constructor (None when it takes ``**kwargs`` or
-    Python cannot tell, as for some classes written in C) and those without a default."""
+    Python cannot tell, as for some classes written in C) and those without a default. A class of
+    this package that defines its own ``__init__`` is read from its source (no import: a cold plan
+    then imports neither torch nor Lightning); any other class is imported and inspected."""
     import importlib
     import inspect
 
+    from_source = _init_parameters_from_source(target)
+    if from_source is not None:
+        return from_source
     module, _, name = target.rpartition(".")
     try:
         target_class = getattr(importlib.import_module(module), name)
@@ -384,6 +389,29 @@ def _init_parameters(target: str, path: Path) -> tuple[Optional[frozenset], froz
     takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     return (None if takes_any else frozenset(p.name for p in named),
             frozenset(p.name for p in named if p.default is p.empty))
+
+
+def _init_parameters_from_source(target: str) -> Optional[tuple[Optional[frozenset], frozenset]]:
+    """:func:`_init_parameters` read from the source of a ``replicate.*`` class whose body defines
+    ``__init__`` (no decorator, no positional-only parameters); None when the source cannot say."""
+    import ast
+
+    module, _, name = target.rpartition(".")
+    if module.split(".")[0] != __name__.split(".")[0]:
+        return None
+    source = Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    if not source.is_file():
+        return None
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    init = cls and next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is None or cls.decorator_list or init.args.posonlyargs or not init.args.args:
+        return None
+    args, kwonly = init.args.args[1:], init.args.kwonlyargs  # args[0] is self
+    required = [a.arg for a in args[:len(args) - len(init.args.defaults)]]
+    required += [a.arg for a, default in zip(kwonly, init.args.kw_defaults) if default is None]
+    named = frozenset(a.arg for a in args + kwonly)
+    return (None if init.args.kwarg else named), frozenset(required)
 
 
 ARXIV_ID = re.compile(r"\d{4}\.\d{4,5}")

@@ -118,6 +118,33 @@ def test_every_configured_figure_passes_the_constructor_check():
         C.compose(figure, "cpu", "smoke")  # raises ConfigError naming the key otherwise
 
 
+def test_constructor_parameters_read_from_source_equal_the_imported_signature():
+    import importlib
+    import inspect
+
+    targets = {line.split("_target_:")[1].strip() for path in (C.REPO_ROOT / "configs").rglob("*.yaml")
+               for line in path.read_text().splitlines() if "_target_:" in line}
+    assert len(targets) >= 10
+    for target in sorted(targets):
+        module, _, name = target.rpartition(".")
+        signature = inspect.signature(getattr(importlib.import_module(module), name))
+        named = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+        imported = (None if takes_any else frozenset(p.name for p in named),
+                    frozenset(p.name for p in named if p.default is p.empty))
+        assert C._init_parameters_from_source(target) == imported, target
+    assert C._init_parameters_from_source("fractions.Fraction") is None  # not ours: imported instead
+
+
+def test_a_cold_compose_of_every_figure_imports_neither_torch_nor_lightning():
+    code = ("import sys; from replicate import config as C\n"
+            "[C.compose(f, 'cpu', 'default') for f in C.list_figures()]\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=C.REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_run_key_typo_through_the_cli_leaves_no_run_folder(tmp_path, capsys):
     argv = ["run", "moe_gating/topk_exact", "point=0", "scale=smoke", "hardware=cpu", f"out={tmp_path}",
             "+figure.run.module.optimizer.lr=0.1"]
