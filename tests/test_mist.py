@@ -809,6 +809,8 @@ def test_error_vs_n_measures_by_hand_and_every_verdict_is_reachable():
     assert judged["mist_beats_best_baseline_in"].verdict == "replicated"       # zero spread over seeds
     assert judged["mist_beats_best_baseline_in_mi_low"].verdict == "inconclusive"   # 20 < 30 datasets
     assert judged["mist_near_zero_on_independent_data"].verdict == "replicated"
+    assert m["mse_ratio_best_over_mist_ood_unseen"].value == pytest.approx(4.0) and m["datasets_ood_unseen"] == 40
+    assert judged["mist_beats_best_baseline_ood_unseen"].verdict == "replicated"
     # a MIST worse than the baselines on every seed: not replicated
     m = measures.error_vs_n(RUNS, cfg, pd.concat([_rows(s, mi, 0.4, 0.2) for s in SPLITS], ignore_index=True)
                             .pipe(lambda t: pd.concat([t, _rows("independent", [0.0] * 40, 0.2, 0.0)])))
@@ -845,6 +847,10 @@ def test_error_vs_dim_measures_by_hand():
     assert m["datasets_unequal_in"] == 40 and m["datasets_d1_in"] == 40
     assert judged["mist_beats_best_baseline_top_d_in"].verdict == "replicated"
     assert judged["mist_beats_best_baseline_every_d_ood_nonmonotone"].verdict == "not_replicated"
+    # the unseen-family claim: copulas won in every d bin, the non-monotone split in none -> 0
+    assert m["frac_d_bins_mist_beats_best_ood_copula"].value == 1.0
+    assert m["frac_d_bins_mist_beats_best_ood_unseen"].value == 0.0
+    assert judged["mist_beats_best_baseline_every_d_ood_unseen"].verdict == "not_replicated"
 
 
 def test_calibration_measures_by_hand_and_the_prior_control():
@@ -880,6 +886,25 @@ def test_calibration_measures_by_hand_and_the_prior_control():
     m = measures.calibration(RUNS, cfg, table)
     assert m["interval_score_ratio_prior_over_qr_in"].value == pytest.approx(1.0)
     assert _judged(cfg, m)["prior_interval_scores_worse"].verdict in ("undecided", "not_replicated")
+
+
+def test_a_claim_over_unseen_families_takes_the_weaker_family_seed_by_seed():
+    mi = [0.5, 1.0] * 20
+    copula = _rows("ood_copula", mi, 0.1, 0.2, seeds=(0, 1))        # ratio 4 on both seeds
+    nonmono = _rows("ood_nonmonotone", mi, 0.1, 0.2, seeds=(0, 1))
+    nonmono["mist@1"] = nonmono["mi"] + 0.4                         # seed 1: ratio 0.25 here
+    table = pd.concat([copula, nonmono], ignore_index=True)
+    weakest = measures.weakest_split(table, measures.UNSEEN_FAMILIES, lambda v: measures.best_baseline_ratio(v)[0],
+                                     log=True)
+    assert weakest.units == pytest.approx((4.0, 0.25))               # seed 0: both 4; seed 1: min(4, 0.25)
+    assert weakest.value == pytest.approx(1.0)                       # geometric mean
+    # coverage: the family farther from nominal, with its sign (0.5 is farther from 0.9 than 1.0)
+    cover = {"ood_copula": 1.0, "ood_nonmonotone": 0.5}
+    far = measures.weakest_split(table, measures.UNSEEN_FAMILIES, lambda v: cover[v.split.iloc[0]], "mist",
+                                 farthest_from=0.9)
+    assert far.units == pytest.approx((0.5, 0.5))
+    # a seed that lacks one family's rows says nothing
+    assert np.isnan(measures.weakest_split(copula, measures.UNSEEN_FAMILIES, lambda v: 1.0).value)
 
 
 def test_runtime_measures_by_hand():
