@@ -55,32 +55,37 @@ class FigureContext:
         return OmegaConf.to_container(self.figure.measure)
 
     def setup_markdown(self) -> str:
-        f, hw = self.figure, self.cfg.hardware
+        f, hw, decision = self.figure, self.cfg.hardware, self.decide_seeds()
         sweep = " + ".join(", ".join(f"`{k}` ∈ {sweep_values(v)}" for k, v in grid.items()) or "one point"
                            for grid in C.grids(f)) if f.sweep else "none"
         lines = [f"**{f.title}**", "", f.regime.strip(), "",
                  f"*Scale* `{self.cfg.scale.name}` ({self.cfg.scale.description}); "
                  f"*hardware* `{hw.name}` ({hw.accelerator}, {hw.precision}).",
                  f"*Sweep*: {sweep} — {len(C.points(self.cfg))} training runs"
-                 + (" listed (the seeds line says how many were trained)." if self.seed_decision else ".")]
+                 + (" listed (the seeds line says how many were trained)." if decision else ".")]
         if f.run is not None:
             trainers = [rc.run.trainer for rc in C.run_configs(self.cfg)] or [f.run.trainer]
             steps = sorted({t.max_steps for t in trainers})
             every = sorted({t.val_check_interval for t in trainers})
             shown = lambda xs: str(xs[0]) if len(xs) == 1 else f"{xs[0]}–{xs[-1]} (by run)"  # noqa: E731
             lines.append(f"*Training*: {shown(steps)} steps, validation every {shown(every)}.")
-        if self.seed_decision is not None:
-            lines.append(seed_decision_markdown(self.seed_decision))
+        if decision is not None:
+            lines.append(seed_decision_markdown(decision))
         return "\n".join(lines)
+
+    def decide_seeds(self) -> dict | None:
+        """Under a two-stage seed design (``seeds:`` in the config, replicate/seeds.py): how many
+        seeds the pilot runs ask for (the pilot is trained first when missing); None otherwise."""
+        if self.seed_decision is None and seeds_lib.policy(self.figure) is not None:
+            self.seed_decision = seeds_lib.decide_from_pilot(self.cfg, self.out, self.train_missing)
+        return self.seed_decision
 
     def runs(self) -> pd.DataFrame:
         """One row per training run the figure reads. Under a two-stage seed design (``seeds:`` in
         the config, replicate/seeds.py) the pilot seeds first, then as many seeds as they ask for."""
         if self._runs is None:
-            cfg = self.cfg
-            if seeds_lib.policy(self.figure) is not None:
-                self.seed_decision = seeds_lib.decide_from_pilot(self.cfg, self.out, self.train_missing)
-                cfg = seeds_lib.with_seeds(self.cfg, self.seed_decision["seeds"])
+            decision = self.decide_seeds()
+            cfg = self.cfg if decision is None else seeds_lib.with_seeds(self.cfg, decision["seeds"])
             self._runs = runs_lib.figure_runs(cfg, self.out, train_missing=self.train_missing)
         return self._runs
 

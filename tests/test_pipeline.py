@@ -158,7 +158,8 @@ def test_editing_one_figure_config_reruns_only_that_figure(built):
         assert planned_jobs(result) == {"all": 1, "figure": 1, "scorecard": 1}, result.stdout[-3000:]
         assert "figure=lr_stability" in result.stdout and "figure=loss" not in result.stdout
 
-        path.write_text(original + "\nscales:\n  smoke:\n    run: {trainer: {max_steps: 12}}\n")  # training budget
+        budget = "    run: {trainer: {max_steps: 12}}\n"  # the training budget, under the scales.smoke it has
+        path.write_text(original.replace("\nscales:\n  smoke:\n", "\nscales:\n  smoke:\n" + budget, 1))
         n_points = len(C.points(C.compose("gated_attention/lr_stability", "cpu", "smoke")))
         result = snakemake(built, "-n", "all")
         assert planned_jobs(result) == {"all": 1, "figure": 1, "scorecard": 1, "train": n_points}
