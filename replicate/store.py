@@ -2,7 +2,9 @@
 
 A clone ships every figure (``figures/``) and, for the runs those figures read, the run store's
 results: each run's ``metrics.json`` and resolved ``config.yaml`` under ``runs/<paper>/<hash>/``
-(checkpoints are not shipped). Snakemake decides what to rerun by modification times, and git
+(checkpoints are not shipped), and each two-stage figure's seed decision
+(``.replicate/seeds/<paper>/<figure>.json``, the seeds checkpoint's output: without it Snakemake
+would not know the checkpoint ran, and would take the figure as up to date whatever changed). Snakemake decides what to rerun by modification times, and git
 writes a fresh clone's files at checkout time in path order: ``figures/`` before ``notebooks/``
 and ``replicate/``, so every figure would look older than its notebook and be re-executed.
 
@@ -13,7 +15,7 @@ configs is up to date; a figure whose paper code was committed after it is not, 
 run whose training code changed since. A run's files are dated no later than the first figure
 that read them (the figure's json names each run and the sha256 of the metrics.json it read, so
 the date is only moved for the exact file the figure used): results committed after their figure
-still count as what the figure was made from.
+still count as what the figure was made from; so is a figure's seed decision.
 
 Files that differ from ``HEAD`` (a user's edits) and untracked files keep their own times. The
 dating is done once per ``HEAD`` (its commit is recorded in ``<repo>/.replicate/dated``); a copy
@@ -100,14 +102,35 @@ def run_dates_capped_by_figures(repo: Path, dates: dict[str, int]) -> dict[str, 
                 key = f"{folder}/{part}"
                 if key in dates:
                     capped[key] = min(capped.get(key, dates[key]), when)
+        decision = seed_decision_path(".", name).as_posix()
+        if decision in dates and _decided_by(repo / name, repo / decision):
+            capped[decision] = min(capped.get(decision, dates[decision]), when)
     return capped
+
+
+def seed_decision_path(out: str | Path, figure_json: str | Path) -> Path:
+    """``<out>/.replicate/seeds/<paper>/<figure>.json`` for ``figures/<paper>/<figure>.json``."""
+    figure_json = Path(figure_json)
+    return Path(out, ".replicate", "seeds", figure_json.parent.name, figure_json.name)
+
+
+def _decided_by(figure_json: Path, decision: Path) -> bool:
+    """Whether ``decision`` holds the seed decision the figure's json records."""
+    try:
+        return json.loads(decision.read_text()) == json.loads(figure_json.read_text()).get("seeds")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def shipped_run_files(out: str | Path = ".") -> list[Path]:
     """The run-store files to commit with the figures under ``out``: ``metrics.json`` and
-    ``config.yaml`` of every run a figure json names, when the file there is the one it read."""
+    ``config.yaml`` of every run a figure json names, when the file there is the one it read,
+    and the seed decision a two-stage figure's json records, when the file holds it."""
     files = []
     for figure in sorted(Path(out, "figures").glob("*/*.json")):
+        decision = seed_decision_path(out, figure.relative_to(out))
+        if _decided_by(figure, decision):
+            files.append(decision)
         for run in _figure_runs(figure):
             folder = Path(out, "runs", figure.parent.name, str(run.get("run")))
             if _read_by(run, folder):

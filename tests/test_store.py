@@ -106,13 +106,26 @@ def test_the_store_lists_exactly_the_runs_the_figures_read(history):
         "runs/toy/a/config.yaml", "runs/toy/a/metrics.json"]
 
 
+def test_the_store_lists_a_seed_decision_only_when_it_is_the_one_the_figure_recorded(tmp_path):
+    decision = {"pilot": 2, "n": 3, "seeds": [0, 1, 2]}
+    (tmp_path / "figures" / "toy").mkdir(parents=True)
+    (tmp_path / "figures" / "toy" / "main.json").write_text(json.dumps({"runs": [], "seeds": decision}))
+    path = tmp_path / ".replicate" / "seeds" / "toy" / "main.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(decision))
+    assert store.shipped_run_files(tmp_path) == [path]
+    path.write_text(json.dumps({**decision, "n": 2}))  # decided again since: not what the figure used
+    assert store.shipped_run_files(tmp_path) == []
+
+
 COPIED = ("Snakefile", "configs", "notebooks", "replicate", "pyproject.toml", "schemas", "envs", "report")
 
 
 def test_a_fresh_clone_plans_only_what_changed_since_its_shipped_results(tmp_path):
-    """Scaffold a paper in a scratch git repo, run its smoke figure into the repo, commit the
-    figure with the run store, clone: the clone plans nothing for it; a claims edit plans the
-    figure alone; a training-code edit plans its runs again."""
+    """Scaffold a paper in a scratch git repo (its figure with a two-stage seed design), run its
+    smoke figure into the repo, commit the figure with the run store and its seed decision, clone:
+    the clone plans nothing for it; a claims edit plans the figure alone; a training-code edit
+    plans its runs and the seeds checkpoint again."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in COPIED:
@@ -132,12 +145,16 @@ def test_a_fresh_clone_plans_only_what_changed_since_its_shipped_results(tmp_pat
         return done.stdout
 
     run(repo, "-m", "replicate", "new-paper", "throwaway")
+    config = repo / "configs" / "figure" / "throwaway" / "main.yaml"
+    text = config.read_text().replace("sweep: {seed: [0]}", "sweep: {module.lr: [0.1], seed: [0, 1, 2, 3]}")
+    config.write_text(text + "\nseeds: {pilot: 2, half_width: 0.05}\n")
     git(repo, "init", "-q")
     commit(repo, ["."], T_CODE)
     smoke = ["--config", "scale=smoke", "hardware=cpu"]
     run(repo, "-m", "snakemake", "figures/throwaway/main.png", "--cores", "2", *smoke)
     shipped = run(repo, "-m", "replicate", "store").split()
-    assert shipped and all(p.startswith("runs/throwaway/") for p in shipped)
+    assert ".replicate/seeds/throwaway/main.json" in shipped  # without it a clone could not rerun the figure
+    assert all(p.startswith("runs/throwaway/") for p in shipped if not p.startswith(".replicate/"))
     commit(repo, ["figures", *shipped], T_FIGURE)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
@@ -146,8 +163,8 @@ def test_a_fresh_clone_plans_only_what_changed_since_its_shipped_results(tmp_pat
         for path, old, new in edits:
             (clone / path).write_text((clone / path).read_text().replace(old, new, 1))
         dry = run(clone, "-m", "snakemake", "-n", "figures/throwaway/main.png", *smoke)
-        return {line.split()[1].rstrip(":") for line in dry.splitlines() if line.startswith(("rule ", "localrule "))}
+        return {line.split()[1].rstrip(":") for line in dry.splitlines() if line.startswith(("rule ", "localrule ", "checkpoint "))}
 
     assert planned() == set()
     assert planned(("configs/figure/throwaway/main.yaml", "TEMPLATE: SGD", "TEMPLATE: edited, SGD")) == {"figure"}
-    assert planned(("replicate/papers/throwaway/module.py", '"""', '"""Edited. ')) == {"figure", "train"}
+    assert planned(("replicate/papers/throwaway/module.py", '"""', '"""Edited. ')) == {"figure", "train", "seeds"}
