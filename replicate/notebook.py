@@ -207,4 +207,3 @@ def seed_decision_markdown(decision: dict) -> str:
     return (f"*Seeds* (Stein's two-stage design): a pilot of {decision['pilot']} seeds, then "
             f"{decision['n']} of the {decision['max']} listed{cap}. Seeds each paper claim asked for: {asked}. "
             f"Every t interval uses the pilot's sd with {decision['pilot'] - 1} degrees of freedom.")
-

@@ -4,9 +4,10 @@ A clone ships every figure (``figures/``) and, for the runs those figures read, 
 results: each run's ``metrics.json`` and resolved ``config.yaml`` under ``runs/<paper>/<hash>/``
 (checkpoints are not shipped), and each two-stage figure's seed decision
 (``.replicate/seeds/<paper>/<figure>.json``, the seeds checkpoint's output: without it Snakemake
-would not know the checkpoint ran, and would take the figure as up to date whatever changed). Snakemake decides what to rerun by modification times, and git
-writes a fresh clone's files at checkout time in path order: ``figures/`` before ``notebooks/``
-and ``replicate/``, so every figure would look older than its notebook and be re-executed.
+would not know the checkpoint ran, and would take the figure as up to date whatever changed).
+Snakemake decides what to rerun by modification times, and git writes a fresh clone's files at
+checkout time in path order: ``figures/`` before ``notebooks/`` and ``replicate/``, so every
+figure would look older than its notebook and be re-executed.
 
 :func:`date_by_history` gives each tracked file the time of the last commit that changed it
 (never a later time than it has: a file edited and then committed keeps its edit time), so
@@ -102,16 +103,18 @@ def run_dates_capped_by_figures(repo: Path, dates: dict[str, int]) -> dict[str, 
                 key = f"{folder}/{part}"
                 if key in dates:
                     capped[key] = min(capped.get(key, dates[key]), when)
-        decision = seed_decision_path(".", name).as_posix()
+        decision = _decision_path(".", name).as_posix()
         if decision in dates and _decided_by(repo / name, repo / decision):
             capped[decision] = min(capped.get(decision, dates[decision]), when)
     return capped
 
 
-def seed_decision_path(out: str | Path, figure_json: str | Path) -> Path:
-    """``<out>/.replicate/seeds/<paper>/<figure>.json`` for ``figures/<paper>/<figure>.json``."""
+def _decision_path(out: str | Path, figure_json: str | Path) -> Path:
+    """The seeds checkpoint's output for the figure whose json is ``figure_json``."""
+    from replicate.seeds import decision_path  # numpy: only where a decision is looked for
+
     figure_json = Path(figure_json)
-    return Path(out, ".replicate", "seeds", figure_json.parent.name, figure_json.name)
+    return decision_path(out, f"{figure_json.parent.name}/{figure_json.stem}")
 
 
 def _decided_by(figure_json: Path, decision: Path) -> bool:
@@ -128,7 +131,7 @@ def shipped_run_files(out: str | Path = ".") -> list[Path]:
     and the seed decision a two-stage figure's json records, when the file holds it."""
     files = []
     for figure in sorted(Path(out, "figures").glob("*/*.json")):
-        decision = seed_decision_path(out, figure.relative_to(out))
+        decision = _decision_path(out, figure)
         if _decided_by(figure, decision):
             files.append(decision)
         for run in _figure_runs(figure):

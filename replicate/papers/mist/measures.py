@@ -104,11 +104,10 @@ def weakest_split(table: pd.DataFrame, splits, fn, method: str = "mist", log: bo
     universal claim over several test splits judged on the split where it does worst, seed by seed
     (NaN for a seed that misses a split)."""
     parts = [table[table.split == split] for split in splits]
+    if not parts or any(part.empty for part in parts):
+        return over_seeds([math.nan] * len(seeds(table, method)), log=log)
     values = []
     for seed in seeds(table, method):
-        if not parts or any(part.empty for part in parts):
-            values.append(math.nan)
-            continue
         per_split = np.array([fn(seed_view(part, seed)) for part in parts], dtype=float)
         if not np.isfinite(per_split).all():
             values.append(math.nan)
